@@ -1,0 +1,160 @@
+/*  loom client API: run a plugin's task over many inputs, in parallel.
+
+        loom_client *c = loom_client_new(NULL, NULL);        //  embedded local cluster
+        loom_pipeline *p = loom_pipeline_new(c, "demo");
+        loom_map *m = loom_map_new(p, "squares", "square", NULL);
+        for (int64_t x = 0; x < 1000; x++)
+            loom_map_submit(m, &x, sizeof x);
+        loom_map_close(m);
+        loom_result r;
+        while (loom_map_next(m, &r, -1) == 1)
+            ...  r.index, r.status, r.data, r.len, r.error
+        loom_map_destroy(&m);
+        loom_pipeline_destroy(&p);
+        loom_client_destroy(&c);
+
+    Every function returning int returns 0 (or a count or flag where its
+    comment says so) or a negative LOOM_E* code; loom_strerror names it.
+    Objects are not thread-safe: use each client, and what it made, from one
+    thread at a time.  */
+
+#ifndef LOOM_LOOM_H
+#define LOOM_LOOM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <loom/errors.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define LOOM_EXPORT __attribute__((visibility("default")))
+#else
+#define LOOM_EXPORT
+#endif
+
+#define LOOM_VERSION_MAJOR 0
+#define LOOM_VERSION_MINOR 1
+#define LOOM_VERSION_PATCH 0
+
+//  Index of the one combined result of a reduce map.
+#define LOOM_REDUCED_INDEX UINT64_MAX
+
+typedef struct loom_client loom_client;
+typedef struct loom_pipeline loom_pipeline;
+typedef struct loom_map loom_map;
+
+typedef struct loom_result {
+    uint64_t index;         //  submission order, from 0; LOOM_REDUCED_INDEX for a reduce
+    int status;             //  0 or a negative LOOM_E* code
+    const void *data;       //  the task's output
+    size_t len;
+    const char *error;      //  message naming the cause, or NULL
+    size_t nfiles;          //  output files, as local read-only paths
+    const char *const *file_names;
+    const char *const *file_paths;
+} loom_result;
+
+typedef struct loom_map_opts {
+    const void *args; //  bytes every task reads with loom_task_args
+    size_t args_len;
+    bool ordered;    //  results in submission order
+    int chunk;       //  items per batch; 0: automatic
+    int window;      //  items in flight; 0: default (10000)
+    int retries;     //  per item after its worker died or timed out; 0: default (2); -1: none
+    int timeout_ms;  //  per item; 0: none
+    bool reduce;     //  one combined result, made with the task's reduce on the workers
+    const char *journal; //  SQLite checkpoint file, or NULL (not implemented yet: LOOM_ENOTSUP)
+    void (*on_result)(const loom_result *r, void *user); //  called as results arrive
+    void *user;
+} loom_map_opts;
+
+typedef struct loom_client_opts {
+    int local_workers;       //  embedded mode: worker processes; 0: one per core
+    const char *plugin_path; //  embedded mode; NULL: $LOOM_PLUGIN_PATH, then the defaults
+    int timeout_ms;          //  connect and handshake; 0: default (5000)
+    const char *cert_path;   //  CURVE: this peer's certificate (not implemented yet)
+    const char *server_key;  //  CURVE: the broker's public key (not implemented yet)
+} loom_client_opts;
+
+typedef struct loom_stats {
+    uint64_t submitted; //  items submitted
+    uint64_t done;      //  results delivered with status 0
+    uint64_t failed;    //  results delivered with an error
+    uint64_t in_flight; //  submitted, not yet delivered
+} loom_stats;
+
+//  Connect to the broker at endpoint ("tcp://host:5555", "ipc://path"), or,
+//  with endpoint NULL, start an embedded broker in this process and
+//  opts->local_workers worker processes over ipc:// in a private 0700
+//  directory; all stopped by loom_client_destroy. opts may be NULL.
+//  Returns NULL on failure (the reason is logged on stderr).
+LOOM_EXPORT loom_client *loom_client_new(const char *endpoint, const loom_client_opts *opts);
+
+//  Close the connection (and the embedded cluster); destroys any pipeline
+//  and map still open. Sets *self_p to NULL; accepts NULL.
+LOOM_EXPORT void loom_client_destroy(loom_client **self_p);
+
+//  Open a pipeline: a scope for maps and their shares. NULL on failure.
+LOOM_EXPORT loom_pipeline *loom_pipeline_new(loom_client *c, const char *name);
+
+//  Share bytes or a file with every task of the pipeline, under `name`.
+//  Returns once the broker holds them. (Blob channel: not implemented yet,
+//  both return LOOM_ENOTSUP.)
+LOOM_EXPORT int loom_pipeline_share(loom_pipeline *p, const char *name, const void *data,
+                                    size_t len);
+LOOM_EXPORT int loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path);
+
+//  Close the pipeline and destroy its maps. Sets *self_p to NULL.
+LOOM_EXPORT void loom_pipeline_destroy(loom_pipeline **self_p);
+
+//  Start a map of plugin's task ("NAME" or "NAME@VERSION" to pin the plugin
+//  version). opts may be NULL. The plugin is looked up by the workers:
+//  an unknown plugin or task makes every item fail with a message naming it.
+//  NULL if the names are invalid or the client is not connected.
+LOOM_EXPORT loom_map *loom_map_new(loom_pipeline *p, const char *plugin, const char *task,
+                                   const loom_map_opts *opts);
+
+//  Submit one item (the bytes are copied). Blocks while `window` items are
+//  in flight, receiving results meanwhile (buffered for next, or given to
+//  on_result). Returns 0 or LOOM_ESTATE after close, LOOM_ETOOBIG,
+//  LOOM_ECONNECT.
+LOOM_EXPORT int loom_map_submit(loom_map *m, const void *input, size_t len);
+
+//  Submit one item with files attached (blob channel: not implemented yet,
+//  returns LOOM_ENOTSUP).
+LOOM_EXPORT int loom_map_submit_files(loom_map *m, const void *input, size_t len,
+                                      const char *const names[], const char *const paths[],
+                                      size_t n);
+
+//  No more inputs. Returns 0 or a LOOM_E* code.
+LOOM_EXPORT int loom_map_close(loom_map *m);
+
+//  Wait up to timeout_ms (-1: forever) for the next result. Returns 1 with
+//  *r filled (valid until the next call on the map), 0 when every result has
+//  been delivered (after close), LOOM_EAGAIN if none came in time, or
+//  another negative code. With on_result set, results go to the callback
+//  and next only returns 0 at the end.
+LOOM_EXPORT int loom_map_next(loom_map *m, loom_result *r, int timeout_ms);
+
+//  Counters of the map so far.
+LOOM_EXPORT void loom_map_stats(loom_map *m, loom_stats *s);
+
+//  Cancel the map if it is still running and free it. Sets *self_p to NULL.
+LOOM_EXPORT void loom_map_destroy(loom_map **self_p);
+
+//  A static string naming a LOOM_E* code.
+LOOM_EXPORT const char *loom_strerror(int err);
+
+//  The library version as "MAJOR.MINOR.PATCH".
+LOOM_EXPORT const char *loom_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

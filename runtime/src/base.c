@@ -1,0 +1,104 @@
+/*  base: assertions, aborting allocation, clocks and name checks shared by
+    every part of loom.  */
+
+#include "base.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+void
+loom__assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "loom: assertion failed: %s (%s:%d)\n", what, file, line);
+    fflush(stderr);
+    abort();
+}
+
+static LOOM_NORETURN void
+s_out_of_memory(size_t n, const char *file, int line)
+{
+    fprintf(stderr, "loom: out of memory allocating %zu bytes (%s:%d)\n", n, file, line);
+    fflush(stderr);
+    abort();
+}
+
+void *
+loom__xmalloc(size_t n, const char *file, int line)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        s_out_of_memory(n, file, line);
+    return p;
+}
+
+void *
+loom__xcalloc(size_t k, size_t n, const char *file, int line)
+{
+    void *p = calloc(k ? k : 1, n ? n : 1);
+    if (!p)
+        s_out_of_memory(k * n, file, line);
+    return p;
+}
+
+void *
+loom__xrealloc(void *p, size_t n, const char *file, int line)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        s_out_of_memory(n, file, line);
+    return q;
+}
+
+char *
+loom__xstrdup(const char *s, const char *file, int line)
+{
+    size_t n = strlen(s) + 1;
+    char *p = loom__xmalloc(n, file, line);
+    memcpy(p, s, n);
+    return p;
+}
+
+int64_t
+loom_now_ms(void)
+{
+    return loom_now_us() / 1000;
+}
+
+int64_t
+loom_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+bool
+loom_name_valid(const char *name)
+{
+    if (!name)
+        return false;
+    size_t n = 0;
+    for (const char *c = name; *c; c++, n++) {
+        bool ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-';
+        if (!ok || n >= 64)
+            return false;
+    }
+    return n > 0;
+}
+
+long
+loom_env_long(const char *var, long dflt, long min, long max)
+{
+    const char *s = getenv(var);
+    if (!s || !*s)
+        return dflt;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return dflt;
+    return v;
+}

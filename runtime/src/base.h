@@ -1,0 +1,62 @@
+/*  base: what every loom source file uses — assertions, allocation that
+    aborts on exhaustion, logging over CZMQ's zsys, and small helpers.  */
+
+#ifndef LOOM_BASE_H
+#define LOOM_BASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <loom/errors.h>
+
+#if defined(__GNUC__)
+#define LOOM_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define LOOM_NORETURN __attribute__((noreturn))
+#define LOOM_INTERNAL_EXPORT __attribute__((visibility("default")))
+#else
+#define LOOM_PRINTF(f, a)
+#define LOOM_NORETURN
+#define LOOM_INTERNAL_EXPORT
+#endif
+
+//  Programmer errors: log the location and abort, in every build.
+#define LOOM_ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            loom__assert_fail(#cond, __FILE__, __LINE__);                                          \
+    } while (0)
+
+LOOM_NORETURN void loom__assert_fail(const char *what, const char *file, int line);
+
+//  Small internal allocations: abort with file:line when memory runs out.
+#define loom_xmalloc(n) loom__xmalloc((n), __FILE__, __LINE__)
+#define loom_xcalloc(k, n) loom__xcalloc((k), (n), __FILE__, __LINE__)
+#define loom_xrealloc(p, n) loom__xrealloc((p), (n), __FILE__, __LINE__)
+#define loom_xstrdup(s) loom__xstrdup((s), __FILE__, __LINE__)
+void *loom__xmalloc(size_t n, const char *file, int line);
+void *loom__xcalloc(size_t k, size_t n, const char *file, int line);
+void *loom__xrealloc(void *p, size_t n, const char *file, int line);
+char *loom__xstrdup(const char *s, const char *file, int line);
+
+//  Logging, over zsys_error/warning/notice/info/debug: lower case, no
+//  trailing period or newline, name the object.
+#define loom_log_error(...) zsys_error(__VA_ARGS__)
+#define loom_log_warning(...) zsys_warning(__VA_ARGS__)
+#define loom_log_notice(...) zsys_notice(__VA_ARGS__)
+#define loom_log_info(...) zsys_info(__VA_ARGS__)
+#define loom_log_debug(...) zsys_debug(__VA_ARGS__)
+
+//  Monotonic clock in milliseconds and microseconds.
+int64_t loom_now_ms(void);
+int64_t loom_now_us(void);
+
+//  True if name matches [a-z0-9_-]{1,64}: plugin, task and share names.
+bool loom_name_valid(const char *name);
+
+//  An integer from the environment, or dflt when unset or not a number
+//  within [min, max].
+long loom_env_long(const char *var, long dflt, long min, long max);
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder */
+typedef int loom_placeholder;

@@ -1,0 +1,267 @@
+/*  wire: the FlatBuffers codec of loom's messages, behind a C API.
+
+    The schema is runtime/wire/loom.fbs; flatc generates C++ from it at build
+    time and wire.cc is the one C++ file that uses it. C code sees plain
+    structs: fill a loom_msg and encode it, or decode bytes into a loom_msg
+    whose pointers (strings, byte spans, arrays) borrow from the message's
+    own aligned copy of the frame and live until loom_msg_destroy.
+
+    Decoding is for untrusted bytes: the buffer is copied to 8-byte-aligned
+    memory when it is not aligned, checked with the FlatBuffers verifier
+    (depth and table limits), and every field is checked (union type known,
+    required strings present) before anything is returned. A message that
+    fails any check is refused with LOOM_EPROTO and never half-read.  */
+
+#ifndef LOOM_WIRE_H
+#define LOOM_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <loom/errors.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOOM_PROTO_VERSION 1
+#define LOOM_HASH_SIZE 32
+
+//  Values equal the FlatBuffers union tags (Body_* in loom_generated.h).
+typedef enum {
+    LOOM_MSG_NONE = 0,
+    LOOM_MSG_HELLO = 1,
+    LOOM_MSG_WELCOME = 2,
+    LOOM_MSG_PIPELINE_OPEN = 3,
+    LOOM_MSG_PIPELINE_CLOSE = 4,
+    LOOM_MSG_MAP_OPEN = 5,
+    LOOM_MSG_TASK_BATCH = 6,
+    LOOM_MSG_MAP_END = 7,
+    LOOM_MSG_CREDIT = 8,
+    LOOM_MSG_RESULT_BATCH = 9,
+    LOOM_MSG_CANCEL = 10,
+    LOOM_MSG_HEARTBEAT = 11,
+    LOOM_MSG_ERROR = 12,
+    LOOM_MSG_STATS_REQUEST = 13,
+    LOOM_MSG_STATS = 14,
+    LOOM_MSG_WORKER_EXIT = 15,
+    LOOM_MSG_BLOB_HAVE = 16,
+    LOOM_MSG_BLOB_PUT = 17,
+    LOOM_MSG_BLOB_GET = 18,
+    LOOM_MSG_BLOB_CHUNK = 19,
+    LOOM_MSG_COUNT_ = 20
+} loom_msg_type;
+
+typedef enum { LOOM_ROLE_CLIENT = 0, LOOM_ROLE_WORKER = 1, LOOM_ROLE_SUPERVISOR = 2 } loom_role;
+
+//  A borrowed run of bytes. Not aligned: memcpy before reading scalars.
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+} loom_span;
+
+typedef struct {
+    const char *name;
+    loom_span hash; //  LOOM_HASH_SIZE bytes
+    uint64_t size;
+} loom_wire_file;
+
+typedef struct {
+    uint64_t index;
+    uint32_t attempt;
+    loom_span data;
+    size_t nfiles;
+    const loom_wire_file *files;
+} loom_wire_item;
+
+typedef struct {
+    uint64_t index;
+    uint32_t attempt;
+    int32_t status;
+    loom_span data;
+    const char *error; //  NULL when absent
+    size_t nfiles;
+    const loom_wire_file *files;
+} loom_wire_result;
+
+typedef struct {
+    loom_role role;
+    const char *host;
+    uint32_t pid;
+    uint32_t credit;
+    uint32_t procs;
+    const char *software;
+} loom_wire_hello;
+
+typedef struct {
+    uint64_t epoch;
+    uint64_t session;
+    uint32_t worker_id;
+    uint32_t heartbeat_ms;
+    uint32_t liveness;
+    uint32_t max_batch;
+    uint32_t max_frame;
+} loom_wire_welcome;
+
+typedef struct {
+    uint64_t pipeline;
+    const char *name;
+} loom_wire_pipeline;
+
+typedef struct {
+    uint64_t map;
+    uint64_t pipeline;
+    const char *plugin;
+    const char *version; //  "" when not pinned
+    const char *task;
+    loom_span args;
+    bool ordered;
+    bool reduce;
+    uint32_t chunk;
+    int32_t retries;
+    uint32_t timeout_ms;
+} loom_wire_map_open;
+
+typedef struct {
+    uint64_t map;
+    bool combine;
+    size_t nitems;
+    const loom_wire_item *items;
+} loom_wire_task_batch;
+
+typedef struct {
+    uint64_t map;
+    uint64_t count;
+} loom_wire_map_end;
+
+typedef struct {
+    uint64_t map;
+    uint64_t elapsed_us;
+    size_t nresults;
+    const loom_wire_result *results;
+    bool has_partial;
+    loom_span partial;
+} loom_wire_result_batch;
+
+typedef struct {
+    int32_t code;
+    uint64_t map;
+    uint64_t pipeline;
+    const char *message;
+} loom_wire_error;
+
+typedef struct {
+    uint64_t epoch, uptime_ms;
+    uint32_t clients, workers, supervisors, maps, pipelines;
+    uint64_t items_queued, items_in_flight, items_done, items_failed, items_retried;
+    uint64_t results_dropped, msgs_in, msgs_out, msgs_rejected;
+    uint64_t blob_bytes_in, blob_bytes_out, blobs_stored, blob_store_bytes;
+} loom_wire_stats;
+
+typedef struct {
+    uint32_t pid;
+    int32_t signal;
+    int32_t status;
+} loom_wire_worker_exit;
+
+typedef struct {
+    loom_span hash;
+    uint64_t size;
+    bool have;
+} loom_wire_blob_have;
+
+typedef struct {
+    loom_span hash;
+    uint64_t offset;
+    uint64_t total;
+    loom_span data;
+} loom_wire_blob_put; //  also BlobChunk, with status
+
+typedef struct {
+    loom_span hash;
+    uint64_t offset;
+    uint64_t credit;
+} loom_wire_blob_get;
+
+typedef struct {
+    loom_span hash;
+    uint64_t offset;
+    uint64_t total;
+    loom_span data;
+    int32_t status;
+} loom_wire_blob_chunk;
+
+//  One message. To encode, zero it, set `type` and the member of that type
+//  (pointers borrowed, only read during the call). A decoded message owns
+//  everything its pointers reach.
+typedef struct loom_msg {
+    loom_msg_type type;
+    uint16_t proto; //  set by decode; encode always writes LOOM_PROTO_VERSION
+    union {
+        loom_wire_hello hello;
+        loom_wire_welcome welcome;
+        loom_wire_pipeline pipeline_open;
+        loom_wire_pipeline pipeline_close; //  name unused
+        loom_wire_map_open map_open;
+        loom_wire_task_batch task_batch;
+        loom_wire_map_end map_end;
+        uint32_t credit;
+        loom_wire_result_batch result_batch;
+        uint64_t cancel_map;
+        loom_wire_error error;
+        loom_wire_stats stats;
+        loom_wire_worker_exit worker_exit;
+        loom_wire_blob_have blob_have;
+        loom_wire_blob_put blob_put;
+        loom_wire_blob_get blob_get;
+        loom_wire_blob_chunk blob_chunk;
+    } u;
+    void *priv_; //  decoder-owned storage; do not touch
+} loom_msg;
+
+//  Limits applied by decode, beyond the verifier's own.
+#define LOOM_WIRE_MAX_DEPTH 64
+#define LOOM_WIRE_MAX_TABLES 1000000
+#define LOOM_WIRE_MAX_ITEMS 65536 //  items or results per batch
+
+//  Encode m into a new heap buffer (*buf_p, owned by the caller, free()
+//  it) of *len_p bytes. Returns 0, LOOM_EINVAL for an unknown type.
+int loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p);
+
+//  Decode untrusted bytes (any alignment; copied when misaligned). Returns
+//  0 with *msg_p owned by the caller, or LOOM_EPROTO / LOOM_ENOMEM with
+//  *msg_p NULL.
+int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
+
+//  Free a decoded message and set *msg_p to NULL. Accepts NULL.
+void loom_msg_destroy(loom_msg **msg_p);
+
+//  Name of a message type ("TaskBatch"), for logs; "?" if unknown.
+const char *loom_msg_type_name(int type);
+
+//  Socket helpers (sock is a libzmq socket handle: zsock_resolve(zsock)).
+//
+//  Send m as one frame, preceded by the routing id `rid` of `rid_len`
+//  bytes when rid is not NULL (ROUTER sockets). flags: 0 or ZMQ_DONTWAIT.
+//  The encoded buffer is handed to libzmq without a copy. Returns 0,
+//  LOOM_EAGAIN (would block), LOOM_ECONNECT (EHOSTUNREACH: unknown peer),
+//  LOOM_EIO for any other failure.
+int loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags);
+
+//  Receive one whole message (all its frames, always drained). With a
+//  ROUTER (rid not NULL) the first frame is the routing id, copied to rid
+//  (rid_cap bytes, at least 256) with its length in *rid_len. Then exactly
+//  one body frame must follow: none or more than one is LOOM_EPROTO. The
+//  body is decoded as loom_wire_decode does. flags: 0 or ZMQ_DONTWAIT.
+//  Returns 0 with *msg_p set; LOOM_EAGAIN if nothing was there;
+//  LOOM_EPROTO (message consumed and refused, *msg_p NULL); LOOM_EIO when
+//  the socket failed (e.g. interrupted: ETERM/EINTR).
+int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
+                   int flags);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

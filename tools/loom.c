@@ -1,0 +1,7 @@
+#include <stdio.h>
+int
+main(void)
+{
+    fprintf(stderr, "loom: not built yet\n");
+    return 1;
+}
