@@ -36,6 +36,10 @@ loom_executor *loom_executor_new(const char *plugin_path, uint32_t worker_id);
 //  exit), free. Sets *self_p to NULL; accepts NULL.
 void loom_executor_destroy(loom_executor **self_p);
 
+//  Plugin init runs at the first open_map of that plugin in this executor;
+//  if it fails (non-zero), that open_map and every later one of the plugin
+//  fail with LOOM_ETASK and "plugin 'x' init failed: ...": init is not
+//  retried (a restarted worker process retries it).
 //  Define map `map_id`: load the plugin (version "" or NULL: any; else must
 //  equal the plugin's version, LOOM_EVERSION), find the task (LOOM_ENOENT),
 //  check that it has a reduce when reduce is set (LOOM_ENOTSUP), run the
@@ -44,8 +48,8 @@ void loom_executor_destroy(loom_executor **self_p);
 //  problem (caller frees), e.g. "plugin 'foo' not found in /a:/b".
 //  Opening an id that is already open replaces it.
 int loom_executor_open_map(loom_executor *self, uint64_t map_id, const char *plugin,
-                           const char *version, const char *task, const void *args,
-                           size_t args_len, bool reduce, char **reason);
+                           const char *version, const char *task, const void *args, size_t args_len,
+                           bool reduce, char **reason);
 
 //  Forget map_id. Does nothing for an unknown id.
 void loom_executor_close_map(loom_executor *self, uint64_t map_id);
@@ -63,6 +67,35 @@ int loom_executor_run(loom_executor *self, uint64_t map_id, uint64_t index, cons
 //  Fold two outputs with the map's reduce into *out. Same conventions.
 int loom_executor_reduce(loom_executor *self, uint64_t map_id, const void *a, size_t an,
                          const void *b, size_t bn, loom_exec_out *out);
+
+//  A fold of many outputs with a map's reduce, combined as a balanced tree
+//  (a binary counter: two partials of the same rank at a time), so that
+//  folding N outputs whose combination stays large (word counts) costs
+//  O(N log N) output bytes instead of the O(N^2) of a left fold. Use it to
+//  fold a batch's outputs in a worker and the partials in `loom map
+//  --serial`. The reduce must be associative and commutative (the SDK's
+//  rule), so the order of combination does not matter.
+typedef struct loom_exec_fold loom_exec_fold;
+
+//  Create an empty fold for map_id of exec (borrowed; must outlive it).
+loom_exec_fold *loom_exec_fold_new(loom_executor *exec, uint64_t map_id);
+
+//  Free what the fold holds. Sets *self_p to NULL; accepts NULL.
+void loom_exec_fold_destroy(loom_exec_fold **self_p);
+
+//  Add an output: takes *data_p (malloc'd or NULL when len is 0) and sets
+//  it to NULL; data_p may point at out->data (add a run's output in place). Returns 0, or the
+//  failing reduce's status with out->error set (caller clears out); the fold is then empty and the
+//  outputs added so far are lost, as a failed reduce fails the whole reduce.
+int loom_exec_fold_add(loom_exec_fold *self, void **data_p, size_t len, loom_exec_out *out);
+
+//  Combine everything added into *out (out->data is the caller's) and
+//  empty the fold. With one output added, that output; with none, 0 with
+//  out->len 0 (check loom_exec_fold_count first). Same error conventions.
+int loom_exec_fold_take(loom_exec_fold *self, loom_exec_out *out);
+
+//  How many outputs were added since the fold was created or last taken.
+uint64_t loom_exec_fold_count(const loom_exec_fold *self);
 
 //  Largest output an item may produce (LOOM_ETOOBIG beyond). Default 64 MiB.
 void loom_executor_set_max_output(loom_executor *self, size_t max);
