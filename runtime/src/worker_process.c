@@ -1,2 +1,947 @@
-/* placeholder */
-typedef int loom_placeholder;
+/*  worker_process: one loom worker process.
+
+    The main thread runs plugin code through the executor; the I/O thread
+    (a CZMQ actor) owns the DEALER to the broker. They talk over the actor's
+    inproc PAIR pipe with one fixed-size frame per command (s_cmd): the I/O
+    thread decodes what the broker sends and passes MapOpen, TaskBatch and
+    Cancel on as pointers (decoded once, no copy); the main thread encodes
+    its ResultBatch and Error messages and passes the buffers on, which the
+    I/O thread hands to libzmq without a copy.
+
+    Every connection to the broker has a generation number. A reconnect
+    (broker silent for the expiry, a restarted broker, a lost session) starts
+    a new one: whatever the main thread was doing for the old one is dropped
+    (the broker requeues it), and results tagged with an old generation are
+    never sent.
+
+    The DEALER lives in a private ZeroMQ context so that the I/O thread can
+    flush it (close with linger, terminate that context) before the process
+    exits, even while the main thread is stuck in a hung task.  */
+
+#include "worker_process.h"
+
+#include "base.h"
+#include "executor.h"
+#include "wire.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <loom/loom.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#define S_FLUSH_BYTES (256 * 1024) //  send results early past this much data
+#define S_CANCELS 64               //  recently cancelled map ids remembered
+#define S_MAX_MAPS 4096            //  map definitions kept; the oldest go first
+#define S_TICK_MS 20               //  I/O thread timer resolution
+#define S_HWM 100000               //  DEALER high-water marks
+#define S_EXIT_LINGER_MS 2000      //  time to flush results before exiting
+
+//  Commands on the pipe, one frame each (the actor's "$TERM" aside).
+enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND };
+
+typedef struct {
+    int kind;
+    uint32_t gen;       //  connection generation this belongs to
+    uint32_t worker_id; //  S_CMD_WELCOME
+    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd)
+    size_t len;         //  S_CMD_SEND: bytes at ptr
+} s_cmd;
+
+//  State both threads read: the running item (for timeouts), recent
+//  cancels, the current generation.
+typedef struct {
+    pthread_mutex_t lock;
+    bool running;        //  an item is running (fields below valid)
+    uint32_t item_gen;   //  generation of its batch
+    uint64_t map;        //  its map
+    uint64_t index;      //  its index
+    uint32_t attempt;    //  its attempt
+    uint32_t timeout_ms; //  its map's timeout, 0: none
+    int64_t start_ms;    //  when it started
+    uint64_t cancels[S_CANCELS];
+    size_t ncancels; //  cancels ever recorded (ring position)
+    atomic_uint gen; //  current connection generation
+} s_shared;
+
+//  One map the main thread knows.
+typedef struct {
+    uint64_t id;
+    bool reduce;
+    uint32_t timeout_ms;
+    int status;  //  0, or why the map could not be opened
+    char *error; //  owned; the reason when status != 0
+} s_map;
+
+typedef struct {
+    const loom_worker_process_opts *opts;
+    s_shared *shared;
+} s_io_args;
+
+//  The I/O thread.
+typedef struct {
+    zsock_t *pipe;
+    void *pipe_raw;
+    const loom_worker_process_opts *opts;
+    s_shared *shared;
+    void *ctx;          //  private context of the DEALER
+    void *dealer;       //  to the broker; NULL between connections
+    uint32_t gen;       //  current generation
+    bool welcomed;      //  Welcome received on this connection
+    bool hello_pending; //  Hello not yet accepted by the socket
+    uint64_t epoch;     //  broker epoch of the Welcome
+    uint32_t hb_ms;     //  heartbeat interval
+    uint32_t liveness;  //  intervals of silence before the broker is dead
+    int64_t last_rx;    //  last message from the broker
+    int64_t last_tx;    //  last message to the broker
+    int64_t hello_at;   //  when Hello went out
+    zlist_t *pending;   //  s_cmd * waiting for the connection, in order
+} s_io;
+
+//  The main thread.
+typedef struct {
+    const loom_worker_process_opts *opts;
+    s_shared shared;
+    zactor_t *io;
+    void *pipe;
+    loom_executor *exec;
+    uint32_t worker_id;
+    uint32_t gen; //  generation of the maps below
+    s_map *maps;
+    size_t nmaps, capmaps;
+    long items_run;
+    //  Results being collected for one batch.
+    uint64_t out_map;
+    uint32_t out_gen;
+    loom_wire_result *res;
+    size_t nres, capres;
+    size_t res_bytes;
+    int64_t out_start_us;
+    bool has_partial;
+    void *partial; //  owned
+    size_t partial_len;
+} s_worker;
+
+static volatile sig_atomic_t s_stop;
+
+static void
+s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+//  ---------------------------------------------------------------------
+//  I/O thread
+
+static void
+s_io_drop_pending(s_io *self)
+{
+    s_cmd *cmd;
+    while ((cmd = (s_cmd *)zlist_pop(self->pending))) {
+        free(cmd->ptr);
+        free(cmd);
+    }
+}
+
+static void
+s_io_connect(s_io *self)
+{
+    if (self->dealer) {
+        int zero = 0;
+        zmq_setsockopt(self->dealer, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_close(self->dealer);
+    }
+    s_io_drop_pending(self);
+    self->dealer = zmq_socket(self->ctx, ZMQ_DEALER);
+    LOOM_ASSERT(self->dealer);
+    int one = 1, zero = 0, hwm = S_HWM;
+    int64_t maxmsg = 64 * 1024 * 1024 + 1024 * 1024;
+    zmq_setsockopt(self->dealer, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(self->dealer, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(self->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->dealer, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->dealer, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_connect(self->dealer, self->opts->endpoint) != 0)
+        loom_log_error("worker %d: cannot connect to %s: %s", (int)getpid(), self->opts->endpoint,
+                       zmq_strerror(zmq_errno()));
+    pthread_mutex_lock(&self->shared->lock);
+    self->shared->ncancels = 0;
+    pthread_mutex_unlock(&self->shared->lock);
+    self->gen++;
+    atomic_store(&self->shared->gen, self->gen);
+    self->welcomed = false;
+    self->hello_pending = true;
+    int64_t now = loom_now_ms();
+    self->hello_at = now;
+    self->last_rx = now;
+    self->last_tx = now;
+}
+
+static int
+s_io_send(s_io *self, const loom_msg *m)
+{
+    int rc = loom_wire_send(self->dealer, NULL, 0, m, ZMQ_DONTWAIT);
+    if (rc == 0)
+        self->last_tx = loom_now_ms();
+    return rc;
+}
+
+//  libzmq's free function for our buffers. *keep set: a failed send is
+//  closing the message and the buffer stays ours.
+static void
+s_free_unless_kept(void *data, void *hint)
+{
+    bool *keep = (bool *)hint;
+    if (*keep)
+        return;
+    free(data);
+    free(keep);
+}
+
+//  Send an encoded message without a copy. Returns 0 (the buffer is
+//  libzmq's now), LOOM_EAGAIN (not sent, still the caller's), or LOOM_EIO
+//  (not sent, freed).
+static int
+s_io_send_raw(s_io *self, void *buf, size_t len)
+{
+    bool *keep = (bool *)loom_xmalloc(sizeof *keep);
+    *keep = false;
+    zmq_msg_t msg;
+    if (zmq_msg_init_data(&msg, buf, len, s_free_unless_kept, keep) != 0) {
+        free(keep);
+        return LOOM_EAGAIN;
+    }
+    if (zmq_msg_send(&msg, self->dealer, ZMQ_DONTWAIT) >= 0) {
+        self->last_tx = loom_now_ms();
+        return 0;
+    }
+    int err = zmq_errno();
+    if (err == EAGAIN || err == EINTR) {
+        *keep = true;
+        zmq_msg_close(&msg);
+        free(keep);
+        return LOOM_EAGAIN;
+    }
+    zmq_msg_close(&msg);
+    loom_log_warning("worker %d: send to broker failed: %s", (int)getpid(), zmq_strerror(err));
+    return LOOM_EIO;
+}
+
+//  Send what waits, in order; stops at the first that would block.
+static void
+s_io_flush_pending(s_io *self)
+{
+    s_cmd *cmd;
+    while ((cmd = (s_cmd *)zlist_first(self->pending))) {
+        if (s_io_send_raw(self, cmd->ptr, cmd->len) == LOOM_EAGAIN)
+            return;
+        zlist_pop(self->pending);
+        free(cmd);
+    }
+}
+
+static void
+s_io_hello(s_io *self)
+{
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_HELLO;
+    m.u.hello.role = LOOM_ROLE_WORKER;
+    m.u.hello.host = self->opts->host;
+    m.u.hello.pid = (uint32_t)getpid();
+    m.u.hello.credit = self->opts->credit ? self->opts->credit : LOOM_WORKER_DEFAULT_CREDIT;
+    m.u.hello.software = loom_version();
+    if (s_io_send(self, &m) == 0) {
+        self->hello_pending = false;
+        self->hello_at = loom_now_ms();
+    }
+}
+
+static void
+s_io_to_main(s_io *self, const s_cmd *cmd)
+{
+    while (zmq_send(self->pipe_raw, cmd, sizeof *cmd, 0) < 0 && zmq_errno() == EINTR)
+        ;
+}
+
+static void
+s_io_on_message(s_io *self, loom_msg **msg_p)
+{
+    loom_msg *m = *msg_p;
+    switch (m->type) {
+    case LOOM_MSG_WELCOME: {
+        const loom_wire_welcome *w = &m->u.welcome;
+        if (self->welcomed) {
+            if (w->epoch != self->epoch) {
+                loom_log_notice("worker %d: broker restarted (new epoch): saying hello again",
+                                (int)getpid());
+                s_io_connect(self);
+            }
+            break;
+        }
+        self->welcomed = true;
+        self->epoch = w->epoch;
+        self->hb_ms = w->heartbeat_ms ? w->heartbeat_ms : self->hb_ms;
+        self->liveness = w->liveness ? w->liveness : self->liveness;
+        loom_log_info("worker %d: welcome as worker %u, heartbeat %u ms", (int)getpid(),
+                      w->worker_id, self->hb_ms);
+        s_cmd cmd = {.kind = S_CMD_WELCOME, .gen = self->gen, .worker_id = w->worker_id};
+        s_io_to_main(self, &cmd);
+        break;
+    }
+    case LOOM_MSG_CANCEL:
+        if (self->welcomed) {
+            pthread_mutex_lock(&self->shared->lock);
+            self->shared->cancels[self->shared->ncancels++ % S_CANCELS] = m->u.cancel_map;
+            pthread_mutex_unlock(&self->shared->lock);
+        }
+        //  The main thread closes the map.
+        /* fall through */
+    case LOOM_MSG_MAP_OPEN:
+    case LOOM_MSG_TASK_BATCH:
+        if (self->welcomed) {
+            s_cmd cmd = {.kind = S_CMD_MSG, .gen = self->gen, .ptr = m};
+            s_io_to_main(self, &cmd);
+            *msg_p = NULL;
+        }
+        break;
+    case LOOM_MSG_ERROR:
+        if (m->u.error.code == LOOM_ESTATE) {
+            loom_log_notice("worker %d: broker lost our session (%s): saying hello again",
+                            (int)getpid(), m->u.error.message ? m->u.error.message : "");
+            s_io_connect(self);
+        } else
+            loom_log_warning("worker %d: broker error %d: %s", (int)getpid(), m->u.error.code,
+                             m->u.error.message ? m->u.error.message : "");
+        break;
+    default:
+        break; //  Heartbeat and anything else: counted as traffic only
+    }
+}
+
+static void
+s_io_on_broker(s_io *self)
+{
+    for (int n = 0; n < 1000 && self->dealer; n++) {
+        loom_msg *m = NULL;
+        void *sock = self->dealer;
+        int rc = loom_wire_recv(sock, NULL, 0, NULL, &m, ZMQ_DONTWAIT);
+        if (rc == LOOM_EAGAIN || rc == LOOM_EIO)
+            return;
+        self->last_rx = loom_now_ms();
+        if (rc == LOOM_EPROTO) {
+            loom_log_warning("worker %d: malformed message from broker dropped", (int)getpid());
+            continue;
+        }
+        s_io_on_message(self, &m);
+        loom_msg_destroy(&m);
+        if (sock != self->dealer)
+            return; //  reconnected: the new socket is polled next time
+    }
+}
+
+//  The running item is past its timeout: report it, flush, and end the
+//  process (the main thread is stuck in plugin code).
+static LOOM_NORETURN void
+s_io_timeout(s_io *self, uint32_t gen, uint64_t map, uint64_t index, uint32_t attempt,
+             uint32_t timeout_ms)
+{
+    loom_log_warning("worker %d: item %" PRIu64 " of map %" PRIu64 " timed out after %u ms",
+                     (int)getpid(), index, map, timeout_ms);
+    if (gen == self->gen && self->welcomed) {
+        s_io_flush_pending(self);
+        char error[80];
+        snprintf(error, sizeof error, "item timed out after %u ms", timeout_ms);
+        loom_wire_result r;
+        memset(&r, 0, sizeof r);
+        r.index = index;
+        r.attempt = attempt;
+        r.status = LOOM_ETIMEDOUT;
+        r.error = error;
+        loom_msg m;
+        memset(&m, 0, sizeof m);
+        m.type = LOOM_MSG_RESULT_BATCH;
+        m.u.result_batch.map = map;
+        m.u.result_batch.results = &r;
+        m.u.result_batch.nresults = 1;
+        m.u.result_batch.elapsed_us = (uint64_t)timeout_ms * 1000;
+        int sndtimeo = S_EXIT_LINGER_MS;
+        zmq_setsockopt(self->dealer, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+        loom_wire_send(self->dealer, NULL, 0, &m, 0);
+    }
+    int linger = S_EXIT_LINGER_MS;
+    zmq_setsockopt(self->dealer, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(self->dealer);
+    zmq_ctx_term(self->ctx); //  returns once flushed, or after the linger
+    _exit(LOOM_WORKER_EXIT_TIMEDOUT);
+}
+
+static void
+s_io_tick(s_io *self)
+{
+    int64_t now = loom_now_ms();
+    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
+    if (self->hello_pending)
+        s_io_hello(self);
+    else if (!self->welcomed && now - self->hello_at > expiry) {
+        loom_log_notice("worker %d: no welcome from %s after %" PRId64 " ms: retrying",
+                        (int)getpid(), self->opts->endpoint, now - self->hello_at);
+        s_io_connect(self);
+        s_io_hello(self);
+    } else if (self->welcomed && now - self->last_rx > expiry) {
+        loom_log_notice("worker %d: broker silent for %" PRId64 " ms: reconnecting", (int)getpid(),
+                        now - self->last_rx);
+        s_io_connect(self);
+        s_io_hello(self);
+    }
+    if (self->welcomed) {
+        if (zlist_size(self->pending))
+            s_io_flush_pending(self);
+        if (now - self->last_tx >= self->hb_ms) {
+            loom_msg m;
+            memset(&m, 0, sizeof m);
+            m.type = LOOM_MSG_HEARTBEAT;
+            s_io_send(self, &m);
+            self->last_tx = now; //  do not retry every tick when the send failed
+        }
+    }
+    s_shared *sh = self->shared;
+    pthread_mutex_lock(&sh->lock);
+    bool late = sh->running && sh->timeout_ms > 0 && now - sh->start_ms >= sh->timeout_ms;
+    uint32_t gen = sh->item_gen, attempt = sh->attempt, timeout_ms = sh->timeout_ms;
+    uint64_t map = sh->map, index = sh->index;
+    pthread_mutex_unlock(&sh->lock);
+    if (late)
+        s_io_timeout(self, gen, map, index, attempt, timeout_ms);
+}
+
+//  Commands from the main thread. Returns -1 on $TERM.
+static int
+s_io_on_pipe(s_io *self)
+{
+    for (int n = 0; n < 1000; n++) {
+        s_cmd cmd;
+        int size = zmq_recv(self->pipe_raw, &cmd, sizeof cmd, ZMQ_DONTWAIT);
+        if (size < 0)
+            return 0;
+        if (size == 5 && memcmp(&cmd, "$TERM", 5) == 0)
+            return -1;
+        if (size != (int)sizeof cmd || cmd.kind != S_CMD_SEND)
+            continue;
+        if (cmd.gen != self->gen || !self->welcomed) {
+            free(cmd.ptr); //  for a session that is gone: the broker requeued it
+            continue;
+        }
+        s_cmd *held = (s_cmd *)loom_xmalloc(sizeof *held);
+        *held = cmd;
+        zlist_append(self->pending, held);
+        s_io_flush_pending(self);
+    }
+    return 0;
+}
+
+//  Leave: send what waits, close with a linger so it reaches the broker.
+static void
+s_io_finish(s_io *self)
+{
+    if (self->welcomed)
+        s_io_flush_pending(self);
+    s_io_drop_pending(self);
+    int linger = S_EXIT_LINGER_MS;
+    zmq_setsockopt(self->dealer, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(self->dealer);
+    self->dealer = NULL;
+    zmq_ctx_term(self->ctx);
+    self->ctx = NULL;
+}
+
+static void
+s_io_actor(zsock_t *pipe, void *arg)
+{
+    s_io_args *args = (s_io_args *)arg;
+    s_io self;
+    memset(&self, 0, sizeof self);
+    self.pipe = pipe;
+    self.pipe_raw = zsock_resolve(pipe);
+    self.opts = args->opts;
+    self.shared = args->shared;
+    self.hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
+    self.liveness = 3;
+    self.pending = zlist_new();
+    self.ctx = zmq_ctx_new();
+    LOOM_ASSERT(self.ctx);
+    //  Signals go to this thread, never to the one running plugin code.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    s_io_connect(&self);
+    zsock_signal(pipe, 0);
+    while (true) {
+        zmq_pollitem_t items[2] = {{self.pipe_raw, 0, ZMQ_POLLIN, 0},
+                                   {self.dealer, 0, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(items, 2, S_TICK_MS);
+        if (rc < 0 && zmq_errno() != EINTR)
+            break;
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN) && s_io_on_pipe(&self) < 0)
+            break;
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
+            s_io_on_broker(&self);
+        s_io_tick(&self);
+    }
+    s_io_finish(&self);
+    zlist_destroy(&self.pending);
+}
+
+//  ---------------------------------------------------------------------
+//  Main thread
+
+static s_map *
+s_map_find(s_worker *self, uint64_t id)
+{
+    for (size_t i = 0; i < self->nmaps; i++)
+        if (self->maps[i].id == id)
+            return &self->maps[i];
+    return NULL;
+}
+
+static void
+s_map_forget(s_worker *self, uint64_t id)
+{
+    for (size_t i = 0; i < self->nmaps; i++)
+        if (self->maps[i].id == id) {
+            free(self->maps[i].error);
+            loom_executor_close_map(self->exec, id);
+            memmove(&self->maps[i], &self->maps[i + 1],
+                    (self->nmaps - i - 1) * sizeof self->maps[0]);
+            self->nmaps--;
+            return;
+        }
+}
+
+static void
+s_map_forget_all(s_worker *self)
+{
+    while (self->nmaps)
+        s_map_forget(self, self->maps[0].id);
+}
+
+static s_map *
+s_map_add(s_worker *self, uint64_t id)
+{
+    s_map_forget(self, id);
+    if (self->nmaps == S_MAX_MAPS)
+        s_map_forget(self, self->maps[0].id);
+    if (self->nmaps == self->capmaps) {
+        self->capmaps = self->capmaps ? self->capmaps * 2 : 16;
+        self->maps = (s_map *)loom_xrealloc(self->maps, self->capmaps * sizeof *self->maps);
+    }
+    s_map *mp = &self->maps[self->nmaps++];
+    memset(mp, 0, sizeof *mp);
+    mp->id = id;
+    return mp;
+}
+
+static bool
+s_cancelled(s_worker *self, uint64_t map)
+{
+    s_shared *sh = &self->shared;
+    bool found = false;
+    pthread_mutex_lock(&sh->lock);
+    size_t n = sh->ncancels < S_CANCELS ? sh->ncancels : S_CANCELS;
+    for (size_t i = 0; i < n && !found; i++)
+        found = sh->cancels[i] == map;
+    pthread_mutex_unlock(&sh->lock);
+    return found;
+}
+
+//  Our work belongs to a connection that is gone.
+static bool
+s_stale(s_worker *self, uint32_t gen)
+{
+    return atomic_load(&self->shared.gen) != gen;
+}
+
+static void
+s_to_io(s_worker *self, uint32_t gen, const loom_msg *m)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (loom_wire_encode(m, &buf, &len) != 0) {
+        loom_log_error("worker %d: cannot encode %s", (int)getpid(), loom_msg_type_name(m->type));
+        return;
+    }
+    s_cmd cmd = {.kind = S_CMD_SEND, .gen = gen, .ptr = buf, .len = len};
+    while (zmq_send(self->pipe, &cmd, sizeof cmd, 0) < 0) {
+        if (zmq_errno() != EINTR) {
+            free(buf);
+            return;
+        }
+    }
+}
+
+static void
+s_send_error(s_worker *self, int code, uint64_t map, const char *message)
+{
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_ERROR;
+    m.u.error.code = code;
+    m.u.error.map = map;
+    m.u.error.message = message;
+    s_to_io(self, self->gen, &m);
+}
+
+static void
+s_out_clear(s_worker *self)
+{
+    for (size_t i = 0; i < self->nres; i++) {
+        free((void *)self->res[i].data.data);
+        free((void *)self->res[i].error);
+    }
+    self->nres = 0;
+    self->res_bytes = 0;
+}
+
+static void
+s_out_begin(s_worker *self, uint64_t map)
+{
+    s_out_clear(self);
+    free(self->partial);
+    self->partial = NULL;
+    self->partial_len = 0;
+    self->has_partial = false;
+    self->out_map = map;
+    self->out_gen = self->gen;
+    self->out_start_us = loom_now_us();
+}
+
+//  Add a result; takes data and error (malloc'd or NULL).
+static void
+s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, size_t len,
+          char *error)
+{
+    if (self->nres == self->capres) {
+        self->capres = self->capres ? self->capres * 2 : 64;
+        self->res = (loom_wire_result *)loom_xrealloc(self->res, self->capres * sizeof *self->res);
+    }
+    loom_wire_result *r = &self->res[self->nres++];
+    memset(r, 0, sizeof *r);
+    r->index = item->index;
+    r->attempt = item->attempt;
+    r->status = status;
+    r->data.data = (const uint8_t *)data;
+    r->data.len = len;
+    r->error = error;
+    self->res_bytes += len + (error ? strlen(error) : 0) + 32;
+}
+
+//  Send the results collected (and the partial when final).
+static void
+s_out_flush(s_worker *self, bool final)
+{
+    bool partial = final && self->has_partial;
+    if (self->nres == 0 && !partial)
+        return;
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_RESULT_BATCH;
+    m.u.result_batch.map = self->out_map;
+    m.u.result_batch.results = self->res;
+    m.u.result_batch.nresults = self->nres;
+    int64_t now = loom_now_us();
+    m.u.result_batch.elapsed_us = (uint64_t)(now - self->out_start_us);
+    if (partial) {
+        m.u.result_batch.has_partial = true;
+        m.u.result_batch.partial.data = (const uint8_t *)self->partial;
+        m.u.result_batch.partial.len = self->partial_len;
+    }
+    if (!s_stale(self, self->out_gen))
+        s_to_io(self, self->out_gen, &m);
+    s_out_clear(self);
+    self->out_start_us = now;
+    if (partial) {
+        free(self->partial);
+        self->partial = NULL;
+        self->partial_len = 0;
+        self->has_partial = false;
+    }
+}
+
+//  Fold an output (taken) into the batch's partial. Returns 0, or the
+//  fold's error with *error set (malloc'd).
+static int
+s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
+{
+    if (!self->has_partial) {
+        self->partial = data;
+        self->partial_len = len;
+        self->has_partial = true;
+        return 0;
+    }
+    loom_exec_out out;
+    memset(&out, 0, sizeof out);
+    int rc =
+        loom_executor_reduce(self->exec, map, self->partial, self->partial_len, data, len, &out);
+    free(data);
+    if (rc != 0) {
+        *error = out.error ? out.error : loom_xstrdup(loom_strerror(rc));
+        out.error = NULL;
+        loom_exec_out_clear(&out);
+        return rc;
+    }
+    free(self->partial);
+    self->partial = out.data;
+    self->partial_len = out.len;
+    free(out.error);
+    return 0;
+}
+
+static void
+s_publish(s_worker *self, bool running, uint64_t map, const loom_wire_item *item,
+          uint32_t timeout_ms)
+{
+    s_shared *sh = &self->shared;
+    pthread_mutex_lock(&sh->lock);
+    sh->running = running;
+    if (running) {
+        sh->item_gen = self->gen;
+        sh->map = map;
+        sh->index = item->index;
+        sh->attempt = item->attempt;
+        sh->timeout_ms = timeout_ms;
+        sh->start_ms = loom_now_ms();
+    }
+    pthread_mutex_unlock(&sh->lock);
+}
+
+//  TaskBatch{combine}: fold every item's data into one partial.
+static void
+s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
+{
+    int status = 0;
+    char *error = NULL;
+    if (!mp) {
+        status = LOOM_EPROTO;
+        error = loom_xstrdup("unknown map");
+    } else if (mp->status) {
+        status = mp->status;
+        error = loom_xstrdup(mp->error);
+    }
+    for (size_t i = 0; i < tb->nitems && status == 0; i++) {
+        size_t len = tb->items[i].data.len;
+        void *copy = loom_xmalloc(len);
+        if (len)
+            memcpy(copy, tb->items[i].data.data, len);
+        status = s_fold(self, tb->map, copy, len, &error);
+    }
+    if (status != 0) {
+        loom_log_warning("worker %d: combine for map %" PRIu64 " failed: %s", (int)getpid(),
+                         tb->map, error);
+        s_send_error(self, status, tb->map, error);
+        free(error);
+        free(self->partial);
+        self->partial = NULL;
+        self->has_partial = false;
+    } else if (!self->has_partial) {
+        self->has_partial = true; //  no items: an empty fold
+    }
+    //  Always answer, so the broker never waits for a combine forever.
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_RESULT_BATCH;
+    m.u.result_batch.map = tb->map;
+    m.u.result_batch.elapsed_us = (uint64_t)(loom_now_us() - self->out_start_us);
+    m.u.result_batch.has_partial = self->has_partial;
+    m.u.result_batch.partial.data = (const uint8_t *)self->partial;
+    m.u.result_batch.partial.len = self->partial_len;
+    if (!s_stale(self, self->out_gen))
+        s_to_io(self, self->out_gen, &m);
+    free(self->partial);
+    self->partial = NULL;
+    self->partial_len = 0;
+    self->has_partial = false;
+}
+
+static void
+s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
+{
+    s_map *mp = s_map_find(self, tb->map);
+    s_out_begin(self, tb->map);
+    if (tb->combine) {
+        s_run_combine(self, tb, mp);
+        return;
+    }
+    if (s_cancelled(self, tb->map))
+        return;
+    if (!mp || mp->status) {
+        int status = mp ? mp->status : LOOM_EPROTO;
+        for (size_t i = 0; i < tb->nitems; i++) {
+            char *error;
+            if (mp)
+                error = loom_xstrdup(mp->error);
+            else {
+                error = (char *)loom_xmalloc(64);
+                snprintf(error, 64, "unknown map %" PRIu64, tb->map);
+            }
+            s_out_add(self, &tb->items[i], status, NULL, 0, error);
+        }
+        s_out_flush(self, true);
+        return;
+    }
+    for (size_t i = 0; i < tb->nitems; i++) {
+        const loom_wire_item *item = &tb->items[i];
+        if (s_stale(self, self->out_gen) || s_cancelled(self, tb->map)) {
+            s_out_begin(self, tb->map); //  drop: nobody wants these now
+            return;
+        }
+        loom_exec_out out;
+        memset(&out, 0, sizeof out);
+        s_publish(self, true, tb->map, item, mp->timeout_ms);
+        int rc = loom_executor_run(self->exec, tb->map, item->index, item->data.data,
+                                   item->data.len, &out);
+        s_publish(self, false, 0, NULL, 0);
+        self->items_run++;
+        if (rc == 0 && mp->reduce) {
+            char *error = NULL;
+            rc = s_fold(self, tb->map, out.data, out.len, &error);
+            out.data = NULL;
+            s_out_add(self, item, rc, NULL, 0, error);
+            free(out.error);
+        } else
+            s_out_add(self, item, rc, out.data, out.len, out.error);
+        if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS)
+            s_out_flush(self, false);
+    }
+    s_out_flush(self, true);
+}
+
+static void
+s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
+{
+    s_map *mp = s_map_add(self, mo->map);
+    mp->reduce = mo->reduce;
+    mp->timeout_ms = mo->timeout_ms;
+    char *reason = NULL;
+    int rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
+                                    mo->args.data, mo->args.len, mo->reduce, &reason);
+    if (rc != 0) {
+        mp->status = rc;
+        mp->error = reason ? reason : loom_xstrdup(loom_strerror(rc));
+        loom_log_warning("worker %d: map %" PRIu64 " (%s/%s): %s", (int)getpid(), mo->map,
+                         mo->plugin ? mo->plugin : "?", mo->task ? mo->task : "?", mp->error);
+        s_send_error(self, rc, mo->map, mp->error);
+    } else
+        free(reason);
+}
+
+//  A message from the broker, passed on by the I/O thread.
+static void
+s_on_message(s_worker *self, uint32_t gen, loom_msg *m)
+{
+    if (s_stale(self, gen))
+        return;
+    if (gen != self->gen) {
+        //  A new connection: the broker will define its maps again.
+        s_map_forget_all(self);
+        self->gen = gen;
+    }
+    switch (m->type) {
+    case LOOM_MSG_MAP_OPEN:
+        s_on_map_open(self, &m->u.map_open);
+        break;
+    case LOOM_MSG_TASK_BATCH:
+        s_run_batch(self, &m->u.task_batch);
+        break;
+    case LOOM_MSG_CANCEL:
+        s_map_forget(self, m->u.cancel_map);
+        break;
+    default:
+        break;
+    }
+}
+
+int
+loom_worker_process_run(const loom_worker_process_opts *opts)
+{
+    LOOM_ASSERT(opts && opts->endpoint && opts->host);
+    //  Plugin code runs on this thread: keep SIGTERM/SIGINT off it, and off
+    //  every thread started from here, so a signal does not cut a task's
+    //  sleep or read. Only the I/O thread unblocks them. Blocking before
+    //  zsys_init also means no signal is lost while handlers change.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    zsys_init();
+    zsys_set_logident("loom-worker");
+    zsys_handler_set(NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    s_worker self;
+    memset(&self, 0, sizeof self);
+    self.opts = opts;
+    pthread_mutex_init(&self.shared.lock, NULL);
+    atomic_init(&self.shared.gen, 0);
+    s_io_args args = {.opts = opts, .shared = &self.shared};
+    self.io = zactor_new(s_io_actor, &args);
+    LOOM_ASSERT(self.io);
+    self.pipe = zsock_resolve(self.io);
+    int status = 0;
+
+    while (!s_stop) {
+        if (opts->max_tasks > 0 && self.items_run >= opts->max_tasks) {
+            loom_log_info("worker %d: ran %ld items (--max-tasks): exiting", (int)getpid(),
+                          self.items_run);
+            break;
+        }
+        zmq_pollitem_t item = {self.pipe, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&item, 1, 100);
+        if (rc < 0 && zmq_errno() != EINTR)
+            break;
+        if (rc <= 0)
+            continue;
+        s_cmd cmd;
+        int size = zmq_recv(self.pipe, &cmd, sizeof cmd, ZMQ_DONTWAIT);
+        if (size != (int)sizeof cmd)
+            continue;
+        if (cmd.kind == S_CMD_WELCOME) {
+            self.worker_id = cmd.worker_id;
+            if (!self.exec) {
+                self.exec = loom_executor_new(opts->plugin_path, cmd.worker_id);
+                if (!self.exec) {
+                    loom_log_error("worker %d: cannot create the executor", (int)getpid());
+                    status = 1;
+                    break;
+                }
+            }
+        } else if (cmd.kind == S_CMD_MSG) {
+            loom_msg *m = (loom_msg *)cmd.ptr;
+            if (self.exec)
+                s_on_message(&self, cmd.gen, m);
+            loom_msg_destroy(&m);
+        }
+    }
+    //  The results of the last batch are in the pipe ahead of $TERM: the
+    //  I/O thread sends them before it closes.
+    zactor_destroy(&self.io);
+    s_map_forget_all(&self);
+    s_out_clear(&self);
+    free(self.res);
+    free(self.maps);
+    free(self.partial);
+    loom_executor_destroy(&self.exec);
+    pthread_mutex_destroy(&self.shared.lock);
+    return status;
+}

@@ -1,0 +1,37 @@
+/*  worker_process: one loom worker process (`loom worker --child`).
+
+    Two threads. The I/O thread owns the DEALER to the broker: it says Hello,
+    takes the Welcome, heartbeats when idle, notices a silent or restarted
+    broker and reconnects with a new socket and a new Hello, forwards MapOpen,
+    TaskBatch and Cancel to the main thread over an inproc pipe, sends the
+    main thread's results to the broker, and enforces item timeouts. The main
+    thread owns the executor and runs plugin code, so a long task never stops
+    the heartbeats.  */
+
+#ifndef LOOM_WORKER_PROCESS_H
+#define LOOM_WORKER_PROCESS_H
+
+#include <stdint.h>
+
+//  Exit status of a worker process whose item ran past its timeout.
+#define LOOM_WORKER_EXIT_TIMEDOUT 124
+
+//  Items a worker process accepts in flight when not told otherwise.
+#define LOOM_WORKER_DEFAULT_CREDIT 512
+
+typedef struct {
+    const char *endpoint;    //  broker task endpoint (required)
+    const char *host;        //  supervisor's host id (required)
+    const char *plugin_path; //  ':'-separated; NULL: the default path
+    long max_tasks;          //  exit 0 after this many items; 0: never
+    uint32_t credit;         //  Hello.credit; 0: LOOM_WORKER_DEFAULT_CREDIT
+} loom_worker_process_opts;
+
+//  Run one worker process until SIGTERM/SIGINT (finishes the batch it is
+//  running, sends its results) or --max-tasks. Returns the process exit
+//  status: 0 on a clean stop, 1 on a setup failure. An item that runs past
+//  its timeout ends the process from the I/O thread with
+//  _exit(LOOM_WORKER_EXIT_TIMEDOUT) after sending its LOOM_ETIMEDOUT result.
+int loom_worker_process_run(const loom_worker_process_opts *opts);
+
+#endif
