@@ -1,2 +1,1080 @@
-/* placeholder */
-typedef int loom_placeholder;
+/*  broker: the loom broker actor. Owns the task ROUTER (clients, worker
+    processes and supervisors all connect there) and the blob ROUTER, a
+    zloop with one reader per socket and a heartbeat timer, the session
+    table and the scheduler (scheduler.c), which decides what goes where.
+
+    Every handler drains its socket up to a budget, then settles: ends the
+    sessions that died meanwhile (requeueing or cancelling their work),
+    sends failed items and finished maps to their clients, and dispatches
+    batches to workers with room. Peer input is never trusted: anything
+    malformed or unexpected is counted in msgs_rejected and dropped.  */
+
+#include "broker.h"
+
+#include "base.h"
+#include "scheduler.h"
+#include "wire.h"
+
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LOOM_BROKER_LIVENESS 3
+#define LOOM_BROKER_MAX_BATCH 256
+#define LOOM_BROKER_MAX_FRAME (64 * 1024 * 1024)
+#define LOOM_BROKER_HWM 100000
+#define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
+#define LOOM_RID_MAX 256
+
+typedef struct {
+    char key[2 * LOOM_RID_MAX + 1]; //  hex routing id: the sessions table key
+    uint8_t rid[LOOM_RID_MAX];
+    size_t rid_len;
+    uint64_t id;
+    loom_role role;
+    char *host; //  supervisor's host id ("" if none)
+    uint32_t pid;
+    int64_t last_in, last_out; //  ms
+    bool dead;                 //  to be ended at the next settle
+    char *dead_reason;
+    loom_sched_worker *sw; //  worker processes
+    uint32_t worker_id;
+    zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
+    size_t pipelines;
+} s_session;
+
+typedef struct {
+    zsock_t *pipe;
+    zloop_t *loop;
+    zsock_t *tasks;
+    zsock_t *blobs;
+    bool bound, blobs_bound;
+    loom_sched *sched;
+    zhashx_t *sessions;  //  hex rid -> s_session
+    zhashx_t *strangers; //  hex rid -> int64_t last Error sent (ms)
+    uint64_t epoch;
+    uint64_t next_session;
+    int64_t started_ms;
+    int hb_ms;
+    size_t ndead;
+    loom_wire_stats st; //  counters kept here; the rest is computed
+    bool verbose;
+} s_broker;
+
+static void s_settle(s_broker *self);
+
+//  ---------------------------------------------------------------------
+//  Sessions and sending
+
+static void
+s_rid_key(const uint8_t *rid, size_t len, char *key)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        key[2 * i] = hex[rid[i] >> 4];
+        key[2 * i + 1] = hex[rid[i] & 15];
+    }
+    key[2 * len] = 0;
+}
+
+static void
+s_kill(s_broker *self, s_session *s, const char *reason)
+{
+    if (s->dead)
+        return;
+    s->dead = true;
+    s->dead_reason = loom_xstrdup(reason);
+    self->ndead++;
+    if (self->verbose)
+        loom_log_info("broker: session %llu ends: %s", (unsigned long long)s->id, reason);
+}
+
+static int
+s_send_rid(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg *m)
+{
+    int rc = loom_wire_send(zsock_resolve(self->tasks), rid, rid_len, m, ZMQ_DONTWAIT);
+    if (rc == 0)
+        self->st.msgs_out++;
+    return rc;
+}
+
+//  Send to a session. A peer gone (LOOM_ECONNECT) or failing is ended; a
+//  peer not reading (LOOM_EAGAIN) loses the message.
+static int
+s_send(s_broker *self, s_session *s, const loom_msg *m)
+{
+    if (s->dead)
+        return LOOM_ECONNECT;
+    int rc = s_send_rid(self, s->rid, s->rid_len, m);
+    if (rc == 0)
+        s->last_out = loom_now_ms();
+    else if (rc == LOOM_EAGAIN)
+        loom_log_warning("broker: session %llu is not reading: %s dropped",
+                         (unsigned long long)s->id, loom_msg_type_name(m->type));
+    else if (rc == LOOM_ECONNECT || rc == LOOM_EIO)
+        s_kill(self, s, rc == LOOM_ECONNECT ? "peer disconnected" : "send failed");
+    else //  not encodable: an oversized message or our bug, not the peer's fault
+        loom_log_error("broker: cannot encode %s for session %llu: %d", loom_msg_type_name(m->type),
+                       (unsigned long long)s->id, rc);
+    return rc;
+}
+
+static void s_send_error(s_broker *self, s_session *s, int code, uint64_t map, const char *fmt, ...)
+    LOOM_PRINTF(5, 6);
+
+static void
+s_send_error(s_broker *self, s_session *s, int code, uint64_t map, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    loom_msg m = {.type = LOOM_MSG_ERROR};
+    m.u.error.code = code;
+    m.u.error.map = map;
+    m.u.error.message = text;
+    s_send(self, s, &m);
+}
+
+static void
+s_session_free(s_session **s_p)
+{
+    s_session *s = *s_p;
+    if (!s)
+        return;
+    zhashx_destroy(&s->maps);
+    free(s->host);
+    free(s->dead_reason);
+    free(s);
+    *s_p = NULL;
+}
+
+//  Map table key of a client's map id.
+static void
+s_map_key(uint64_t id, char *key, size_t cap)
+{
+    snprintf(key, cap, "%llu", (unsigned long long)id);
+}
+
+//  Forget a map: tell the workers holding its items to skip them, drop it.
+static void
+s_map_cancel(s_broker *self, loom_sched_map *map)
+{
+    loom_sched_worker *ws[256];
+    size_t n = loom_sched_map_workers(map, ws, 256);
+    loom_msg m = {.type = LOOM_MSG_CANCEL};
+    m.u.cancel_map = loom_sched_map_id(map);
+    for (size_t i = 0; i < n; i++)
+        s_send(self, loom_sched_worker_handle(ws[i]), &m);
+    s_session *client = loom_sched_map_owner(map);
+    char key[32];
+    s_map_key(loom_sched_map_owner_id(map), key, sizeof key);
+    zhashx_delete(client->maps, key);
+    loom_sched_map_destroy(self->sched, &map);
+}
+
+//  End a dead session now: requeue a worker's items, cancel a client's
+//  maps, end a supervisor's worker processes.
+static void
+s_session_end(s_broker *self, s_session *s)
+{
+    const char *reason = s->dead_reason ? s->dead_reason : "session ended";
+    if (s->dead)
+        self->ndead--;
+    zhashx_delete(self->sessions, s->key);
+    if (s->role == LOOM_ROLE_WORKER && s->sw)
+        loom_sched_worker_remove(self->sched, &s->sw, reason);
+    else if (s->role == LOOM_ROLE_CLIENT && s->maps) {
+        zlistx_t *maps = zhashx_values(s->maps);
+        for (loom_sched_map *map = zlistx_first(maps); map; map = zlistx_next(maps))
+            s_map_cancel(self, map);
+        zlistx_destroy(&maps);
+    } else if (s->role == LOOM_ROLE_SUPERVISOR && s->host && *s->host) {
+        char text[256];
+        snprintf(text, sizeof text, "supervisor of host %s lost (%s)", s->host, reason);
+        for (s_session *w = zhashx_first(self->sessions); w; w = zhashx_next(self->sessions))
+            if (w->role == LOOM_ROLE_WORKER && w->host && !strcmp(w->host, s->host))
+                s_kill(self, w, text);
+    }
+    s_session_free(&s);
+}
+
+static void
+s_reap(s_broker *self)
+{
+    while (self->ndead) {
+        zlistx_t *all = zhashx_values(self->sessions);
+        size_t before = self->ndead;
+        for (s_session *s = zlistx_first(all); s; s = zlistx_next(all))
+            if (s->dead)
+                s_session_end(self, s);
+        zlistx_destroy(&all);
+        if (self->ndead == before) {
+            //  Cannot happen: every dead session is in the table.
+            LOOM_ASSERT(false);
+        }
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Results to clients
+
+//  Send the map's failed items to its client, then its end if it is done.
+static void
+s_map_check(s_broker *self, loom_sched_map *map)
+{
+    s_session *client = loom_sched_map_owner(map);
+    uint64_t client_map = loom_sched_map_owner_id(map);
+    loom_sched_item *items[LOOM_BROKER_MAX_BATCH];
+    loom_wire_result res[LOOM_BROKER_MAX_BATCH];
+    for (;;) {
+        size_t n = 0;
+        while (n < LOOM_BROKER_MAX_BATCH && (items[n] = loom_sched_map_pop_failed(map)))
+            n++;
+        if (!n)
+            break;
+        for (size_t i = 0; i < n; i++) {
+            res[i] = (loom_wire_result){.index = items[i]->index,
+                                        .attempt = items[i]->attempt,
+                                        .status = items[i]->status,
+                                        .error = items[i]->reason};
+            self->st.items_failed++;
+        }
+        loom_msg m = {.type = LOOM_MSG_RESULT_BATCH};
+        m.u.result_batch.map = client_map;
+        m.u.result_batch.results = res;
+        m.u.result_batch.nresults = n;
+        s_send(self, client, &m);
+        for (size_t i = 0; i < n; i++)
+            loom_sched_item_free(&items[i]);
+    }
+    if (loom_sched_map_state(map) != LOOM_SCHED_DONE)
+        return;
+    size_t len = 0;
+    const void *fold = loom_sched_map_result(map, &len);
+    const char *fold_msg = NULL;
+    int fold_status = loom_sched_map_fold_error(map, &fold_msg);
+    if (fold || fold_status) {
+        //  The reduced result, or why the fold failed, in its place.
+        loom_wire_result r = {.index = UINT64_MAX, .data = {fold, len}};
+        if (fold_status) {
+            r = (loom_wire_result){.index = UINT64_MAX, .status = fold_status, .error = fold_msg};
+            self->st.items_failed++;
+        }
+        loom_msg m = {.type = LOOM_MSG_RESULT_BATCH};
+        m.u.result_batch.map = client_map;
+        m.u.result_batch.results = &r;
+        m.u.result_batch.nresults = 1;
+        s_send(self, client, &m);
+    }
+    loom_msg end = {.type = LOOM_MSG_MAP_END};
+    end.u.map_end.map = client_map;
+    end.u.map_end.count = loom_sched_map_count_expected(map);
+    s_send(self, client, &end);
+    char key[32];
+    s_map_key(client_map, key, sizeof key);
+    zhashx_delete(client->maps, key);
+    loom_sched_map_destroy(self->sched, &map);
+}
+
+static void
+s_flush(s_broker *self)
+{
+    loom_sched_map *map = loom_sched_map_first(self->sched);
+    while (map) {
+        loom_sched_map *next = loom_sched_map_next(map);
+        s_map_check(self, map);
+        map = next;
+    }
+}
+
+//  ---------------------------------------------------------------------
+//  Dispatch to workers
+
+static int
+s_send_map_open(s_broker *self, s_session *w, loom_sched_map *map)
+{
+    const loom_sched_def *d = loom_sched_map_def(map);
+    loom_msg m = {.type = LOOM_MSG_MAP_OPEN};
+    loom_wire_map_open *o = &m.u.map_open;
+    o->map = loom_sched_map_id(map);
+    o->pipeline = d->pipeline;
+    o->plugin = d->plugin;
+    o->version = d->version;
+    o->task = d->task;
+    o->args = (loom_span){d->args, d->args_len};
+    o->ordered = d->ordered;
+    o->reduce = d->reduce;
+    o->chunk = d->chunk;
+    o->retries = d->retries;
+    o->timeout_ms = d->timeout_ms;
+    return s_send(self, w, &m);
+}
+
+static int
+s_send_batch(s_broker *self, s_session *w, loom_sched_batch *b)
+{
+    loom_wire_item items[LOOM_SCHED_MAX_BATCH];
+    loom_wire_file *files[LOOM_SCHED_MAX_BATCH] = {0};
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->combine) {
+            items[i] = (loom_wire_item){.index = i, .data = {b->comb->data[i], b->comb->len[i]}};
+            continue;
+        }
+        loom_sched_item *it = b->items[i];
+        items[i] = (loom_wire_item){
+            .index = it->index, .attempt = it->attempt, .data = {it->data, it->len}};
+        if (it->nfiles) {
+            files[i] = loom_xcalloc(it->nfiles, sizeof *files[i]);
+            for (size_t f = 0; f < it->nfiles; f++)
+                files[i][f] = (loom_wire_file){.name = it->files[f].name,
+                                               .hash = {it->files[f].hash, it->files[f].hash_len},
+                                               .size = it->files[f].size};
+            items[i].files = files[i];
+            items[i].nfiles = it->nfiles;
+        }
+    }
+    loom_msg m = {.type = LOOM_MSG_TASK_BATCH};
+    m.u.task_batch.map = loom_sched_map_id(b->map);
+    m.u.task_batch.combine = b->combine;
+    m.u.task_batch.items = items;
+    m.u.task_batch.nitems = b->n;
+    int rc = s_send(self, w, &m);
+    for (size_t i = 0; i < b->n; i++)
+        free(files[i]);
+    return rc;
+}
+
+static void
+s_dispatch(s_broker *self)
+{
+    loom_sched_batch b;
+    while (loom_sched_next_batch(self->sched, &b)) {
+        s_session *w = loom_sched_worker_handle(b.worker);
+        int rc = 0;
+        if (b.open)
+            rc = s_send_map_open(self, w, b.map);
+        if (rc == 0)
+            rc = s_send_batch(self, w, &b);
+        if (rc) {
+            //  Not sent: everything goes back; the worker gets nothing more
+            //  until it talks to us again (or is ended, if it is gone).
+            loom_sched_batch_undo(self->sched, &b);
+            loom_sched_worker_pause(b.worker, true);
+        }
+    }
+}
+
+static void
+s_settle(s_broker *self)
+{
+    do {
+        s_reap(self);
+        s_flush(self);
+        s_dispatch(self);
+    } while (self->ndead);
+}
+
+//  ---------------------------------------------------------------------
+//  Stats
+
+static void
+s_stats_fill(s_broker *self, loom_wire_stats *st)
+{
+    *st = self->st;
+    st->epoch = self->epoch;
+    st->uptime_ms = (uint64_t)(loom_now_ms() - self->started_ms);
+    st->clients = st->workers = st->supervisors = st->pipelines = 0;
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions)) {
+        if (s->dead)
+            continue;
+        if (s->role == LOOM_ROLE_CLIENT)
+            st->clients++;
+        else if (s->role == LOOM_ROLE_WORKER)
+            st->workers++;
+        else
+            st->supervisors++;
+        st->pipelines += (uint32_t)s->pipelines;
+    }
+    st->maps = (uint32_t)loom_sched_map_count(self->sched);
+    st->items_queued = loom_sched_queued(self->sched);
+    st->items_in_flight = loom_sched_in_flight(self->sched);
+    st->items_retried = loom_sched_retried(self->sched);
+}
+
+static void
+s_answer_stats(s_broker *self, const uint8_t *rid, size_t rid_len)
+{
+    loom_msg m = {.type = LOOM_MSG_STATS};
+    s_stats_fill(self, &m.u.stats);
+    s_send_rid(self, rid, rid_len, &m);
+}
+
+//  ---------------------------------------------------------------------
+//  Message handlers
+
+static uint32_t
+s_free_worker_id(s_broker *self)
+{
+    size_t n = zhashx_size(self->sessions) + 1;
+    bool *used = loom_xcalloc(n, sizeof *used);
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        if (s->role == LOOM_ROLE_WORKER && !s->dead && s->worker_id < n)
+            used[s->worker_id] = true;
+    uint32_t id = 0;
+    while (used[id])
+        id++;
+    free(used);
+    return id;
+}
+
+static void
+s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, s_session *old,
+           const loom_wire_hello *h)
+{
+    if (old) {
+        //  Live, or dead and not yet ended: either way it ends now, so the
+        //  new session can take its place in the table.
+        s_kill(self, old, "new Hello on the same connection");
+        s_session_end(self, old);
+    }
+    if (h->role != LOOM_ROLE_CLIENT && h->role != LOOM_ROLE_WORKER &&
+        h->role != LOOM_ROLE_SUPERVISOR) {
+        self->st.msgs_rejected++;
+        return;
+    }
+    s_session *s = loom_xcalloc(1, sizeof *s);
+    memcpy(s->key, key, strlen(key) + 1);
+    memcpy(s->rid, rid, rid_len);
+    s->rid_len = rid_len;
+    s->id = ++self->next_session;
+    s->role = h->role;
+    s->host = loom_xstrdup(h->host ? h->host : "");
+    s->pid = h->pid;
+    s->last_in = s->last_out = loom_now_ms();
+    if (s->role == LOOM_ROLE_WORKER) {
+        s->worker_id = s_free_worker_id(self);
+        s->sw = loom_sched_worker_new(self->sched, s, h->credit);
+    } else if (s->role == LOOM_ROLE_CLIENT)
+        s->maps = zhashx_new();
+    zhashx_insert(self->sessions, s->key, s);
+    zhashx_delete(self->strangers, key);
+    if (self->verbose)
+        loom_log_info("broker: session %llu: role %d host '%s' pid %u", (unsigned long long)s->id,
+                      (int)s->role, s->host, s->pid);
+    loom_msg m = {.type = LOOM_MSG_WELCOME};
+    m.u.welcome = (loom_wire_welcome){.epoch = self->epoch,
+                                      .session = s->id,
+                                      .worker_id = s->worker_id,
+                                      .heartbeat_ms = (uint32_t)self->hb_ms,
+                                      .liveness = LOOM_BROKER_LIVENESS,
+                                      .max_batch = LOOM_BROKER_MAX_BATCH,
+                                      .max_frame = LOOM_BROKER_MAX_FRAME};
+    s_send(self, s, &m);
+}
+
+static bool
+s_version_valid(const char *v)
+{
+    if (!v)
+        return true;
+    size_t n = 0;
+    for (; v[n]; n++) {
+        char c = v[n];
+        bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                  c == '.' || c == '+' || c == '-';
+        if (!ok || n >= 64)
+            return false;
+    }
+    return true;
+}
+
+static loom_sched_map *
+s_client_map(s_session *client, uint64_t id)
+{
+    char key[32];
+    s_map_key(id, key, sizeof key);
+    return zhashx_lookup(client->maps, key);
+}
+
+static void
+s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
+{
+    if (!loom_name_valid(o->plugin)) {
+        s_send_error(self, c, LOOM_EINVAL, o->map, "plugin name '%.80s' is invalid",
+                     o->plugin ? o->plugin : "");
+        return;
+    }
+    if (!loom_name_valid(o->task)) {
+        s_send_error(self, c, LOOM_EINVAL, o->map, "task name '%.80s' is invalid",
+                     o->task ? o->task : "");
+        return;
+    }
+    if (!s_version_valid(o->version)) {
+        s_send_error(self, c, LOOM_EINVAL, o->map, "plugin version '%.80s' is invalid", o->version);
+        return;
+    }
+    if (s_client_map(c, o->map)) {
+        s_send_error(self, c, LOOM_ESTATE, o->map, "map %llu is already open",
+                     (unsigned long long)o->map);
+        return;
+    }
+    loom_sched_def def = {.pipeline = o->pipeline,
+                          .plugin = o->plugin,
+                          .version = o->version,
+                          .task = o->task,
+                          .args = o->args.data,
+                          .args_len = o->args.len,
+                          .ordered = o->ordered,
+                          .reduce = o->reduce,
+                          .chunk = o->chunk,
+                          .retries = o->retries,
+                          .timeout_ms = o->timeout_ms};
+    loom_sched_map *map = loom_sched_map_new(self->sched, &def, c, o->map);
+    char key[32];
+    s_map_key(o->map, key, sizeof key);
+    zhashx_insert(c->maps, key, map);
+}
+
+static void
+s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
+{
+    loom_sched_map *map = s_client_map(c, tb->map);
+    if (!map || tb->combine) {
+        self->st.msgs_rejected++;
+        return;
+    }
+    bool too_far = false;
+    for (size_t i = 0; i < tb->nitems; i++) {
+        const loom_wire_item *it = &tb->items[i];
+        loom_sched_file files[16];
+        loom_sched_file *fp = it->nfiles <= 16 ? files : loom_xcalloc(it->nfiles, sizeof *fp);
+        for (size_t f = 0; f < it->nfiles; f++) {
+            fp[f] = (loom_sched_file){.name = (char *)it->files[f].name, .size = it->files[f].size};
+            size_t hl = it->files[f].hash.len;
+            if (hl > sizeof fp[f].hash)
+                hl = sizeof fp[f].hash;
+            if (hl)
+                memcpy(fp[f].hash, it->files[f].hash.data, hl);
+            fp[f].hash_len = hl;
+        }
+        int rc = loom_sched_submit(self->sched, map, it->index, it->data.data, it->data.len, fp,
+                                   it->nfiles);
+        if (fp != files)
+            free(fp);
+        if (rc == LOOM_ESTATE)
+            self->st.results_dropped++;
+        else if (rc)
+            too_far = true;
+    }
+    if (too_far) {
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ETOOBIG, tb->map,
+                     "item index too far beyond the lowest index not yet submitted");
+    }
+}
+
+static void
+s_on_result_batch(s_broker *self, s_session *w, const loom_wire_result_batch *rb)
+{
+    loom_sched_map *map = loom_sched_map_find(self->sched, rb->map);
+    if (!map) {
+        self->st.results_dropped += rb->nresults ? rb->nresults : 1;
+        return;
+    }
+    if (rb->nresults == 0) {
+        //  A combine batch's fold.
+        if (!rb->has_partial ||
+            !loom_sched_combine_done(self->sched, w->sw, map, rb->partial.data, rb->partial.len))
+            self->st.results_dropped++;
+        return;
+    }
+    loom_wire_result *out = loom_xmalloc(rb->nresults * sizeof *out);
+    size_t k = 0;
+    for (size_t i = 0; i < rb->nresults; i++) {
+        const loom_wire_result *r = &rb->results[i];
+        loom_sched_item *it = loom_sched_take(self->sched, w->sw, map, r->index);
+        if (!it) {
+            self->st.results_dropped++;
+            continue;
+        }
+        loom_sched_item_free(&it);
+        out[k++] = *r;
+        if (r->status == 0)
+            self->st.items_done++;
+        else
+            self->st.items_failed++;
+    }
+    if (k) {
+        loom_msg m = {.type = LOOM_MSG_RESULT_BATCH};
+        m.u.result_batch.map = loom_sched_map_owner_id(map);
+        m.u.result_batch.results = out;
+        m.u.result_batch.nresults = k;
+        m.u.result_batch.elapsed_us = rb->elapsed_us;
+        s_send(self, loom_sched_map_owner(map), &m);
+        if (rb->has_partial && loom_sched_map_def(map)->reduce)
+            loom_sched_map_add_partial(map, rb->partial.data, rb->partial.len);
+        loom_sched_map_observe(map, rb->elapsed_us, rb->nresults);
+    }
+    free(out);
+}
+
+static void
+s_on_worker_error(s_broker *self, s_session *w, const loom_wire_error *e)
+{
+    loom_log_warning("broker: worker %u (pid %u): error %d about map %llu: %s", w->worker_id,
+                     w->pid, e->code, (unsigned long long)e->map, e->message ? e->message : "");
+    loom_sched_map *map = e->map ? loom_sched_map_find(self->sched, e->map) : NULL;
+    if (!map || loom_sched_map_failed(map))
+        return;
+    loom_sched_worker *ws[256];
+    size_t n = loom_sched_map_workers(map, ws, 256);
+    loom_msg m = {.type = LOOM_MSG_CANCEL};
+    m.u.cancel_map = e->map;
+    for (size_t i = 0; i < n; i++)
+        s_send(self, loom_sched_worker_handle(ws[i]), &m);
+    int code = e->code < 0 ? e->code : LOOM_EIO;
+    loom_sched_map_fail(self->sched, map, code, e->message ? e->message : "map failed");
+}
+
+static void
+s_on_worker_exit(s_broker *self, s_session *sup, const loom_wire_worker_exit *we)
+{
+    char reason[256];
+    if (we->signal > 0) {
+        const char *name = sigabbrev_np(we->signal);
+        snprintf(reason, sizeof reason, "worker process %u killed by signal %d (SIG%s)", we->pid,
+                 we->signal, name ? name : "?");
+    } else
+        snprintf(reason, sizeof reason, "worker process %u exited with status %d", we->pid,
+                 we->status);
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        if (s->role == LOOM_ROLE_WORKER && s->pid == we->pid && !strcmp(s->host, sup->host))
+            s_kill(self, s, reason);
+}
+
+//  A message from a live session.
+static void
+s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
+{
+    bool ok = true;
+    switch (msg->type) {
+    case LOOM_MSG_HEARTBEAT:
+        break;
+    case LOOM_MSG_STATS_REQUEST:
+        s_answer_stats(self, s->rid, s->rid_len);
+        break;
+    case LOOM_MSG_PIPELINE_OPEN:
+        ok = s->role == LOOM_ROLE_CLIENT;
+        if (ok && s->pipelines < 1000000)
+            s->pipelines++;
+        break;
+    case LOOM_MSG_PIPELINE_CLOSE:
+        ok = s->role == LOOM_ROLE_CLIENT;
+        if (ok && s->pipelines)
+            s->pipelines--;
+        break;
+    case LOOM_MSG_MAP_OPEN:
+        if ((ok = s->role == LOOM_ROLE_CLIENT))
+            s_on_map_open(self, s, &msg->u.map_open);
+        break;
+    case LOOM_MSG_TASK_BATCH:
+        if ((ok = s->role == LOOM_ROLE_CLIENT))
+            s_on_task_batch(self, s, &msg->u.task_batch);
+        break;
+    case LOOM_MSG_MAP_END:
+        if ((ok = s->role == LOOM_ROLE_CLIENT)) {
+            loom_sched_map *map = s_client_map(s, msg->u.map_end.map);
+            if (map)
+                loom_sched_map_set_count(map, msg->u.map_end.count);
+            else
+                ok = false;
+        }
+        break;
+    case LOOM_MSG_CANCEL:
+        if ((ok = s->role == LOOM_ROLE_CLIENT)) {
+            loom_sched_map *map = s_client_map(s, msg->u.cancel_map);
+            if (map)
+                s_map_cancel(self, map);
+        }
+        break;
+    case LOOM_MSG_CREDIT:
+        if ((ok = s->role == LOOM_ROLE_WORKER))
+            loom_sched_worker_add_credit(s->sw, msg->u.credit);
+        break;
+    case LOOM_MSG_RESULT_BATCH:
+        if ((ok = s->role == LOOM_ROLE_WORKER))
+            s_on_result_batch(self, s, &msg->u.result_batch);
+        break;
+    case LOOM_MSG_ERROR:
+        if (s->role == LOOM_ROLE_WORKER)
+            s_on_worker_error(self, s, &msg->u.error);
+        else
+            loom_log_warning("broker: session %llu reports error %d: %s", (unsigned long long)s->id,
+                             msg->u.error.code, msg->u.error.message ? msg->u.error.message : "");
+        break;
+    case LOOM_MSG_WORKER_EXIT:
+        if ((ok = s->role == LOOM_ROLE_SUPERVISOR))
+            s_on_worker_exit(self, s, &msg->u.worker_exit);
+        break;
+    default:
+        ok = false;
+    }
+    if (!ok) {
+        self->st.msgs_rejected++;
+        if (self->verbose)
+            loom_log_info("broker: session %llu: unexpected %s", (unsigned long long)s->id,
+                          loom_msg_type_name(msg->type));
+    }
+}
+
+static void
+s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg *msg)
+{
+    char key[2 * LOOM_RID_MAX + 1];
+    s_rid_key(rid, rid_len, key);
+    s_session *any = zhashx_lookup(self->sessions, key);
+    //  A session about to be ended does not own its late messages.
+    s_session *s = any && !any->dead ? any : NULL;
+    if (self->verbose)
+        loom_log_info("broker: %s from %s", loom_msg_type_name(msg->type), key);
+    if (msg->proto != LOOM_PROTO_VERSION) {
+        self->st.msgs_rejected++;
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        char text[96];
+        snprintf(text, sizeof text, "protocol version %u, broker speaks %d", msg->proto,
+                 LOOM_PROTO_VERSION);
+        m.u.error.code = LOOM_EPROTO;
+        m.u.error.message = text;
+        s_send_rid(self, rid, rid_len, &m);
+        return;
+    }
+    if (msg->type == LOOM_MSG_HELLO) {
+        s_on_hello(self, rid, rid_len, key, any, &msg->u.hello);
+        return;
+    }
+    if (!s) {
+        if (msg->type == LOOM_MSG_STATS_REQUEST) {
+            s_answer_stats(self, rid, rid_len);
+            return;
+        }
+        self->st.msgs_rejected++;
+        int64_t now = loom_now_ms();
+        int64_t *last = zhashx_lookup(self->strangers, key);
+        if (last && now - *last < 1000)
+            return;
+        if (!last) {
+            last = loom_xmalloc(sizeof *last);
+            zhashx_insert(self->strangers, key, last);
+        }
+        *last = now;
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        m.u.error.code = LOOM_ESTATE;
+        m.u.error.message = "no session: send Hello";
+        s_send_rid(self, rid, rid_len, &m);
+        return;
+    }
+    s->last_in = loom_now_ms();
+    if (s->sw)
+        loom_sched_worker_pause(s->sw, false);
+    s_on_session_msg(self, s, msg);
+}
+
+//  ---------------------------------------------------------------------
+//  Reactor handlers
+
+static int
+s_on_tasks(zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void)loop;
+    s_broker *self = arg;
+    void *sock = zsock_resolve(reader);
+    for (int n = 0; n < LOOM_BROKER_DRAIN; n++) {
+        uint8_t rid[LOOM_RID_MAX];
+        size_t rid_len = 0;
+        loom_msg *msg = NULL;
+        int rc = loom_wire_recv(sock, rid, sizeof rid, &rid_len, &msg, ZMQ_DONTWAIT);
+        if (rc == LOOM_EAGAIN || rc == LOOM_EIO)
+            break;
+        self->st.msgs_in++;
+        if (rc == 0 && rid_len > 0 && rid_len <= LOOM_RID_MAX)
+            s_on_task_msg(self, rid, rid_len, msg);
+        else
+            self->st.msgs_rejected++;
+        loom_msg_destroy(&msg);
+    }
+    s_settle(self);
+    return 0;
+}
+
+static int
+s_on_blobs(zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void)loop;
+    s_broker *self = arg;
+    for (int n = 0; n < LOOM_BROKER_DRAIN && (zsock_events(reader) & ZMQ_POLLIN); n++) {
+        zmsg_t *msg = zmsg_recv(reader);
+        if (!msg)
+            break;
+        self->st.msgs_in++;
+        self->st.blob_bytes_in += zmsg_content_size(msg);
+        zmsg_destroy(&msg);
+    }
+    return 0;
+}
+
+static int
+s_on_tick(zloop_t *loop, int timer_id, void *arg)
+{
+    (void)loop;
+    (void)timer_id;
+    s_broker *self = arg;
+    int64_t now = loom_now_ms();
+    int64_t expiry = (int64_t)self->hb_ms * LOOM_BROKER_LIVENESS;
+    loom_msg hb = {.type = LOOM_MSG_HEARTBEAT};
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions)) {
+        if (s->dead)
+            continue;
+        if (now - s->last_in > expiry) {
+            char reason[160];
+            if (s->role == LOOM_ROLE_WORKER)
+                snprintf(reason, sizeof reason,
+                         "worker process %u on host '%s' lost (silent for %lld ms)", s->pid,
+                         s->host, (long long)(now - s->last_in));
+            else
+                snprintf(reason, sizeof reason, "silent for %lld ms",
+                         (long long)(now - s->last_in));
+            s_kill(self, s, reason);
+        } else if (now - s->last_out >= self->hb_ms)
+            s_send(self, s, &hb);
+    }
+    //  Forget strangers we answered long ago.
+    if (zhashx_size(self->strangers)) {
+        zlistx_t *keys = zhashx_keys(self->strangers);
+        for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys)) {
+            int64_t *last = zhashx_lookup(self->strangers, k);
+            if (last && now - *last > 2000)
+                zhashx_delete(self->strangers, k);
+        }
+        zlistx_destroy(&keys);
+    }
+    s_settle(self);
+    return 0;
+}
+
+static void
+s_router_setup(zsock_t *sock)
+{
+    zsock_set_router_mandatory(sock, 1);
+    zsock_set_sndhwm(sock, LOOM_BROKER_HWM);
+    zsock_set_rcvhwm(sock, LOOM_BROKER_HWM);
+    zsock_set_maxmsgsize(sock, LOOM_BROKER_MAX_FRAME);
+    zsock_set_linger(sock, 0);
+}
+
+//  Bind sock to ep; returns the bound endpoint (malloc'd) or NULL with a
+//  message in err.
+static char *
+s_bind(zsock_t *sock, const char *ep, char *err, size_t errcap)
+{
+    if (zsock_bind(sock, "%s", ep) == -1) {
+        snprintf(err, errcap, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    char *bound = zsock_last_endpoint(sock);
+    if (!bound)
+        bound = loom_xstrdup(ep);
+    return bound;
+}
+
+static void
+s_on_bind(s_broker *self, zmsg_t *msg)
+{
+    char *task_ep = zmsg_popstr(msg);
+    char *blob_ep = zmsg_popstr(msg);
+    char err[512] = "";
+    char *bound_task = NULL, *bound_blob = NULL;
+    if (self->bound)
+        snprintf(err, sizeof err, "broker is already bound");
+    else if (!task_ep || !*task_ep)
+        snprintf(err, sizeof err, "BIND needs a task endpoint");
+    else if ((bound_task = s_bind(self->tasks, task_ep, err, sizeof err))) {
+        if (blob_ep && *blob_ep) {
+            bound_blob = s_bind(self->blobs, blob_ep, err, sizeof err);
+            if (!bound_blob) {
+                zsock_unbind(self->tasks, "%s", bound_task);
+                zstr_free(&bound_task);
+            }
+        } else
+            bound_blob = loom_xstrdup("");
+    }
+    if (bound_task && bound_blob) {
+        self->bound = true;
+        if (*bound_blob) {
+            self->blobs_bound = true;
+            zloop_reader(self->loop, self->blobs, s_on_blobs, self);
+            zloop_reader_set_tolerant(self->loop, self->blobs);
+        }
+        zstr_sendx(self->pipe, "OK", bound_task, bound_blob, NULL);
+    } else
+        zstr_sendx(self->pipe, "ERROR", err, NULL);
+    zstr_free(&bound_task);
+    zstr_free(&bound_blob);
+    zstr_free(&task_ep);
+    zstr_free(&blob_ep);
+}
+
+static int
+s_on_pipe(zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void)loop;
+    s_broker *self = arg;
+    zmsg_t *msg = zmsg_recv(reader);
+    if (!msg)
+        return -1;
+    char *cmd = zmsg_popstr(msg);
+    int rc = 0;
+    if (!cmd)
+        ;
+    else if (streq(cmd, "$TERM"))
+        rc = -1;
+    else if (streq(cmd, "BIND"))
+        s_on_bind(self, msg);
+    else if (streq(cmd, "STATS")) {
+        loom_msg m = {.type = LOOM_MSG_STATS};
+        s_stats_fill(self, &m.u.stats);
+        void *buf = NULL;
+        size_t len = 0;
+        if (loom_wire_encode(&m, &buf, &len) == 0) {
+            zframe_t *f = zframe_new(buf, len);
+            zframe_send(&f, self->pipe, 0);
+            free(buf);
+        } else
+            zstr_send(self->pipe, "");
+    } else if (streq(cmd, "VERBOSE"))
+        self->verbose = true;
+    else
+        loom_log_warning("broker: unknown pipe command '%s'", cmd);
+    zstr_free(&cmd);
+    zmsg_destroy(&msg);
+    return rc;
+}
+
+//  ---------------------------------------------------------------------
+//  Actor
+
+static void
+s_broker_destroy(s_broker **self_p)
+{
+    s_broker *self = *self_p;
+    if (!self)
+        return;
+    zloop_destroy(&self->loop);
+    if (self->sessions) {
+        //  Maps first (they belong to clients), then everything else.
+        loom_sched_destroy(&self->sched);
+        zlistx_t *all = zhashx_values(self->sessions);
+        for (s_session *s = zlistx_first(all); s; s = zlistx_next(all)) {
+            s->sw = NULL; //  freed with the scheduler
+            s_session_free(&s);
+        }
+        zlistx_destroy(&all);
+        zhashx_destroy(&self->sessions);
+    }
+    loom_sched_destroy(&self->sched);
+    zhashx_destroy(&self->strangers);
+    zsock_destroy(&self->tasks);
+    zsock_destroy(&self->blobs);
+    free(self);
+    *self_p = NULL;
+}
+
+static void
+s_free_int64(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+static s_broker *
+s_broker_new(zsock_t *pipe)
+{
+    s_broker *self = loom_xcalloc(1, sizeof *self);
+    self->pipe = pipe;
+    self->hb_ms = (int)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 3600000);
+    self->started_ms = loom_now_ms();
+    if (sodium_init() < 0)
+        self->epoch = (uint64_t)loom_now_us() ^ ((uint64_t)getpid() << 32);
+    else
+        randombytes_buf(&self->epoch, sizeof self->epoch);
+    if (!self->epoch)
+        self->epoch = 1;
+    self->sched = loom_sched_new();
+    self->sessions = zhashx_new();
+    self->strangers = zhashx_new();
+    zhashx_set_destructor(self->strangers, s_free_int64);
+    self->tasks = zsock_new(ZMQ_ROUTER);
+    self->blobs = zsock_new(ZMQ_ROUTER);
+    LOOM_ASSERT(self->tasks && self->blobs);
+    s_router_setup(self->tasks);
+    s_router_setup(self->blobs);
+    self->loop = zloop_new();
+    zloop_set_nonstop(self->loop, true);
+    zloop_reader(self->loop, pipe, s_on_pipe, self);
+    zloop_reader(self->loop, self->tasks, s_on_tasks, self);
+    zloop_reader_set_tolerant(self->loop, self->tasks);
+    int tick = self->hb_ms / 2 > 0 ? self->hb_ms / 2 : 1;
+    zloop_timer(self->loop, (size_t)tick, 0, s_on_tick, self);
+    return self;
+}
+
+void
+loom_broker_actor(zsock_t *pipe, void *args)
+{
+    (void)args;
+    s_broker *self = s_broker_new(pipe);
+    zsock_signal(pipe, 0);
+    zloop_start(self->loop);
+    s_broker_destroy(&self);
+}
+
+zactor_t *
+loom_broker_start(const char *task_ep, const char *blob_ep, char **bound_task, char **bound_blob,
+                  char **error)
+{
+    if (bound_task)
+        *bound_task = NULL;
+    if (bound_blob)
+        *bound_blob = NULL;
+    if (error)
+        *error = NULL;
+    zactor_t *actor = zactor_new(loom_broker_actor, NULL);
+    if (!actor) {
+        if (error)
+            *error = loom_xstrdup("cannot start the broker thread");
+        return NULL;
+    }
+    zstr_sendx(actor, "BIND", task_ep ? task_ep : "", blob_ep ? blob_ep : "", NULL);
+    char *status = NULL, *a = NULL, *b = NULL;
+    zstr_recvx(actor, &status, &a, &b, NULL);
+    if (status && streq(status, "OK") && a && b) {
+        if (bound_task) {
+            *bound_task = a;
+            a = NULL;
+        }
+        if (bound_blob) {
+            *bound_blob = b;
+            b = NULL;
+        }
+    } else {
+        if (error)
+            *error = loom_xstrdup(a ? a : "broker did not answer BIND");
+        zactor_destroy(&actor);
+    }
+    zstr_free(&status);
+    zstr_free(&a);
+    zstr_free(&b);
+    return actor;
+}

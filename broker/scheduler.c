@@ -1,0 +1,1055 @@
+/*  scheduler: maps, item queues, in-flight tracking, dedup, batch sizing
+    and round robin for the broker. See scheduler.h. No sockets, no I/O.
+
+    An item is always in exactly one place: its map's queue, in flight on
+    one worker (on that worker's list and in its map's in-flight table), or
+    its map's failed list. Every index a map accepted is remembered in its
+    `seen` bitmap (a window sliding over dense indices), so duplicates are
+    refused whether the item is queued, in flight or finished.  */
+
+#include "scheduler.h"
+
+#include "base.h"
+
+#include <czmq.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+//  ---------------------------------------------------------------------
+//  A small uint64 -> pointer hash table (open addressing, linear probing,
+//  backward-shift deletion). Values are never NULL.
+
+typedef struct {
+    uint64_t *keys;
+    void **vals;
+    size_t cap; //  power of two, or 0
+    size_t n;
+} s_u64map;
+
+static size_t
+s_hash64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return (size_t)k;
+}
+
+static void *
+s_u64map_get(const s_u64map *m, uint64_t key)
+{
+    if (!m->cap)
+        return NULL;
+    size_t mask = m->cap - 1;
+    for (size_t i = s_hash64(key) & mask;; i = (i + 1) & mask) {
+        if (!m->vals[i])
+            return NULL;
+        if (m->keys[i] == key)
+            return m->vals[i];
+    }
+}
+
+static void s_u64map_put(s_u64map *m, uint64_t key, void *val);
+
+static void
+s_u64map_grow(s_u64map *m)
+{
+    s_u64map old = *m;
+    m->cap = old.cap ? old.cap * 2 : 16;
+    m->keys = loom_xcalloc(m->cap, sizeof *m->keys);
+    m->vals = loom_xcalloc(m->cap, sizeof *m->vals);
+    m->n = 0;
+    for (size_t i = 0; i < old.cap; i++)
+        if (old.vals[i])
+            s_u64map_put(m, old.keys[i], old.vals[i]);
+    free(old.keys);
+    free(old.vals);
+}
+
+//  Insert or replace.
+static void
+s_u64map_put(s_u64map *m, uint64_t key, void *val)
+{
+    LOOM_ASSERT(val);
+    if ((m->n + 1) * 2 > m->cap)
+        s_u64map_grow(m);
+    size_t mask = m->cap - 1;
+    size_t i = s_hash64(key) & mask;
+    while (m->vals[i] && m->keys[i] != key)
+        i = (i + 1) & mask;
+    if (!m->vals[i])
+        m->n++;
+    m->keys[i] = key;
+    m->vals[i] = val;
+}
+
+static void
+s_u64map_del(s_u64map *m, uint64_t key)
+{
+    if (!m->cap)
+        return;
+    size_t mask = m->cap - 1;
+    size_t i = s_hash64(key) & mask;
+    while (m->vals[i] && m->keys[i] != key)
+        i = (i + 1) & mask;
+    if (!m->vals[i])
+        return;
+    m->vals[i] = NULL;
+    m->n--;
+    //  Backward shift: move later entries of the run into the hole when
+    //  their home slot does not lie cyclically in (hole, j].
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!m->vals[j])
+            break;
+        size_t home = s_hash64(m->keys[j]) & mask;
+        bool in_range = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+        if (in_range)
+            continue;
+        m->keys[i] = m->keys[j];
+        m->vals[i] = m->vals[j];
+        m->vals[j] = NULL;
+        i = j;
+    }
+}
+
+static void
+s_u64map_free(s_u64map *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+//  ---------------------------------------------------------------------
+
+typedef struct {
+    loom_sched_item *head, *tail;
+    size_t n;
+} s_list;
+
+struct loom_sched_map {
+    uint64_t id;        //  broker-wide id
+    void *owner;        //  client session (opaque)
+    uint64_t owner_id;  //  client's map id
+    loom_sched_def def; //  strings and args owned
+    s_list queue;       //  FIFO; requeued items go to the front
+    s_u64map in_flight; //  index -> item
+    s_list failed;      //  finished with an error, not yet popped
+    uint64_t *seen;     //  bit i: index seen_base + i was accepted
+    size_t seen_words;  //  words allocated
+    uint64_t seen_base; //  every index below it was accepted
+    uint64_t done;      //  items finished (result taken or failed)
+    uint64_t count;     //  from MapEnd
+    bool count_known;
+    bool is_failed;
+    int fail_status;
+    char *fail_msg;
+    double item_us; //  moving mean time per item
+    bool measured;
+    uint8_t **pdata; //  reduce partials
+    size_t *plen;
+    size_t np, pcap;
+    loom_sched_combine *combines; //  combine batches in flight
+    uint32_t comb_losses;         //  combine batches whose worker died
+    bool fold_failed;             //  the map failed while folding
+    loom_sched_map *prev, *next;
+};
+
+struct loom_sched_worker {
+    void *handle;
+    uint32_t credit;
+    s_list items;     //  in flight, in dispatch order
+    uint64_t *opened; //  map ids this worker has had MapOpen for
+    size_t nopened, capopened;
+    bool paused;
+    loom_sched_worker *prev, *next;
+};
+
+struct loom_sched {
+    s_u64map maps; //  id -> map
+    loom_sched_map *head, *tail;
+    loom_sched_map *rr; //  next map to serve; NULL: head
+    size_t nmaps;
+    loom_sched_worker *workers;
+    size_t nworkers;
+    uint64_t next_id;
+    uint64_t queued, in_flight, retried;
+};
+
+//  ---------------------------------------------------------------------
+//  Intrusive lists
+
+static void
+s_list_push_back(s_list *l, loom_sched_item *it)
+{
+    it->next = NULL;
+    it->prev = l->tail;
+    if (l->tail)
+        l->tail->next = it;
+    else
+        l->head = it;
+    l->tail = it;
+    l->n++;
+}
+
+static void
+s_list_push_front(s_list *l, loom_sched_item *it)
+{
+    it->prev = NULL;
+    it->next = l->head;
+    if (l->head)
+        l->head->prev = it;
+    else
+        l->tail = it;
+    l->head = it;
+    l->n++;
+}
+
+static void
+s_list_remove(s_list *l, loom_sched_item *it)
+{
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        l->head = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    else
+        l->tail = it->prev;
+    it->prev = it->next = NULL;
+    l->n--;
+}
+
+void
+loom_sched_item_free(loom_sched_item **item_p)
+{
+    LOOM_ASSERT(item_p);
+    loom_sched_item *it = *item_p;
+    if (!it)
+        return;
+    for (size_t i = 0; i < it->nfiles; i++)
+        free(it->files[i].name);
+    free(it->files);
+    free(it->data);
+    free(it->reason);
+    free(it);
+    *item_p = NULL;
+}
+
+static void
+s_list_free(s_list *l)
+{
+    while (l->head) {
+        loom_sched_item *it = l->head;
+        s_list_remove(l, it);
+        loom_sched_item_free(&it);
+    }
+}
+
+//  ---------------------------------------------------------------------
+
+loom_sched *
+loom_sched_new(void)
+{
+    loom_sched *self = loom_xcalloc(1, sizeof *self);
+    self->next_id = 1;
+    return self;
+}
+
+void
+loom_sched_destroy(loom_sched **self_p)
+{
+    LOOM_ASSERT(self_p);
+    loom_sched *self = *self_p;
+    if (!self)
+        return;
+    while (self->head) {
+        loom_sched_map *m = self->head;
+        loom_sched_map_destroy(self, &m);
+    }
+    while (self->workers) {
+        loom_sched_worker *w = self->workers;
+        loom_sched_worker_remove(self, &w, "broker stopped");
+    }
+    //  Removing workers may have put items back on maps already gone: none,
+    //  since maps went first; the failed lists are empty too.
+    s_u64map_free(&self->maps);
+    free(self);
+    *self_p = NULL;
+}
+
+size_t
+loom_sched_map_count(const loom_sched *self)
+{
+    return self->nmaps;
+}
+
+uint64_t
+loom_sched_queued(const loom_sched *self)
+{
+    return self->queued;
+}
+
+uint64_t
+loom_sched_in_flight(const loom_sched *self)
+{
+    return self->in_flight;
+}
+
+uint64_t
+loom_sched_retried(const loom_sched *self)
+{
+    return self->retried;
+}
+
+//  ---------------------------------------------------------------------
+//  Maps
+
+static char *
+s_dup_or_empty(const char *s)
+{
+    return loom_xstrdup(s ? s : "");
+}
+
+loom_sched_map *
+loom_sched_map_new(loom_sched *self, const loom_sched_def *def, void *owner, uint64_t owner_id)
+{
+    LOOM_ASSERT(self && def);
+    loom_sched_map *m = loom_xcalloc(1, sizeof *m);
+    m->id = self->next_id++;
+    m->owner = owner;
+    m->owner_id = owner_id;
+    m->def = *def;
+    m->def.plugin = s_dup_or_empty(def->plugin);
+    m->def.version = s_dup_or_empty(def->version);
+    m->def.task = s_dup_or_empty(def->task);
+    void *args = loom_xmalloc(def->args_len);
+    if (def->args_len)
+        memcpy(args, def->args, def->args_len);
+    m->def.args = args;
+    m->def.retries = def->retries == 0 ? 2 : def->retries < 0 ? 0 : def->retries;
+    if (m->def.chunk > LOOM_SCHED_MAX_BATCH)
+        m->def.chunk = LOOM_SCHED_MAX_BATCH;
+    m->prev = self->tail;
+    if (self->tail)
+        self->tail->next = m;
+    else
+        self->head = m;
+    self->tail = m;
+    s_u64map_put(&self->maps, m->id, m);
+    self->nmaps++;
+    return m;
+}
+
+static void
+s_comb_free(loom_sched_combine **comb_p)
+{
+    loom_sched_combine *c = *comb_p;
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n; i++)
+        free(c->data[i]);
+    free(c);
+    *comb_p = NULL;
+}
+
+static void
+s_partials_clear(loom_sched_map *m)
+{
+    for (size_t i = 0; i < m->np; i++)
+        free(m->pdata[i]);
+    m->np = 0;
+}
+
+//  Take an in-flight item off its worker and out of its map's table.
+static void
+s_unflight(loom_sched *self, loom_sched_item *it)
+{
+    LOOM_ASSERT(it->worker);
+    s_list_remove(&it->worker->items, it);
+    s_u64map_del(&it->map->in_flight, it->index);
+    it->worker = NULL;
+    self->in_flight--;
+}
+
+void
+loom_sched_map_destroy(loom_sched *self, loom_sched_map **map_p)
+{
+    LOOM_ASSERT(self && map_p);
+    loom_sched_map *m = *map_p;
+    if (!m)
+        return;
+    self->queued -= m->queue.n;
+    s_list_free(&m->queue);
+    //  In-flight items live on their workers' lists: walk the table.
+    for (size_t i = 0; i < m->in_flight.cap; i++) {
+        loom_sched_item *it = m->in_flight.vals[i];
+        if (it) {
+            s_list_remove(&it->worker->items, it);
+            self->in_flight--;
+            loom_sched_item_free(&it);
+        }
+    }
+    s_u64map_free(&m->in_flight);
+    s_list_free(&m->failed);
+    while (m->combines) {
+        loom_sched_combine *c = m->combines;
+        m->combines = c->next;
+        s_comb_free(&c);
+    }
+    s_partials_clear(m);
+    free(m->pdata);
+    free(m->plen);
+    free(m->seen);
+    free(m->fail_msg);
+    free((char *)m->def.plugin);
+    free((char *)m->def.version);
+    free((char *)m->def.task);
+    free((void *)m->def.args);
+    if (self->rr == m)
+        self->rr = m->next;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        self->head = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    else
+        self->tail = m->prev;
+    s_u64map_del(&self->maps, m->id);
+    self->nmaps--;
+    free(m);
+    *map_p = NULL;
+}
+
+loom_sched_map *
+loom_sched_map_find(loom_sched *self, uint64_t id)
+{
+    return s_u64map_get(&self->maps, id);
+}
+
+loom_sched_map *
+loom_sched_map_first(loom_sched *self)
+{
+    return self->head;
+}
+
+loom_sched_map *
+loom_sched_map_next(loom_sched_map *map)
+{
+    return map->next;
+}
+
+uint64_t
+loom_sched_map_id(const loom_sched_map *map)
+{
+    return map->id;
+}
+
+void *
+loom_sched_map_owner(const loom_sched_map *map)
+{
+    return map->owner;
+}
+
+uint64_t
+loom_sched_map_owner_id(const loom_sched_map *map)
+{
+    return map->owner_id;
+}
+
+const loom_sched_def *
+loom_sched_map_def(const loom_sched_map *map)
+{
+    return &map->def;
+}
+
+size_t
+loom_sched_map_queued(const loom_sched_map *map)
+{
+    return map->queue.n;
+}
+
+size_t
+loom_sched_map_in_flight(const loom_sched_map *map)
+{
+    return map->in_flight.n;
+}
+
+uint64_t
+loom_sched_map_done(const loom_sched_map *map)
+{
+    return map->done;
+}
+
+//  Mark index seen. Returns 0, LOOM_ESTATE if it was already, LOOM_ETOOBIG
+//  if it lies too far beyond the window.
+static int
+s_seen_mark(loom_sched_map *m, uint64_t index)
+{
+    if (index < m->seen_base)
+        return LOOM_ESTATE;
+    uint64_t off = index - m->seen_base;
+    if (off >= LOOM_SCHED_MAX_AHEAD)
+        return LOOM_ETOOBIG;
+    size_t word = (size_t)(off / 64);
+    uint64_t bit = 1ULL << (off % 64);
+    if (word >= m->seen_words) {
+        size_t n = m->seen_words ? m->seen_words : 4;
+        while (n <= word)
+            n *= 2;
+        m->seen = loom_xrealloc(m->seen, n * sizeof *m->seen);
+        memset(m->seen + m->seen_words, 0, (n - m->seen_words) * sizeof *m->seen);
+        m->seen_words = n;
+    }
+    if (m->seen[word] & bit)
+        return LOOM_ESTATE;
+    m->seen[word] |= bit;
+    //  Slide the window past full leading words.
+    size_t full = 0;
+    while (full < m->seen_words && m->seen[full] == UINT64_MAX)
+        full++;
+    if (full) {
+        memmove(m->seen, m->seen + full, (m->seen_words - full) * sizeof *m->seen);
+        memset(m->seen + m->seen_words - full, 0, full * sizeof *m->seen);
+        m->seen_base += 64 * (uint64_t)full;
+    }
+    return 0;
+}
+
+static void
+s_fail_item(loom_sched_map *m, loom_sched_item *it, int status, const char *message)
+{
+    it->status = status;
+    if (message) {
+        free(it->reason);
+        it->reason = loom_xstrdup(message);
+    }
+    s_list_push_back(&m->failed, it);
+    m->done++;
+}
+
+int
+loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const void *data,
+                  size_t len, const loom_sched_file *files, size_t nfiles)
+{
+    LOOM_ASSERT(self && map);
+    int rc = s_seen_mark(map, index);
+    if (rc)
+        return rc;
+    loom_sched_item *it = loom_xcalloc(1, sizeof *it);
+    it->index = index;
+    it->map = map;
+    it->len = len;
+    it->data = loom_xmalloc(len);
+    if (len)
+        memcpy(it->data, data, len);
+    if (nfiles) {
+        it->files = loom_xcalloc(nfiles, sizeof *it->files);
+        it->nfiles = nfiles;
+        for (size_t i = 0; i < nfiles; i++) {
+            it->files[i] = files[i];
+            it->files[i].name = s_dup_or_empty(files[i].name);
+            if (it->files[i].hash_len > sizeof it->files[i].hash)
+                it->files[i].hash_len = sizeof it->files[i].hash;
+        }
+    }
+    if (map->is_failed)
+        s_fail_item(map, it, map->fail_status, map->fail_msg);
+    else {
+        s_list_push_back(&map->queue, it);
+        self->queued++;
+    }
+    return 0;
+}
+
+void
+loom_sched_map_set_count(loom_sched_map *map, uint64_t count)
+{
+    map->count = count;
+    map->count_known = true;
+}
+
+void
+loom_sched_map_fail(loom_sched *self, loom_sched_map *map, int status, const char *message)
+{
+    if (map->is_failed)
+        return;
+    map->fold_failed = loom_sched_map_state(map) == LOOM_SCHED_FOLDING;
+    map->is_failed = true;
+    map->fail_status = status;
+    map->fail_msg = loom_xstrdup(message ? message : "");
+    while (map->queue.head) {
+        loom_sched_item *it = map->queue.head;
+        s_list_remove(&map->queue, it);
+        self->queued--;
+        s_fail_item(map, it, status, map->fail_msg);
+    }
+    for (size_t i = 0; i < map->in_flight.cap; i++) {
+        //  s_unflight deletes from the table and may shift entries back
+        //  into slot i: look at the same slot again.
+        while (map->in_flight.cap && map->in_flight.vals[i]) {
+            loom_sched_item *it = map->in_flight.vals[i];
+            s_unflight(self, it);
+            s_fail_item(map, it, status, map->fail_msg);
+        }
+    }
+    while (map->combines) {
+        loom_sched_combine *c = map->combines;
+        map->combines = c->next;
+        s_comb_free(&c);
+    }
+    s_partials_clear(map);
+}
+
+bool
+loom_sched_map_failed(const loom_sched_map *map)
+{
+    return map->is_failed;
+}
+
+loom_sched_item *
+loom_sched_map_pop_failed(loom_sched_map *map)
+{
+    loom_sched_item *it = map->failed.head;
+    if (it)
+        s_list_remove(&map->failed, it);
+    return it;
+}
+
+static size_t
+s_add_worker(loom_sched_worker **out, size_t n, size_t cap, loom_sched_worker *w)
+{
+    for (size_t i = 0; i < n; i++)
+        if (out[i] == w)
+            return n;
+    if (n < cap)
+        out[n++] = w;
+    return n;
+}
+
+size_t
+loom_sched_map_workers(loom_sched_map *map, loom_sched_worker **out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < map->in_flight.cap; i++) {
+        loom_sched_item *it = map->in_flight.vals[i];
+        if (it)
+            n = s_add_worker(out, n, cap, it->worker);
+    }
+    for (loom_sched_combine *c = map->combines; c; c = c->next)
+        n = s_add_worker(out, n, cap, c->worker);
+    return n;
+}
+
+double
+loom_sched_map_item_us(const loom_sched_map *map)
+{
+    return map->measured ? map->item_us : 0;
+}
+
+size_t
+loom_sched_map_batch_size(const loom_sched_map *map)
+{
+    if (map->def.chunk)
+        return map->def.chunk;
+    if (!map->measured)
+        return 1;
+    if (map->item_us * LOOM_SCHED_MAX_BATCH <= LOOM_SCHED_TARGET_US)
+        return LOOM_SCHED_MAX_BATCH;
+    double n = LOOM_SCHED_TARGET_US / map->item_us;
+    return n < 1 ? 1 : (size_t)n;
+}
+
+void
+loom_sched_map_observe(loom_sched_map *map, uint64_t elapsed_us, size_t n)
+{
+    if (n == 0)
+        return;
+    double per = (double)elapsed_us / (double)n;
+    if (!map->measured) {
+        map->item_us = per;
+        map->measured = true;
+    } else
+        map->item_us = 0.7 * map->item_us + 0.3 * per;
+}
+
+void
+loom_sched_map_add_partial(loom_sched_map *map, const void *data, size_t len)
+{
+    if (map->is_failed)
+        return;
+    if (map->np == map->pcap) {
+        map->pcap = map->pcap ? map->pcap * 2 : 16;
+        map->pdata = loom_xrealloc(map->pdata, map->pcap * sizeof *map->pdata);
+        map->plen = loom_xrealloc(map->plen, map->pcap * sizeof *map->plen);
+    }
+    map->pdata[map->np] = loom_xmalloc(len);
+    if (len)
+        memcpy(map->pdata[map->np], data, len);
+    map->plen[map->np] = len;
+    map->np++;
+}
+
+size_t
+loom_sched_map_partials(const loom_sched_map *map)
+{
+    return map->np;
+}
+
+loom_sched_state
+loom_sched_map_state(const loom_sched_map *map)
+{
+    if (!map->count_known || map->done < map->count || map->queue.n || map->in_flight.n ||
+        map->failed.n)
+        return LOOM_SCHED_RUNNING;
+    if (map->def.reduce && !map->is_failed && (map->np > 1 || map->combines))
+        return LOOM_SCHED_FOLDING;
+    return LOOM_SCHED_DONE;
+}
+
+const void *
+loom_sched_map_result(const loom_sched_map *map, size_t *len)
+{
+    if (!map->def.reduce || map->is_failed || map->np != 1 || map->combines)
+        return NULL;
+    *len = map->plen[0];
+    return map->pdata[0];
+}
+
+uint64_t
+loom_sched_map_count_expected(const loom_sched_map *map)
+{
+    return map->count;
+}
+
+int
+loom_sched_map_fold_error(const loom_sched_map *map, const char **message)
+{
+    if (!map->fold_failed)
+        return 0;
+    *message = map->fail_msg;
+    return map->fail_status;
+}
+
+//  ---------------------------------------------------------------------
+//  Workers
+
+loom_sched_worker *
+loom_sched_worker_new(loom_sched *self, void *handle, uint32_t credit)
+{
+    loom_sched_worker *w = loom_xcalloc(1, sizeof *w);
+    w->handle = handle;
+    w->credit = credit ? credit : LOOM_SCHED_DEFAULT_CREDIT;
+    w->next = self->workers;
+    if (self->workers)
+        self->workers->prev = w;
+    self->workers = w;
+    self->nworkers++;
+    return w;
+}
+
+void
+loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason)
+{
+    LOOM_ASSERT(self && w_p);
+    loom_sched_worker *w = *w_p;
+    if (!w)
+        return;
+    //  Requeue from the last dispatched to the first, each at the front,
+    //  so the items keep their order at the head of their queues.
+    while (w->items.tail) {
+        loom_sched_item *it = w->items.tail;
+        loom_sched_map *m = it->map;
+        s_unflight(self, it);
+        it->attempt++;
+        free(it->reason);
+        it->reason = loom_xstrdup(reason ? reason : "worker lost");
+        if ((int64_t)it->attempt > (int64_t)m->def.retries)
+            s_fail_item(m, it, LOOM_ECRASHED, NULL);
+        else {
+            it->solo = true;
+            s_list_push_front(&m->queue, it);
+            self->queued++;
+            self->retried++;
+        }
+    }
+    for (loom_sched_map *m = self->head; m; m = m->next) {
+        loom_sched_combine **cp = &m->combines;
+        while (*cp) {
+            loom_sched_combine *c = *cp;
+            if (c->worker != w) {
+                cp = &c->next;
+                continue;
+            }
+            *cp = c->next;
+            for (size_t i = 0; i < c->n; i++)
+                loom_sched_map_add_partial(m, c->data[i], c->len[i]);
+            s_comb_free(&c);
+            m->comb_losses++;
+        }
+        //  A fold that keeps killing workers fails like a poison item.
+        if (m->comb_losses > (uint32_t)m->def.retries && !m->is_failed) {
+            char text[512];
+            snprintf(text, sizeof text, "reduce failed: %s", reason ? reason : "worker lost");
+            loom_sched_map_fail(self, m, LOOM_ECRASHED, text);
+        }
+    }
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        self->workers = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    self->nworkers--;
+    free(w->opened);
+    free(w);
+    *w_p = NULL;
+}
+
+void *
+loom_sched_worker_handle(const loom_sched_worker *w)
+{
+    return w->handle;
+}
+
+void
+loom_sched_worker_add_credit(loom_sched_worker *w, uint32_t n)
+{
+    uint64_t c = (uint64_t)w->credit + n;
+    w->credit = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+}
+
+size_t
+loom_sched_worker_in_flight(const loom_sched_worker *w)
+{
+    return w->items.n;
+}
+
+void
+loom_sched_worker_pause(loom_sched_worker *w, bool paused)
+{
+    w->paused = paused;
+}
+
+size_t
+loom_sched_worker_count(const loom_sched *self)
+{
+    return self->nworkers;
+}
+
+//  ---------------------------------------------------------------------
+//  Dispatch
+
+static bool
+s_worker_opened(loom_sched *self, loom_sched_worker *w, uint64_t id, bool mark)
+{
+    for (size_t i = 0; i < w->nopened; i++)
+        if (w->opened[i] == id)
+            return true;
+    if (!mark)
+        return false;
+    if (w->nopened == w->capopened) {
+        //  Forget maps that are gone before growing.
+        size_t k = 0;
+        for (size_t i = 0; i < w->nopened; i++)
+            if (s_u64map_get(&self->maps, w->opened[i]))
+                w->opened[k++] = w->opened[i];
+        w->nopened = k;
+        if (w->nopened == w->capopened) {
+            w->capopened = w->capopened ? w->capopened * 2 : 8;
+            w->opened = loom_xrealloc(w->opened, w->capopened * sizeof *w->opened);
+        }
+    }
+    w->opened[w->nopened++] = id;
+    return false;
+}
+
+static void
+s_worker_unopen(loom_sched_worker *w, uint64_t id)
+{
+    for (size_t i = 0; i < w->nopened; i++)
+        if (w->opened[i] == id) {
+            w->opened[i] = w->opened[--w->nopened];
+            return;
+        }
+}
+
+//  Least loaded unpaused worker whose in-flight count is below its cap
+//  (min(credit, limit)); limit 0: no item cap (combine batches).
+static loom_sched_worker *
+s_pick_worker(loom_sched *self, size_t limit)
+{
+    loom_sched_worker *best = NULL;
+    for (loom_sched_worker *w = self->workers; w; w = w->next) {
+        if (w->paused)
+            continue;
+        if (limit) {
+            size_t cap = w->credit < limit ? w->credit : limit;
+            if (w->items.n >= cap)
+                continue;
+        }
+        if (!best || w->items.n < best->items.n)
+            best = w;
+    }
+    return best;
+}
+
+static bool
+s_next_combine(loom_sched *self, loom_sched_batch *b)
+{
+    for (loom_sched_map *m = self->head; m; m = m->next) {
+        if (!m->def.reduce || m->is_failed || m->np < 2 ||
+            loom_sched_map_state(m) != LOOM_SCHED_FOLDING)
+            continue;
+        loom_sched_worker *w = s_pick_worker(self, 0);
+        if (!w)
+            return false;
+        loom_sched_combine *c = loom_xcalloc(1, sizeof *c);
+        size_t max = m->np < LOOM_SCHED_MAX_BATCH ? m->np : LOOM_SCHED_MAX_BATCH;
+        size_t bytes = 0;
+        //  At least two partials, so every combine makes progress.
+        while (c->n < max && (c->n < 2 || bytes + m->plen[m->np - 1] <= LOOM_SCHED_MAX_BYTES)) {
+            m->np--;
+            c->data[c->n] = m->pdata[m->np];
+            c->len[c->n] = m->plen[m->np];
+            bytes += c->len[c->n];
+            c->n++;
+        }
+        c->map = m;
+        c->worker = w;
+        //  Append, so results (which come back in order per worker) match
+        //  the oldest batch first.
+        loom_sched_combine **cp = &m->combines;
+        while (*cp)
+            cp = &(*cp)->next;
+        *cp = c;
+        b->map = m;
+        b->worker = w;
+        b->combine = true;
+        b->comb = c;
+        b->n = c->n;
+        b->open = !s_worker_opened(self, w, m->id, true);
+        return true;
+    }
+    return false;
+}
+
+bool
+loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
+{
+    LOOM_ASSERT(self && b);
+    memset(b, 0, offsetof(loom_sched_batch, items));
+    b->comb = NULL;
+    if (!self->workers || !self->head)
+        return false;
+    if (s_next_combine(self, b))
+        return true;
+    loom_sched_map *start = self->rr ? self->rr : self->head;
+    loom_sched_map *m = start;
+    do {
+        if (m->queue.n) {
+            size_t bs = loom_sched_map_batch_size(m);
+            loom_sched_worker *w = s_pick_worker(self, 2 * bs);
+            if (w) {
+                size_t cap = w->credit < 2 * bs ? w->credit : 2 * bs;
+                size_t n = bs;
+                if (n > cap - w->items.n)
+                    n = cap - w->items.n;
+                if (!m->def.chunk) {
+                    size_t spread = (m->queue.n + self->nworkers - 1) / self->nworkers;
+                    if (n > spread)
+                        n = spread;
+                }
+                if (n < 1)
+                    n = 1;
+                if (m->queue.head->solo)
+                    n = 1;
+                b->map = m;
+                b->worker = w;
+                size_t bytes = 0;
+                while (b->n < n && m->queue.head && (b->n == 0 || !m->queue.head->solo)) {
+                    loom_sched_item *it = m->queue.head;
+                    if (b->n && bytes + it->len > LOOM_SCHED_MAX_BYTES)
+                        break;
+                    bytes += it->len;
+                    s_list_remove(&m->queue, it);
+                    self->queued--;
+                    it->worker = w;
+                    s_list_push_back(&w->items, it);
+                    s_u64map_put(&m->in_flight, it->index, it);
+                    self->in_flight++;
+                    b->items[b->n++] = it;
+                }
+                b->open = !s_worker_opened(self, w, m->id, true);
+                self->rr = m->next;
+                return true;
+            }
+        }
+        m = m->next ? m->next : self->head;
+    } while (m != start);
+    return false;
+}
+
+void
+loom_sched_batch_undo(loom_sched *self, loom_sched_batch *b)
+{
+    loom_sched_map *m = b->map;
+    if (!m)
+        return;
+    if (b->open)
+        s_worker_unopen(b->worker, m->id);
+    if (b->combine) {
+        loom_sched_combine **cp = &m->combines;
+        while (*cp && *cp != b->comb)
+            cp = &(*cp)->next;
+        if (*cp) {
+            *cp = b->comb->next;
+            for (size_t i = 0; i < b->comb->n; i++)
+                loom_sched_map_add_partial(m, b->comb->data[i], b->comb->len[i]);
+            s_comb_free(&b->comb);
+        }
+    } else {
+        for (size_t i = b->n; i-- > 0;) {
+            loom_sched_item *it = b->items[i];
+            s_unflight(self, it);
+            s_list_push_front(&m->queue, it);
+            self->queued++;
+        }
+    }
+    memset(b, 0, offsetof(loom_sched_batch, items));
+    b->comb = NULL;
+}
+
+loom_sched_item *
+loom_sched_take(loom_sched *self, loom_sched_worker *w, loom_sched_map *map, uint64_t index)
+{
+    loom_sched_item *it = s_u64map_get(&map->in_flight, index);
+    if (!it || it->worker != w)
+        return NULL;
+    s_unflight(self, it);
+    map->done++;
+    return it;
+}
+
+bool
+loom_sched_combine_done(loom_sched *self, loom_sched_worker *w, loom_sched_map *map,
+                        const void *data, size_t len)
+{
+    (void)self;
+    loom_sched_combine **cp = &map->combines;
+    while (*cp && (*cp)->worker != w)
+        cp = &(*cp)->next;
+    if (!*cp)
+        return false;
+    loom_sched_combine *c = *cp;
+    *cp = c->next;
+    s_comb_free(&c);
+    loom_sched_map_add_partial(map, data, len);
+    return true;
+}
