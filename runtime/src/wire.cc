@@ -1,1 +1,967 @@
-// placeholder: written by the codec work
+/*  wire: the FlatBuffers codec of loom's messages (see wire.h).
+
+    The one C++ file of loom. Encoding builds a Message with a
+    FlatBufferBuilder whose allocator is malloc/free, sized up front from an
+    upper bound of the message so a batch is built in one allocation; the
+    finished buffer is released from the builder and either moved to the
+    front for loom_wire_encode (the caller free()s it) or handed to libzmq
+    as is by loom_wire_send (zero copy: libzmq frees it when sent).
+
+    Decoding copies the bytes once into a block that starts with the
+    loom_msg itself (16-byte aligned, since malloc is), verifies the copy
+    with the FlatBuffers verifier, then fills the C structs. Arrays (items,
+    results, files) live in one arena, msg->priv_. Every check that can
+    refuse a message runs before the message is handed out.  */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <new>
+#include <vector>
+
+#include <zmq.h>
+
+#include "loom_generated.h"
+
+extern "C" {
+#include "base.h"
+}
+#include "wire.h"
+
+namespace fb = flatbuffers;
+namespace lw = loom::wire;
+
+static_assert((int)LOOM_MSG_BLOB_CHUNK == (int)lw::Body_MAX, "loom_msg_type follows Body");
+static_assert((int)LOOM_MSG_COUNT_ == (int)lw::Body_MAX + 1, "loom_msg_type follows Body");
+static_assert((int)LOOM_MSG_TASK_BATCH == (int)lw::Body_TaskBatch, "loom_msg_type follows Body");
+static_assert((int)LOOM_MSG_RESULT_BATCH == (int)lw::Body_ResultBatch,
+              "loom_msg_type follows Body");
+static_assert((int)LOOM_ROLE_SUPERVISOR == (int)lw::Role_MAX, "loom_role follows Role");
+
+//  Largest message we build or accept: the verifier asserts below it.
+static const size_t s_max_buffer = (size_t)FLATBUFFERS_MAX_BUFFER_SIZE - 1;
+
+//  Smallest buffer the verifier looks at (root offset, vtable, table).
+static const size_t s_min_buffer = 2 * sizeof(fb::uoffset_t) + 2 * sizeof(fb::voffset_t);
+
+//  Where the aligned copy of a decoded frame starts in its block.
+static const size_t s_buf_offset = (sizeof(loom_msg) + 15) & ~(size_t)15;
+
+//  --------------------------------------------------------------------------
+//  Encoding
+
+//  A C enum the caller filled may hold any value, which C++ must not load
+//  as the enum type: read its bytes as an integer.
+template <typename E>
+static inline unsigned
+s_enum_value(const E *e)
+{
+    static_assert(sizeof(E) == sizeof(unsigned), "C enums are int-sized here");
+    unsigned v;
+    memcpy(&v, e, sizeof v);
+    return v;
+}
+
+//  The builder's memory comes from malloc so a released buffer can go to
+//  free() (caller of loom_wire_encode, or libzmq's free function on any
+//  thread). Failure throws, caught in s_encode: LOOM_ENOMEM.
+class s_malloc_allocator : public fb::Allocator
+{
+  public:
+    uint8_t *allocate(size_t size) override
+    {
+        void *p = malloc(size);
+        if (!p)
+            throw std::bad_alloc();
+        return static_cast<uint8_t *>(p);
+    }
+    void deallocate(uint8_t *p, size_t) override
+    {
+        free(p);
+    }
+};
+
+static s_malloc_allocator s_allocator;
+
+//  Offsets of the tables of a vector being built, kept per thread so a
+//  batch costs no allocation once the thread has built one of its size.
+static thread_local std::vector<fb::Offset<lw::Item>> s_item_offsets;
+static thread_local std::vector<fb::Offset<lw::Result>> s_result_offsets;
+static thread_local std::vector<fb::Offset<lw::FileRef>> s_file_offsets;
+
+//  Upper bounds of the bytes one object takes in a buffer. A table of at
+//  most 6 fields (Item, Result, FileRef): its vtable (4 + 2 per field, if
+//  not shared), its fields (4 + at most 32), padding (up to 7), the offset
+//  to it and the builder's scratch for it. The body (up to 20 fields, for
+//  Stats) and the Message around it fit in s_message_bound. A vector:
+//  length, padding, and a NUL for strings. Too small a bound would only
+//  cost the builder a reallocation; it is also what LOOM_ETOOBIG checks.
+static const size_t s_table_bound = 72;
+static const size_t s_message_bound = 512;
+static const size_t s_vector_overhead = 8;
+
+static inline size_t
+s_add(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+static inline size_t
+s_str_bound(const char *s)
+{
+    return s ? s_add(strlen(s), s_vector_overhead) : 0;
+}
+
+static inline size_t
+s_span_bound(loom_span sp)
+{
+    return sp.data ? s_add(sp.len, s_vector_overhead) : 0;
+}
+
+static size_t
+s_files_bound(const loom_wire_file *files, size_t n)
+{
+    size_t total = n ? s_vector_overhead + 4 * n : 0;
+    for (size_t i = 0; i < n; i++) {
+        total = s_add(total, s_table_bound + s_str_bound(files[i].name));
+        total = s_add(total, s_span_bound(files[i].hash));
+    }
+    return total;
+}
+
+//  An upper bound of the encoded size of m (SIZE_MAX when it overflows).
+static size_t
+s_bound(const loom_msg *m)
+{
+    size_t total = s_message_bound;
+    switch (s_enum_value(&m->type)) {
+    case LOOM_MSG_HELLO:
+        total = s_add(total, s_str_bound(m->u.hello.host));
+        total = s_add(total, s_str_bound(m->u.hello.software));
+        break;
+    case LOOM_MSG_PIPELINE_OPEN:
+        total = s_add(total, s_str_bound(m->u.pipeline_open.name));
+        break;
+    case LOOM_MSG_MAP_OPEN:
+        total = s_add(total, s_str_bound(m->u.map_open.plugin));
+        total = s_add(total, s_str_bound(m->u.map_open.version));
+        total = s_add(total, s_str_bound(m->u.map_open.task));
+        total = s_add(total, s_span_bound(m->u.map_open.args));
+        break;
+    case LOOM_MSG_TASK_BATCH: {
+        const loom_wire_task_batch *t = &m->u.task_batch;
+        total = s_add(total, s_vector_overhead + 4 * t->nitems);
+        for (size_t i = 0; i < t->nitems; i++) {
+            total = s_add(total, s_table_bound + s_span_bound(t->items[i].data));
+            total = s_add(total, s_files_bound(t->items[i].files, t->items[i].nfiles));
+        }
+        break;
+    }
+    case LOOM_MSG_RESULT_BATCH: {
+        const loom_wire_result_batch *r = &m->u.result_batch;
+        total = s_add(total, s_vector_overhead + 4 * r->nresults);
+        total = s_add(total, s_span_bound(r->partial));
+        for (size_t i = 0; i < r->nresults; i++) {
+            total = s_add(total, s_table_bound + s_span_bound(r->results[i].data));
+            total = s_add(total, s_str_bound(r->results[i].error));
+            total = s_add(total, s_files_bound(r->results[i].files, r->results[i].nfiles));
+        }
+        break;
+    }
+    case LOOM_MSG_ERROR:
+        total = s_add(total, s_str_bound(m->u.error.message));
+        break;
+    case LOOM_MSG_BLOB_HAVE:
+        total = s_add(total, s_span_bound(m->u.blob_have.hash));
+        break;
+    case LOOM_MSG_BLOB_PUT:
+        total = s_add(total, s_span_bound(m->u.blob_put.hash));
+        total = s_add(total, s_span_bound(m->u.blob_put.data));
+        break;
+    case LOOM_MSG_BLOB_GET:
+        total = s_add(total, s_span_bound(m->u.blob_get.hash));
+        break;
+    case LOOM_MSG_BLOB_CHUNK:
+        total = s_add(total, s_span_bound(m->u.blob_chunk.hash));
+        total = s_add(total, s_span_bound(m->u.blob_chunk.data));
+        break;
+    default:
+        break;
+    }
+    return total;
+}
+
+//  The checks decode applies, applied before encoding so that whatever we
+//  send, we would accept.
+static inline bool
+s_span_ok(loom_span sp)
+{
+    return sp.data || sp.len == 0;
+}
+
+static inline bool
+s_hash_ok(loom_span sp)
+{
+    return sp.data && sp.len == LOOM_HASH_SIZE;
+}
+
+static bool
+s_files_ok(const loom_wire_file *files, size_t n, size_t *total)
+{
+    if (n && !files)
+        return false;
+    *total += n;
+    if (*total > LOOM_WIRE_MAX_ITEMS)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!files[i].name || !s_hash_ok(files[i].hash))
+            return false;
+    return true;
+}
+
+static int
+s_check(const loom_msg *m)
+{
+    size_t nfiles = 0;
+    switch (s_enum_value(&m->type)) {
+    case LOOM_MSG_HELLO:
+        return s_enum_value(&m->u.hello.role) <= LOOM_ROLE_SUPERVISOR ? 0 : LOOM_EINVAL;
+    case LOOM_MSG_MAP_OPEN: {
+        const loom_wire_map_open *o = &m->u.map_open;
+        return o->plugin && o->task && s_span_ok(o->args) ? 0 : LOOM_EINVAL;
+    }
+    case LOOM_MSG_TASK_BATCH: {
+        const loom_wire_task_batch *t = &m->u.task_batch;
+        if (t->nitems > LOOM_WIRE_MAX_ITEMS || (t->nitems && !t->items))
+            return LOOM_EINVAL;
+        for (size_t i = 0; i < t->nitems; i++)
+            if (!s_span_ok(t->items[i].data) ||
+                !s_files_ok(t->items[i].files, t->items[i].nfiles, &nfiles))
+                return LOOM_EINVAL;
+        return 0;
+    }
+    case LOOM_MSG_RESULT_BATCH: {
+        const loom_wire_result_batch *r = &m->u.result_batch;
+        if (r->nresults > LOOM_WIRE_MAX_ITEMS || (r->nresults && !r->results) ||
+            !s_span_ok(r->partial))
+            return LOOM_EINVAL;
+        for (size_t i = 0; i < r->nresults; i++)
+            if (!s_span_ok(r->results[i].data) ||
+                !s_files_ok(r->results[i].files, r->results[i].nfiles, &nfiles))
+                return LOOM_EINVAL;
+        return 0;
+    }
+    case LOOM_MSG_BLOB_HAVE:
+        return s_hash_ok(m->u.blob_have.hash) ? 0 : LOOM_EINVAL;
+    case LOOM_MSG_BLOB_PUT:
+        return s_hash_ok(m->u.blob_put.hash) && s_span_ok(m->u.blob_put.data) ? 0 : LOOM_EINVAL;
+    case LOOM_MSG_BLOB_GET:
+        return s_hash_ok(m->u.blob_get.hash) ? 0 : LOOM_EINVAL;
+    case LOOM_MSG_BLOB_CHUNK:
+        return s_hash_ok(m->u.blob_chunk.hash) && s_span_ok(m->u.blob_chunk.data) ? 0 : LOOM_EINVAL;
+    case LOOM_MSG_WELCOME:
+    case LOOM_MSG_PIPELINE_OPEN:
+    case LOOM_MSG_PIPELINE_CLOSE:
+    case LOOM_MSG_MAP_END:
+    case LOOM_MSG_CREDIT:
+    case LOOM_MSG_CANCEL:
+    case LOOM_MSG_HEARTBEAT:
+    case LOOM_MSG_ERROR:
+    case LOOM_MSG_STATS_REQUEST:
+    case LOOM_MSG_STATS:
+    case LOOM_MSG_WORKER_EXIT:
+        return 0;
+    default:
+        return LOOM_EINVAL;
+    }
+}
+
+static inline fb::Offset<fb::String>
+s_put_str(fb::FlatBufferBuilder &b, const char *s)
+{
+    return s ? b.CreateString(s) : 0;
+}
+
+static inline fb::Offset<fb::Vector<uint8_t>>
+s_put_bytes(fb::FlatBufferBuilder &b, loom_span sp)
+{
+    return sp.data ? b.CreateVector(sp.data, sp.len) : 0;
+}
+
+static fb::Offset<fb::Vector<fb::Offset<lw::FileRef>>>
+s_put_files(fb::FlatBufferBuilder &b, const loom_wire_file *files, size_t n)
+{
+    if (n == 0)
+        return 0;
+    std::vector<fb::Offset<lw::FileRef>> &offs = s_file_offsets;
+    offs.clear();
+    for (size_t i = 0; i < n; i++) {
+        auto name = b.CreateString(files[i].name);
+        auto hash = s_put_bytes(b, files[i].hash);
+        offs.push_back(lw::CreateFileRef(b, name, hash, files[i].size));
+    }
+    return b.CreateVector(offs.data(), offs.size());
+}
+
+static fb::Offset<void>
+s_put_task_batch(fb::FlatBufferBuilder &b, const loom_wire_task_batch *t)
+{
+    fb::Offset<fb::Vector<fb::Offset<lw::Item>>> items = 0;
+    if (t->nitems) {
+        std::vector<fb::Offset<lw::Item>> &offs = s_item_offsets;
+        offs.clear();
+        offs.reserve(t->nitems);
+        for (size_t i = 0; i < t->nitems; i++) {
+            const loom_wire_item *it = &t->items[i];
+            auto data = s_put_bytes(b, it->data);
+            auto files = s_put_files(b, it->files, it->nfiles);
+            offs.push_back(lw::CreateItem(b, it->index, it->attempt, data, files));
+        }
+        items = b.CreateVector(offs.data(), offs.size());
+    }
+    return lw::CreateTaskBatch(b, t->map, items, t->combine).Union();
+}
+
+static fb::Offset<void>
+s_put_result_batch(fb::FlatBufferBuilder &b, const loom_wire_result_batch *r)
+{
+    fb::Offset<fb::Vector<fb::Offset<lw::Result>>> results = 0;
+    if (r->nresults) {
+        std::vector<fb::Offset<lw::Result>> &offs = s_result_offsets;
+        offs.clear();
+        offs.reserve(r->nresults);
+        for (size_t i = 0; i < r->nresults; i++) {
+            const loom_wire_result *res = &r->results[i];
+            auto data = s_put_bytes(b, res->data);
+            auto error = s_put_str(b, res->error);
+            auto files = s_put_files(b, res->files, res->nfiles);
+            offs.push_back(
+                lw::CreateResult(b, res->index, res->attempt, res->status, data, error, files));
+        }
+        results = b.CreateVector(offs.data(), offs.size());
+    }
+    auto partial = s_put_bytes(b, r->partial);
+    return lw::CreateResultBatch(b, r->map, results, r->elapsed_us, r->has_partial, partial)
+        .Union();
+}
+
+static fb::Offset<void>
+s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
+{
+    return lw::CreateStats(b, s->epoch, s->uptime_ms, s->clients, s->workers, s->supervisors,
+                           s->maps, s->pipelines, s->items_queued, s->items_in_flight,
+                           s->items_done, s->items_failed, s->items_retried, s->results_dropped,
+                           s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
+                           s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes)
+        .Union();
+}
+
+//  The body of m, built in b (m already checked).
+static fb::Offset<void>
+s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
+{
+    switch (m->type) {
+    case LOOM_MSG_HELLO: {
+        const loom_wire_hello *h = &m->u.hello;
+        auto host = s_put_str(b, h->host);
+        auto software = s_put_str(b, h->software);
+        return lw::CreateHello(b, (lw::Role)h->role, host, h->pid, h->credit, h->procs, software)
+            .Union();
+    }
+    case LOOM_MSG_WELCOME: {
+        const loom_wire_welcome *w = &m->u.welcome;
+        return lw::CreateWelcome(b, w->epoch, w->session, w->worker_id, w->heartbeat_ms,
+                                 w->liveness, w->max_batch, w->max_frame)
+            .Union();
+    }
+    case LOOM_MSG_PIPELINE_OPEN: {
+        auto name = s_put_str(b, m->u.pipeline_open.name);
+        return lw::CreatePipelineOpen(b, m->u.pipeline_open.pipeline, name).Union();
+    }
+    case LOOM_MSG_PIPELINE_CLOSE:
+        return lw::CreatePipelineClose(b, m->u.pipeline_close.pipeline).Union();
+    case LOOM_MSG_MAP_OPEN: {
+        const loom_wire_map_open *o = &m->u.map_open;
+        auto plugin = b.CreateString(o->plugin);
+        auto version = s_put_str(b, o->version);
+        auto task = b.CreateString(o->task);
+        auto args = s_put_bytes(b, o->args);
+        return lw::CreateMapOpen(b, o->map, o->pipeline, plugin, version, task, args, o->ordered,
+                                 o->reduce, o->chunk, o->retries, o->timeout_ms)
+            .Union();
+    }
+    case LOOM_MSG_TASK_BATCH:
+        return s_put_task_batch(b, &m->u.task_batch);
+    case LOOM_MSG_MAP_END:
+        return lw::CreateMapEnd(b, m->u.map_end.map, m->u.map_end.count).Union();
+    case LOOM_MSG_CREDIT:
+        return lw::CreateCredit(b, m->u.credit).Union();
+    case LOOM_MSG_RESULT_BATCH:
+        return s_put_result_batch(b, &m->u.result_batch);
+    case LOOM_MSG_CANCEL:
+        return lw::CreateCancel(b, m->u.cancel_map).Union();
+    case LOOM_MSG_HEARTBEAT:
+        return lw::CreateHeartbeat(b).Union();
+    case LOOM_MSG_ERROR: {
+        const loom_wire_error *e = &m->u.error;
+        auto message = s_put_str(b, e->message);
+        return lw::CreateError(b, e->code, e->map, e->pipeline, message).Union();
+    }
+    case LOOM_MSG_STATS_REQUEST:
+        return lw::CreateStatsRequest(b).Union();
+    case LOOM_MSG_STATS:
+        return s_put_stats(b, &m->u.stats);
+    case LOOM_MSG_WORKER_EXIT: {
+        const loom_wire_worker_exit *x = &m->u.worker_exit;
+        return lw::CreateWorkerExit(b, x->pid, x->signal, x->status).Union();
+    }
+    case LOOM_MSG_BLOB_HAVE: {
+        const loom_wire_blob_have *h = &m->u.blob_have;
+        auto hash = s_put_bytes(b, h->hash);
+        return lw::CreateBlobHave(b, hash, h->size, h->have).Union();
+    }
+    case LOOM_MSG_BLOB_PUT: {
+        const loom_wire_blob_put *p = &m->u.blob_put;
+        auto hash = s_put_bytes(b, p->hash);
+        auto data = s_put_bytes(b, p->data);
+        return lw::CreateBlobPut(b, hash, p->offset, p->total, data).Union();
+    }
+    case LOOM_MSG_BLOB_GET: {
+        const loom_wire_blob_get *g = &m->u.blob_get;
+        auto hash = s_put_bytes(b, g->hash);
+        return lw::CreateBlobGet(b, hash, g->offset, g->credit).Union();
+    }
+    case LOOM_MSG_BLOB_CHUNK: {
+        const loom_wire_blob_chunk *c = &m->u.blob_chunk;
+        auto hash = s_put_bytes(b, c->hash);
+        auto data = s_put_bytes(b, c->data);
+        return lw::CreateBlobChunk(b, hash, c->offset, c->total, data, c->status).Union();
+    }
+    default:
+        LOOM_ASSERT(!"message type checked before");
+        return 0;
+    }
+}
+
+//  Build m. On success *raw_p is a malloc'd block holding the message at
+//  *offset_p, *size_p bytes long.
+static int
+s_encode(const loom_msg *m, uint8_t **raw_p, size_t *offset_p, size_t *size_p)
+{
+    LOOM_ASSERT(m && raw_p && offset_p && size_p);
+    int rc = s_check(m);
+    if (rc)
+        return rc;
+    size_t bound = s_bound(m);
+    if (bound > s_max_buffer)
+        return LOOM_ETOOBIG;
+    try {
+        fb::FlatBufferBuilder b(bound, &s_allocator, false, 8);
+        auto body = s_put_body(b, m);
+        auto root = lw::CreateMessage(b, LOOM_PROTO_VERSION, (lw::Body)m->type, body);
+        lw::FinishMessageBuffer(b, root);
+        size_t allocated, offset;
+        uint8_t *raw = b.ReleaseRaw(allocated, offset);
+        *raw_p = raw;
+        *offset_p = offset;
+        *size_p = allocated - offset;
+        return 0;
+    } catch (const std::bad_alloc &) {
+        return LOOM_ENOMEM;
+    }
+}
+
+int
+loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p)
+{
+    LOOM_ASSERT(m && buf_p && len_p);
+    *buf_p = NULL;
+    *len_p = 0;
+    uint8_t *raw;
+    size_t offset, size;
+    int rc = s_encode(m, &raw, &offset, &size);
+    if (rc)
+        return rc;
+    //  The builder writes from the end of its block: slide the message to
+    //  the front so the caller's free() gets the block's own address, and
+    //  give back the room the size bound left unused.
+    memmove(raw, raw + offset, size);
+    if (offset > 256) {
+        void *smaller = realloc(raw, size);
+        if (smaller)
+            raw = static_cast<uint8_t *>(smaller);
+    }
+    *buf_p = raw;
+    *len_p = size;
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Decoding
+
+static inline loom_span
+s_get_bytes(const fb::Vector<uint8_t> *v)
+{
+    loom_span sp = {NULL, 0};
+    if (v) {
+        sp.data = v->data();
+        sp.len = v->size();
+    }
+    return sp;
+}
+
+static inline const char *
+s_get_str(const fb::String *s)
+{
+    return s ? s->c_str() : NULL;
+}
+
+//  A hash is present and LOOM_HASH_SIZE bytes long.
+static inline bool
+s_get_hash(const fb::Vector<uint8_t> *v, loom_span *hash)
+{
+    *hash = s_get_bytes(v);
+    return v && v->size() == LOOM_HASH_SIZE;
+}
+
+typedef const fb::Vector<fb::Offset<lw::FileRef>> s_file_vector;
+
+//  Count the files of a batch, refusing more than LOOM_WIRE_MAX_ITEMS.
+static inline bool
+s_count_files(s_file_vector *v, size_t *total)
+{
+    if (v)
+        *total += v->size();
+    return *total <= LOOM_WIRE_MAX_ITEMS;
+}
+
+//  Fill files from v into the arena at *cursor.
+static bool
+s_get_files(s_file_vector *v, loom_wire_file **cursor, size_t *n_p, const loom_wire_file **files_p)
+{
+    *n_p = 0;
+    *files_p = NULL;
+    if (!v || v->size() == 0)
+        return true;
+    loom_wire_file *files = *cursor;
+    for (fb::uoffset_t i = 0; i < v->size(); i++) {
+        const lw::FileRef *f = v->Get(i);
+        files[i].name = s_get_str(f->name());
+        files[i].size = f->size();
+        if (!files[i].name || !s_get_hash(f->hash(), &files[i].hash))
+            return false;
+    }
+    *cursor = files + v->size();
+    *n_p = v->size();
+    *files_p = files;
+    return true;
+}
+
+//  The arena of a batch: n records of rec_size bytes, then nfiles files.
+static int
+s_arena(loom_msg *m, size_t n, size_t rec_size, size_t nfiles, loom_wire_file **files_p)
+{
+    *files_p = NULL;
+    size_t size = n * rec_size + nfiles * sizeof(loom_wire_file);
+    if (size == 0)
+        return 0;
+    m->priv_ = malloc(size);
+    if (!m->priv_)
+        return LOOM_ENOMEM;
+    *files_p = (loom_wire_file *)((uint8_t *)m->priv_ + n * rec_size);
+    return 0;
+}
+
+static int
+s_get_task_batch(const lw::TaskBatch *t, loom_msg *m)
+{
+    loom_wire_task_batch *out = &m->u.task_batch;
+    out->map = t->map();
+    out->combine = t->combine();
+    const fb::Vector<fb::Offset<lw::Item>> *items = t->items();
+    size_t n = items ? items->size() : 0;
+    if (n > LOOM_WIRE_MAX_ITEMS)
+        return LOOM_EPROTO;
+    size_t nfiles = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!s_count_files(items->Get(i)->files(), &nfiles))
+            return LOOM_EPROTO;
+    loom_wire_file *cursor;
+    int rc = s_arena(m, n, sizeof(loom_wire_item), nfiles, &cursor);
+    if (rc)
+        return rc;
+    loom_wire_item *arr = (loom_wire_item *)m->priv_;
+    for (size_t i = 0; i < n; i++) {
+        const lw::Item *it = items->Get(i);
+        arr[i].index = it->index();
+        arr[i].attempt = it->attempt();
+        arr[i].data = s_get_bytes(it->data());
+        if (!s_get_files(it->files(), &cursor, &arr[i].nfiles, &arr[i].files))
+            return LOOM_EPROTO;
+    }
+    out->nitems = n;
+    out->items = n ? arr : NULL;
+    return 0;
+}
+
+static int
+s_get_result_batch(const lw::ResultBatch *r, loom_msg *m)
+{
+    loom_wire_result_batch *out = &m->u.result_batch;
+    out->map = r->map();
+    out->elapsed_us = r->elapsed_us();
+    out->has_partial = r->has_partial();
+    out->partial = s_get_bytes(r->partial());
+    const fb::Vector<fb::Offset<lw::Result>> *results = r->results();
+    size_t n = results ? results->size() : 0;
+    if (n > LOOM_WIRE_MAX_ITEMS)
+        return LOOM_EPROTO;
+    size_t nfiles = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!s_count_files(results->Get(i)->files(), &nfiles))
+            return LOOM_EPROTO;
+    loom_wire_file *cursor;
+    int rc = s_arena(m, n, sizeof(loom_wire_result), nfiles, &cursor);
+    if (rc)
+        return rc;
+    loom_wire_result *arr = (loom_wire_result *)m->priv_;
+    for (size_t i = 0; i < n; i++) {
+        const lw::Result *res = results->Get(i);
+        arr[i].index = res->index();
+        arr[i].attempt = res->attempt();
+        arr[i].status = res->status();
+        arr[i].data = s_get_bytes(res->data());
+        arr[i].error = s_get_str(res->error());
+        if (!s_get_files(res->files(), &cursor, &arr[i].nfiles, &arr[i].files))
+            return LOOM_EPROTO;
+    }
+    out->nresults = n;
+    out->results = n ? arr : NULL;
+    return 0;
+}
+
+static void
+s_get_stats(const lw::Stats *s, loom_wire_stats *out)
+{
+    out->epoch = s->epoch();
+    out->uptime_ms = s->uptime_ms();
+    out->clients = s->clients();
+    out->workers = s->workers();
+    out->supervisors = s->supervisors();
+    out->maps = s->maps();
+    out->pipelines = s->pipelines();
+    out->items_queued = s->items_queued();
+    out->items_in_flight = s->items_in_flight();
+    out->items_done = s->items_done();
+    out->items_failed = s->items_failed();
+    out->items_retried = s->items_retried();
+    out->results_dropped = s->results_dropped();
+    out->msgs_in = s->msgs_in();
+    out->msgs_out = s->msgs_out();
+    out->msgs_rejected = s->msgs_rejected();
+    out->blob_bytes_in = s->blob_bytes_in();
+    out->blob_bytes_out = s->blob_bytes_out();
+    out->blobs_stored = s->blobs_stored();
+    out->blob_store_bytes = s->blob_store_bytes();
+}
+
+//  Verify the aligned copy buf and fill m from it. On failure m->priv_
+//  may hold an arena for the caller to free.
+static int
+s_decode(const uint8_t *buf, size_t len, loom_msg *m)
+{
+    fb::Verifier verifier(buf, len, LOOM_WIRE_MAX_DEPTH, LOOM_WIRE_MAX_TABLES);
+    if (!lw::VerifyMessageBuffer(verifier))
+        return LOOM_EPROTO;
+    const lw::Message *msg = lw::GetMessage(buf);
+    const void *body = msg->body();
+    unsigned type = msg->body_type();
+    if (type == lw::Body_NONE || type > lw::Body_MAX || !body)
+        return LOOM_EPROTO;
+    m->type = (loom_msg_type)type;
+    m->proto = msg->proto();
+
+    switch (type) {
+    case lw::Body_Hello: {
+        const lw::Hello *h = msg->body_as_Hello();
+        unsigned role = (unsigned)h->role();
+        if (role > lw::Role_MAX)
+            return LOOM_EPROTO;
+        m->u.hello.role = (loom_role)role;
+        m->u.hello.host = s_get_str(h->host());
+        m->u.hello.pid = h->pid();
+        m->u.hello.credit = h->credit();
+        m->u.hello.procs = h->procs();
+        m->u.hello.software = s_get_str(h->software());
+        return 0;
+    }
+    case lw::Body_Welcome: {
+        const lw::Welcome *w = msg->body_as_Welcome();
+        m->u.welcome.epoch = w->epoch();
+        m->u.welcome.session = w->session();
+        m->u.welcome.worker_id = w->worker_id();
+        m->u.welcome.heartbeat_ms = w->heartbeat_ms();
+        m->u.welcome.liveness = w->liveness();
+        m->u.welcome.max_batch = w->max_batch();
+        m->u.welcome.max_frame = w->max_frame();
+        return 0;
+    }
+    case lw::Body_PipelineOpen: {
+        const lw::PipelineOpen *p = msg->body_as_PipelineOpen();
+        m->u.pipeline_open.pipeline = p->pipeline();
+        m->u.pipeline_open.name = s_get_str(p->name());
+        return 0;
+    }
+    case lw::Body_PipelineClose:
+        m->u.pipeline_close.pipeline = msg->body_as_PipelineClose()->pipeline();
+        return 0;
+    case lw::Body_MapOpen: {
+        const lw::MapOpen *o = msg->body_as_MapOpen();
+        loom_wire_map_open *out = &m->u.map_open;
+        out->map = o->map();
+        out->pipeline = o->pipeline();
+        out->plugin = s_get_str(o->plugin());
+        out->version = o->version() ? o->version()->c_str() : "";
+        out->task = s_get_str(o->task());
+        out->args = s_get_bytes(o->args());
+        out->ordered = o->ordered();
+        out->reduce = o->reduce();
+        out->chunk = o->chunk();
+        out->retries = o->retries();
+        out->timeout_ms = o->timeout_ms();
+        return out->plugin && out->task ? 0 : LOOM_EPROTO;
+    }
+    case lw::Body_TaskBatch:
+        return s_get_task_batch(msg->body_as_TaskBatch(), m);
+    case lw::Body_MapEnd: {
+        const lw::MapEnd *e = msg->body_as_MapEnd();
+        m->u.map_end.map = e->map();
+        m->u.map_end.count = e->count();
+        return 0;
+    }
+    case lw::Body_Credit:
+        m->u.credit = msg->body_as_Credit()->credit();
+        return 0;
+    case lw::Body_ResultBatch:
+        return s_get_result_batch(msg->body_as_ResultBatch(), m);
+    case lw::Body_Cancel:
+        m->u.cancel_map = msg->body_as_Cancel()->map();
+        return 0;
+    case lw::Body_Heartbeat:
+    case lw::Body_StatsRequest:
+        return 0;
+    case lw::Body_Error: {
+        const lw::Error *e = msg->body_as_Error();
+        m->u.error.code = e->code();
+        m->u.error.map = e->map();
+        m->u.error.pipeline = e->pipeline();
+        m->u.error.message = s_get_str(e->message());
+        return 0;
+    }
+    case lw::Body_Stats:
+        s_get_stats(msg->body_as_Stats(), &m->u.stats);
+        return 0;
+    case lw::Body_WorkerExit: {
+        const lw::WorkerExit *x = msg->body_as_WorkerExit();
+        m->u.worker_exit.pid = x->pid();
+        m->u.worker_exit.signal = x->signal();
+        m->u.worker_exit.status = x->status();
+        return 0;
+    }
+    case lw::Body_BlobHave: {
+        const lw::BlobHave *h = msg->body_as_BlobHave();
+        m->u.blob_have.size = h->size();
+        m->u.blob_have.have = h->have();
+        return s_get_hash(h->hash(), &m->u.blob_have.hash) ? 0 : LOOM_EPROTO;
+    }
+    case lw::Body_BlobPut: {
+        const lw::BlobPut *p = msg->body_as_BlobPut();
+        m->u.blob_put.offset = p->offset();
+        m->u.blob_put.total = p->total();
+        m->u.blob_put.data = s_get_bytes(p->data());
+        return s_get_hash(p->hash(), &m->u.blob_put.hash) ? 0 : LOOM_EPROTO;
+    }
+    case lw::Body_BlobGet: {
+        const lw::BlobGet *g = msg->body_as_BlobGet();
+        m->u.blob_get.offset = g->offset();
+        m->u.blob_get.credit = g->credit();
+        return s_get_hash(g->hash(), &m->u.blob_get.hash) ? 0 : LOOM_EPROTO;
+    }
+    case lw::Body_BlobChunk: {
+        const lw::BlobChunk *c = msg->body_as_BlobChunk();
+        m->u.blob_chunk.offset = c->offset();
+        m->u.blob_chunk.total = c->total();
+        m->u.blob_chunk.data = s_get_bytes(c->data());
+        m->u.blob_chunk.status = c->status();
+        return s_get_hash(c->hash(), &m->u.blob_chunk.hash) ? 0 : LOOM_EPROTO;
+    }
+    default:
+        return LOOM_EPROTO;
+    }
+}
+
+int
+loom_wire_decode(const void *data, size_t len, loom_msg **msg_p)
+{
+    LOOM_ASSERT(msg_p);
+    *msg_p = NULL;
+    if (!data || len < s_min_buffer || len > s_max_buffer)
+        return LOOM_EPROTO;
+    //  One block: the loom_msg, then the frame's aligned copy, which the
+    //  verifier checks and every decoded pointer borrows from.
+    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + len));
+    if (!block)
+        return LOOM_ENOMEM;
+    uint8_t *buf = block + s_buf_offset;
+    LOOM_ASSERT(((uintptr_t)buf & 7) == 0);
+    memcpy(buf, data, len);
+    loom_msg *m = reinterpret_cast<loom_msg *>(block);
+    memset(m, 0, sizeof *m);
+    int rc = s_decode(buf, len, m);
+    if (rc) {
+        free(m->priv_);
+        free(block);
+        return rc;
+    }
+    *msg_p = m;
+    return 0;
+}
+
+void
+loom_msg_destroy(loom_msg **msg_p)
+{
+    LOOM_ASSERT(msg_p);
+    loom_msg *m = *msg_p;
+    if (!m)
+        return;
+    free(m->priv_);
+    free(m);
+    *msg_p = NULL;
+}
+
+const char *
+loom_msg_type_name(int type)
+{
+    static const char *const names[LOOM_MSG_COUNT_] = {
+        "NONE",       "Hello",     "Welcome", "PipelineOpen", "PipelineClose",
+        "MapOpen",    "TaskBatch", "MapEnd",  "Credit",       "ResultBatch",
+        "Cancel",     "Heartbeat", "Error",   "StatsRequest", "Stats",
+        "WorkerExit", "BlobHave",  "BlobPut", "BlobGet",      "BlobChunk",
+    };
+    if (type < 0 || type >= LOOM_MSG_COUNT_)
+        return "?";
+    return names[type];
+}
+
+//  --------------------------------------------------------------------------
+//  Sockets
+
+//  libzmq's free function for a sent buffer; may run on its I/O thread.
+static void
+s_free_raw(void *data, void *hint)
+{
+    (void)data;
+    free(hint);
+}
+
+static int
+s_send_error(int err)
+{
+    if (err == EAGAIN)
+        return LOOM_EAGAIN;
+    if (err == EHOSTUNREACH)
+        return LOOM_ECONNECT;
+    return LOOM_EIO;
+}
+
+int
+loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags)
+{
+    LOOM_ASSERT(sock && m);
+    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
+    uint8_t *raw;
+    size_t offset, size;
+    int rc = s_encode(m, &raw, &offset, &size);
+    if (rc)
+        return rc;
+    if (rid && zmq_send(sock, rid, rid_len, flags | ZMQ_SNDMORE) == -1) {
+        int err = zmq_errno();
+        free(raw);
+        return s_send_error(err);
+    }
+    //  Once the routing id is accepted a ROUTER takes the body too (its
+    //  checks happen on the first frame), so no half message is left.
+    zmq_msg_t frame;
+    if (zmq_msg_init_data(&frame, raw + offset, size, s_free_raw, raw) != 0) {
+        free(raw);
+        return LOOM_ENOMEM;
+    }
+    if (zmq_msg_send(&frame, sock, flags) == -1) {
+        int err = zmq_errno();
+        zmq_msg_close(&frame); //  frees raw
+        return s_send_error(err);
+    }
+    return 0;
+}
+
+//  Receive the remaining frames of a message into nothing. Returns 0, or
+//  LOOM_EIO when the socket failed meanwhile.
+static int
+s_drain(void *sock, zmq_msg_t *frame)
+{
+    while (zmq_msg_more(frame)) {
+        zmq_msg_close(frame);
+        zmq_msg_init(frame);
+        if (zmq_msg_recv(frame, sock, 0) == -1)
+            return LOOM_EIO;
+    }
+    return 0;
+}
+
+//  Refuse the message frame belongs to: drain it, close frame.
+static int
+s_refuse(void *sock, zmq_msg_t *frame)
+{
+    int rc = s_drain(sock, frame);
+    zmq_msg_close(frame);
+    return rc ? rc : LOOM_EPROTO;
+}
+
+int
+loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p, int flags)
+{
+    LOOM_ASSERT(sock && msg_p);
+    LOOM_ASSERT(!rid || rid_len);
+    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
+    *msg_p = NULL;
+    if (rid_len)
+        *rid_len = 0;
+
+    zmq_msg_t frame;
+    zmq_msg_init(&frame);
+    if (zmq_msg_recv(&frame, sock, flags) == -1) {
+        int err = zmq_errno();
+        zmq_msg_close(&frame);
+        return err == EAGAIN ? LOOM_EAGAIN : LOOM_EIO;
+    }
+    if (rid) {
+        size_t n = zmq_msg_size(&frame);
+        if (n > rid_cap || !zmq_msg_more(&frame))
+            return s_refuse(sock, &frame);
+        memcpy(rid, zmq_msg_data(&frame), n);
+        *rid_len = n;
+        //  The rest of a message is there once its first frame is.
+        zmq_msg_close(&frame);
+        zmq_msg_init(&frame);
+        if (zmq_msg_recv(&frame, sock, 0) == -1) {
+            zmq_msg_close(&frame);
+            return LOOM_EIO;
+        }
+    }
+    if (zmq_msg_more(&frame))
+        return s_refuse(sock, &frame);
+    int rc = loom_wire_decode(zmq_msg_data(&frame), zmq_msg_size(&frame), msg_p);
+    zmq_msg_close(&frame);
+    return rc;
+}

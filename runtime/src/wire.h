@@ -6,11 +6,26 @@
     whose pointers (strings, byte spans, arrays) borrow from the message's
     own aligned copy of the frame and live until loom_msg_destroy.
 
-    Decoding is for untrusted bytes: the buffer is copied to 8-byte-aligned
-    memory when it is not aligned, checked with the FlatBuffers verifier
+    Decoding is for untrusted bytes: the buffer is copied once into the
+    message's own 16-byte-aligned block (so any alignment of the input is
+    fine and the frame can be closed), checked with the FlatBuffers verifier
     (depth and table limits), and every field is checked (union type known,
     required strings present) before anything is returned. A message that
-    fails any check is refused with LOOM_EPROTO and never half-read.  */
+    fails any check is refused with LOOM_EPROTO and never half-read.
+
+    What decode requires (encode refuses to write anything else, with
+    LOOM_EINVAL, so whatever we send we accept):
+    - the identifier "LOOM", a body of a known type (not NONE), present;
+    - Hello.role one of loom_role;
+    - MapOpen.plugin and MapOpen.task present (their names are checked by
+      the broker, not here); an absent MapOpen.version decodes as "";
+    - FileRef.name present and FileRef.hash exactly LOOM_HASH_SIZE bytes;
+    - Blob*.hash present and exactly LOOM_HASH_SIZE bytes;
+    - at most LOOM_WIRE_MAX_ITEMS items (results) per batch, and at most
+      LOOM_WIRE_MAX_ITEMS files in all the items (results) of one batch.
+    Every other field is optional: absent strings decode as NULL, absent
+    byte vectors as {NULL, 0}, absent vectors of tables as 0 and NULL,
+    absent scalars as 0 / false. `proto` is returned as sent.  */
 
 #ifndef LOOM_WIRE_H
 #define LOOM_WIRE_H
@@ -56,6 +71,8 @@ typedef enum {
 typedef enum { LOOM_ROLE_CLIENT = 0, LOOM_ROLE_WORKER = 1, LOOM_ROLE_SUPERVISOR = 2 } loom_role;
 
 //  A borrowed run of bytes. Not aligned: memcpy before reading scalars.
+//  Encoding: data NULL (len 0) leaves the field out; data set with len 0
+//  writes an empty vector.
 typedef struct {
     const uint8_t *data;
     size_t len;
@@ -176,7 +193,7 @@ typedef struct {
     uint64_t offset;
     uint64_t total;
     loom_span data;
-} loom_wire_blob_put; //  also BlobChunk, with status
+} loom_wire_blob_put;
 
 typedef struct {
     loom_span hash;
@@ -226,10 +243,13 @@ typedef struct loom_msg {
 #define LOOM_WIRE_MAX_ITEMS 65536 //  items or results per batch
 
 //  Encode m into a new heap buffer (*buf_p, owned by the caller, free()
-//  it) of *len_p bytes. Returns 0, LOOM_EINVAL for an unknown type.
+//  it) of *len_p bytes. Returns 0; LOOM_EINVAL for an unknown type or a
+//  message decode would refuse (see the top of this file: missing required
+//  field, bad hash length, too many items, a NULL array or span with a
+//  count); LOOM_ETOOBIG over 2 GiB; LOOM_ENOMEM.
 int loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p);
 
-//  Decode untrusted bytes (any alignment; copied when misaligned). Returns
+//  Decode untrusted bytes (any alignment; always copied). Returns
 //  0 with *msg_p owned by the caller, or LOOM_EPROTO / LOOM_ENOMEM with
 //  *msg_p NULL.
 int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
@@ -246,7 +266,8 @@ const char *loom_msg_type_name(int type);
 //  bytes when rid is not NULL (ROUTER sockets). flags: 0 or ZMQ_DONTWAIT.
 //  The encoded buffer is handed to libzmq without a copy. Returns 0,
 //  LOOM_EAGAIN (would block), LOOM_ECONNECT (EHOSTUNREACH: unknown peer),
-//  LOOM_EIO for any other failure.
+//  the codes of loom_wire_encode (nothing sent), LOOM_EIO for any other
+//  failure.
 int loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags);
 
 //  Receive one whole message (all its frames, always drained). With a
@@ -256,7 +277,11 @@ int loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *
 //  body is decoded as loom_wire_decode does. flags: 0 or ZMQ_DONTWAIT.
 //  Returns 0 with *msg_p set; LOOM_EAGAIN if nothing was there;
 //  LOOM_EPROTO (message consumed and refused, *msg_p NULL); LOOM_EIO when
-//  the socket failed (e.g. interrupted: ETERM/EINTR).
+//  the socket failed (e.g. interrupted: ETERM/EINTR); LOOM_ENOMEM. A
+//  routing id longer than rid_cap is refused as LOOM_EPROTO. A refused
+//  message still leaves its sender's routing id in rid / *rid_len (0 if
+//  none was read), so the caller can answer it with an Error. With rid
+//  NULL on a ROUTER, messages arrive as two frames and are all refused.
 int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
                    int flags);
 
