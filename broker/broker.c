@@ -38,6 +38,7 @@ typedef struct {
     int64_t last_in, last_out; //  ms
     bool dead;                 //  to be ended at the next settle
     char *dead_reason;
+    bool dead_clean;  //  ended by a clean exit: charge its items nothing
     loom_sched_worker *sw; //  worker processes
     uint32_t worker_id;
     zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
@@ -185,7 +186,7 @@ s_session_end(s_broker *self, s_session *s)
         self->ndead--;
     zhashx_delete(self->sessions, s->key);
     if (s->role == LOOM_ROLE_WORKER && s->sw)
-        loom_sched_worker_remove(self->sched, &s->sw, reason);
+        loom_sched_worker_remove(self->sched, &s->sw, reason, !s->dead_clean);
     else if (s->role == LOOM_ROLE_CLIENT && s->maps) {
         zlistx_t *maps = zhashx_values(s->maps);
         for (loom_sched_map *map = zlistx_first(maps); map; map = zlistx_next(maps))
@@ -651,8 +652,13 @@ s_on_worker_exit(s_broker *self, s_session *sup, const loom_wire_worker_exit *we
         snprintf(reason, sizeof reason, "worker process %u exited with status %d", we->pid,
                  we->status);
     for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
-        if (s->role == LOOM_ROLE_WORKER && s->pid == we->pid && !strcmp(s->host, sup->host))
+        if (s->role == LOOM_ROLE_WORKER && s->pid == we->pid && !strcmp(s->host, sup->host)) {
+            //  Status 0 is a recycled or stopped process; 124 one that
+            //  answered its timed-out item itself: neither is the fault
+            //  of the items it still held.
+            s->dead_clean = we->signal <= 0 && (we->status == 0 || we->status == 124);
             s_kill(self, s, reason);
+        }
 }
 
 //  A message from a live session.

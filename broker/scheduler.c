@@ -164,6 +164,7 @@ struct loom_sched_worker {
     void *handle;
     uint32_t credit;
     s_list items;     //  in flight, in dispatch order
+    uint64_t batches; //  batches dispatched so far (sequence of the last one)
     uint64_t *opened; //  map ids this worker has had MapOpen for
     size_t nopened, capopened;
     bool paused;
@@ -274,7 +275,7 @@ loom_sched_destroy(loom_sched **self_p)
     }
     while (self->workers) {
         loom_sched_worker *w = self->workers;
-        loom_sched_worker_remove(self, &w, "broker stopped");
+        loom_sched_worker_remove(self, &w, "broker stopped", false);
     }
     //  Removing workers may have put items back on maps already gone: none,
     //  since maps went first; the failed lists are empty too.
@@ -755,25 +756,29 @@ loom_sched_worker_new(loom_sched *self, void *handle, uint32_t credit)
 }
 
 void
-loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason)
+loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason,
+                         bool blame)
 {
     LOOM_ASSERT(self && w_p);
     loom_sched_worker *w = *w_p;
     if (!w)
         return;
+    uint64_t running = w->items.head ? w->items.head->batch : 0;
     //  Requeue from the last dispatched to the first, each at the front,
     //  so the items keep their order at the head of their queues.
     while (w->items.tail) {
         loom_sched_item *it = w->items.tail;
         loom_sched_map *m = it->map;
         s_unflight(self, it);
-        it->attempt++;
-        free(it->reason);
-        it->reason = loom_xstrdup(reason ? reason : "worker lost");
+        if (blame && it->batch == running) {
+            it->attempt++;
+            free(it->reason);
+            it->reason = loom_xstrdup(reason ? reason : "worker lost");
+            it->solo = true;
+        }
         if ((int64_t)it->attempt > (int64_t)m->def.retries)
             s_fail_item(m, it, LOOM_ECRASHED, NULL);
         else {
-            it->solo = true;
             s_list_push_front(&m->queue, it);
             self->queued++;
             self->retried++;
@@ -972,6 +977,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                     n = 1;
                 b->map = m;
                 b->worker = w;
+                w->batches++;
                 size_t bytes = 0;
                 while (b->n < n && m->queue.head && (b->n == 0 || !m->queue.head->solo)) {
                     loom_sched_item *it = m->queue.head;
@@ -981,6 +987,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                     s_list_remove(&m->queue, it);
                     self->queued--;
                     it->worker = w;
+                    it->batch = w->batches;
                     s_list_push_back(&w->items, it);
                     s_u64map_put(&m->in_flight, it->index, it);
                     self->in_flight++;

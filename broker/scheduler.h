@@ -42,6 +42,7 @@ struct loom_sched_item {
     size_t nfiles;
     loom_sched_file *files; //  owned
     bool solo;              //  requeued after a crash: runs in a batch of one
+    uint64_t batch;         //  in flight: the worker's dispatch sequence of its batch
     int status;             //  failed items: the status to report
     char *reason;           //  why it was last requeued, or the failure message
     loom_sched_map *map;
@@ -186,11 +187,16 @@ int loom_sched_map_fold_error(const loom_sched_map *map, const char **message);
 //  A worker process joined with `credit` items it accepts (0: default).
 loom_sched_worker *loom_sched_worker_new(loom_sched *self, void *handle, uint32_t credit);
 
-//  The worker is gone: its items are requeued at the front of their maps
-//  with attempt+1 to run alone, remembering `reason`; those past their
-//  map's retries go to the failed list with LOOM_ECRASHED and the reason.
-//  Combine batches go back to their maps. Frees the worker, sets *w_p NULL.
-void loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason);
+//  The worker is gone: its items are requeued at the front of their maps.
+//  A worker runs its batches in order, so only the oldest batch it had not
+//  answered can hold the item that killed it: with `blame`, those items get
+//  attempt+1 and run alone, remembering `reason`, and those past their map's
+//  retries go to the failed list with LOOM_ECRASHED and the reason. Items of
+//  later batches never started: they are requeued as they were. Without
+//  blame (a clean exit) nothing is charged. Combine batches go back to their
+//  maps. Frees the worker, sets *w_p NULL.
+void loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason,
+                              bool blame);
 
 void *loom_sched_worker_handle(const loom_sched_worker *w);
 void loom_sched_worker_add_credit(loom_sched_worker *w, uint32_t n);

@@ -183,7 +183,7 @@ test_sched_requeue_runs_alone(void **state)
     assert_true(loom_sched_next_batch(s, &b));
     assert_int_equal(b.n, 4);
     assert_ptr_equal(b.worker, a);
-    loom_sched_worker_remove(s, &a, "worker process 7 killed by signal 9 (SIGKILL)");
+    loom_sched_worker_remove(s, &a, "worker process 7 killed by signal 9 (SIGKILL)", true);
     assert_null(a);
     assert_int_equal(loom_sched_map_queued(m), 6);
     assert_int_equal(loom_sched_retried(s), 4);
@@ -205,6 +205,44 @@ test_sched_requeue_runs_alone(void **state)
     loom_sched_destroy(&s);
 }
 
+//  Only the batch a worker was running can hold the item that killed it:
+//  batches sent ahead are requeued uncharged, and a clean exit charges none.
+static void
+test_sched_death_blames_running_batch(void **state)
+{
+    (void)state;
+    loom_sched *s = loom_sched_new();
+    loom_sched_map *m = s_map(s, 2, 0, false);
+    s_fill(s, m, 0, 6);
+    loom_sched_worker *a = loom_sched_worker_new(s, NULL, 0);
+    loom_sched_batch b;
+    assert_true(loom_sched_next_batch(s, &b)); //  0, 1: running
+    assert_true(loom_sched_next_batch(s, &b)); //  2, 3: sent ahead
+    assert_int_equal(loom_sched_worker_in_flight(a), 4);
+    loom_sched_worker_remove(s, &a, "worker process 7 killed by signal 11 (SIGSEGV)", true);
+    loom_sched_worker *w = loom_sched_worker_new(s, NULL, 0);
+    for (uint64_t i = 0; i < 2; i++) {
+        assert_true(loom_sched_next_batch(s, &b));
+        assert_int_equal(b.n, 1);
+        assert_int_equal(b.items[0]->index, i);
+        assert_int_equal(b.items[0]->attempt, 1);
+        s_complete(s, &b);
+    }
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.n, 2);
+    assert_int_equal(b.items[0]->index, 2);
+    assert_int_equal(b.items[0]->attempt, 0);
+    assert_int_equal(b.items[1]->attempt, 0);
+    //  A clean exit (recycling) charges nothing, not even the running batch.
+    loom_sched_worker_remove(s, &w, "worker process 8 exited with status 0", false);
+    w = loom_sched_worker_new(s, NULL, 0);
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.items[0]->index, 2);
+    assert_int_equal(b.items[0]->attempt, 0);
+    assert_false(b.items[0]->solo);
+    loom_sched_destroy(&s);
+}
+
 static void
 test_sched_retries_exhausted(void **state)
 {
@@ -215,12 +253,14 @@ test_sched_retries_exhausted(void **state)
     s_fill(s, none, 0, 1);
     s_fill(s, two, 0, 1);
     loom_sched_batch b;
-    for (int death = 1; death <= 3; death++) {
+    //  The first death blames only the batch that was running (none's
+    //  item); two's item, sent ahead, is charged from the second death on.
+    for (int death = 1; death <= 4; death++) {
         loom_sched_worker *w = loom_sched_worker_new(s, NULL, 0);
         while (loom_sched_next_batch(s, &b))
             ;
         assert_int_equal(loom_sched_worker_in_flight(w), death == 1 ? 2 : 1);
-        loom_sched_worker_remove(s, &w, "exited with status 3");
+        loom_sched_worker_remove(s, &w, "exited with status 3", true);
         if (death == 1) {
             loom_sched_item *it = loom_sched_map_pop_failed(none);
             assert_non_null(it);
@@ -230,7 +270,7 @@ test_sched_retries_exhausted(void **state)
             assert_int_equal(loom_sched_map_done(none), 1);
         }
         loom_sched_item *it = loom_sched_map_pop_failed(two);
-        if (death < 3)
+        if (death < 4)
             assert_null(it);
         else {
             assert_non_null(it);
@@ -333,7 +373,7 @@ test_sched_reduce_folds_partials(void **state)
     assert_int_equal(b2.n, 44);
     assert_false(loom_sched_next_batch(s, &b3));
     //  The worker holding the first combine dies: its partials come back.
-    loom_sched_worker_remove(s, &a, "lost");
+    loom_sched_worker_remove(s, &a, "lost", true);
     assert_int_equal(loom_sched_map_partials(m), 300);
     loom_sched_worker *w = loom_sched_worker_new(s, NULL, 0);
     int64_t total = 0;
@@ -377,7 +417,7 @@ test_sched_fold_killing_workers_fails(void **state)
     assert_true(b.combine);
     const char *msg = NULL;
     assert_int_equal(loom_sched_map_fold_error(m, &msg), 0);
-    loom_sched_worker_remove(s, &w, "worker process 9 killed by signal 11 (SIGSEGV)");
+    loom_sched_worker_remove(s, &w, "worker process 9 killed by signal 11 (SIGSEGV)", true);
     assert_int_equal(loom_sched_map_state(m), LOOM_SCHED_DONE);
     assert_int_equal(loom_sched_map_fold_error(m, &msg), LOOM_ECRASHED);
     assert_string_equal(msg, "reduce failed: worker process 9 killed by signal 11 (SIGSEGV)");
@@ -1251,6 +1291,7 @@ main(void)
         cmocka_unit_test(test_sched_batch_size_from_elapsed),
         cmocka_unit_test(test_sched_dedup),
         cmocka_unit_test(test_sched_requeue_runs_alone),
+        cmocka_unit_test(test_sched_death_blames_running_batch),
         cmocka_unit_test(test_sched_retries_exhausted),
         cmocka_unit_test(test_sched_credit_caps),
         cmocka_unit_test(test_sched_map_fail),
