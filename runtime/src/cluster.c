@@ -1,2 +1,205 @@
-/* placeholder */
-typedef int loom_placeholder;
+/*  cluster: the embedded local cluster (see cluster.h).  */
+
+#include "cluster.h"
+
+#include "base.h"
+#include "broker.h"
+#include "paths.h"
+#include "plugin_loader.h"
+
+#include <czmq.h>
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define S_STOP_GRACE_MS 5000
+#define S_IPC_MAX 100 //  sun_path is 108 bytes with its NUL
+
+struct loom__cluster {
+    char *dir;        //  private 0700 directory, removed at destroy
+    char *task_ep;    //  ipc://DIR/tasks
+    char *blob_ep;    //  ipc://DIR/blobs
+    zactor_t *broker; //  in-process broker
+    pid_t supervisor; //  `loom worker` process, 0 if not started
+};
+
+//  mkdtemp under $TMPDIR, or /tmp when $TMPDIR is unset or too long for
+//  an ipc:// socket path.
+static char *
+s_make_dir(void)
+{
+    const char *bases[] = {getenv("TMPDIR"), "/tmp"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *base = bases[i];
+        if (!base || !*base || strlen(base) + 32 > S_IPC_MAX)
+            continue;
+        char *dir = loom_xmalloc(strlen(base) + 32);
+        sprintf(dir, "%s/loom-%d-XXXXXX", base, (int)getpid());
+        if (mkdtemp(dir)) {
+            chmod(dir, 0700);
+            return dir;
+        }
+        loom_log_error("loom: cannot create a directory in %s: %s", base, strerror(errno));
+        free(dir);
+    }
+    return NULL;
+}
+
+static void
+s_remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (streq(e->d_name, ".") || streq(e->d_name, ".."))
+                continue;
+            char path[512];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    if (rmdir(dir) != 0)
+        loom_log_warning("loom: cannot remove %s: %s", dir, strerror(errno));
+}
+
+static int
+s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
+{
+    if (workers <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        workers = cores > 0 ? (int)cores : 1;
+    }
+    if (!plugin_path)
+        plugin_path = loom_plugin_default_path();
+    const char *exe = loom__exe_path();
+    char procs[16], parent[16];
+    snprintf(procs, sizeof procs, "%d", workers);
+    snprintf(parent, sizeof parent, "%d", (int)getpid());
+    char *argv[] = {(char *)exe, "worker",        "--connect",         self->task_ep, "--procs",
+                    procs,       "--plugin-path", (char *)plugin_path, "--parent",    parent,
+                    NULL};
+
+    //  The supervisor starts with default dispositions and an empty mask,
+    //  whatever this program does with its signals.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none, deflt;
+    sigemptyset(&none);
+    sigemptyset(&deflt);
+    sigaddset(&deflt, SIGINT);
+    sigaddset(&deflt, SIGTERM);
+    sigaddset(&deflt, SIGPIPE);
+    sigaddset(&deflt, SIGCHLD);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &deflt);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = posix_spawn(&self->supervisor, exe, NULL, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+        self->supervisor = 0;
+        loom_log_error("loom: cannot start %s worker: %s", exe, strerror(rc));
+        return LOOM_EIO;
+    }
+    return 0;
+}
+
+loom__cluster *
+loom__cluster_new(int workers, const char *plugin_path)
+{
+    loom__cluster *self = loom_xcalloc(1, sizeof *self);
+    self->dir = s_make_dir();
+    if (!self->dir)
+        goto fail;
+    self->task_ep = loom_xmalloc(strlen(self->dir) + 16);
+    sprintf(self->task_ep, "ipc://%s/tasks", self->dir);
+    self->blob_ep = loom_xmalloc(strlen(self->dir) + 16);
+    sprintf(self->blob_ep, "ipc://%s/blobs", self->dir);
+
+    char *bound_task = NULL, *bound_blob = NULL, *error = NULL;
+    self->broker =
+        loom_broker_start(self->task_ep, self->blob_ep, &bound_task, &bound_blob, &error);
+    free(bound_task);
+    free(bound_blob);
+    if (!self->broker) {
+        loom_log_error("loom: cannot start the embedded broker: %s", error ? error : "?");
+        free(error);
+        goto fail;
+    }
+    free(error);
+    if (s_spawn_supervisor(self, workers, plugin_path) != 0)
+        goto fail;
+    return self;
+
+fail:
+    loom__cluster_destroy(&self);
+    return NULL;
+}
+
+//  SIGTERM, then wait up to the grace period, then SIGKILL.
+static void
+s_stop_supervisor(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int64_t deadline = loom_now_ms() + S_STOP_GRACE_MS;
+    int status;
+    while (true) {
+        pid_t rc = waitpid(pid, &status, WNOHANG);
+        if (rc == pid || (rc < 0 && errno != EINTR))
+            return;
+        if (loom_now_ms() >= deadline)
+            break;
+        zclock_sleep(5);
+    }
+    loom_log_warning("loom: worker supervisor %d did not stop in %d ms: killed", (int)pid,
+                     S_STOP_GRACE_MS);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+}
+
+void
+loom__cluster_destroy(loom__cluster **self_p)
+{
+    LOOM_ASSERT(self_p);
+    loom__cluster *self = *self_p;
+    if (!self)
+        return;
+    if (self->supervisor > 0)
+        s_stop_supervisor(self->supervisor);
+    zactor_destroy(&self->broker);
+    if (self->dir)
+        s_remove_dir(self->dir);
+    free(self->task_ep);
+    free(self->blob_ep);
+    free(self->dir);
+    free(self);
+    *self_p = NULL;
+}
+
+const char *
+loom__cluster_endpoint(const loom__cluster *self)
+{
+    return self->task_ep;
+}
+
+const char *
+loom__cluster_dir(const loom__cluster *self)
+{
+    return self->dir;
+}
+
+pid_t
+loom__cluster_supervisor_pid(const loom__cluster *self)
+{
+    return self->supervisor;
+}

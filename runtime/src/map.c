@@ -1,2 +1,630 @@
-/* placeholder */
-typedef int loom_placeholder;
+/*  map: one map of a plugin's task over a stream of inputs.
+
+    Submission copies each input once, into the map's table of in-flight
+    inputs (kept until its result comes, so that a later version can
+    resubmit them after a broker restart), and queues it in the pending
+    TaskBatch, which is encoded and handed to the I/O thread when it holds
+    256 items or 256 KiB, or when the caller is about to wait. At most
+    `window` items are out without an answer (ordered maps: counted from the
+    oldest result not yet released in order, which bounds the reorder ring);
+    submit waits for room, taking results meanwhile. Results keep pointing
+    into the decoded ResultBatch they came in (shared, reference-counted)
+    until they have been delivered.  */
+
+#include "client_priv.h"
+
+#include <string.h>
+
+#define S_DEFAULT_WINDOW 10000
+#define S_BATCH_ITEMS 256
+#define S_BATCH_BYTES (256 * 1024)
+#define S_ITEM_OVERHEAD 48    //  encoded bytes per item beyond its data, roughly
+#define S_FRAME_HEADROOM 4096 //  encoded bytes of a batch beyond its items
+#define S_EMPTY UINT64_MAX
+
+//  ---------------------------------------------------------------------------
+//  Shared decoded messages
+
+void
+loom__rmsg_unref(loom__rmsg **rm_p)
+{
+    loom__rmsg *rm = *rm_p;
+    if (!rm)
+        return;
+    LOOM_ASSERT(rm->refs > 0);
+    if (--rm->refs == 0) {
+        loom_msg_destroy(&rm->msg);
+        free(rm);
+    }
+    *rm_p = NULL;
+}
+
+static void
+s_rref_clear(loom__rref *ref)
+{
+    loom__rmsg_unref(&ref->rm);
+    ref->res = NULL;
+}
+
+//  ---------------------------------------------------------------------------
+//  In-flight inputs: open addressing on index (dense indices spread evenly)
+
+static void s_inputs_put(loom_map *m, uint64_t index, uint8_t *data, size_t len);
+
+static void
+s_inputs_grow(loom_map *m)
+{
+    loom__input *old = m->inputs;
+    size_t old_cap = m->inputs_cap;
+    m->inputs_cap = old_cap ? old_cap * 2 : 1024;
+    m->inputs = loom_xmalloc(m->inputs_cap * sizeof *m->inputs);
+    for (size_t i = 0; i < m->inputs_cap; i++)
+        m->inputs[i].index = S_EMPTY;
+    m->inputs_count = 0;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].index != S_EMPTY)
+            s_inputs_put(m, old[i].index, old[i].data, old[i].len);
+    }
+    free(old);
+}
+
+static void
+s_inputs_put(loom_map *m, uint64_t index, uint8_t *data, size_t len)
+{
+    if ((m->inputs_count + 1) * 4 > m->inputs_cap * 3)
+        s_inputs_grow(m);
+    size_t mask = m->inputs_cap - 1;
+    size_t i = (size_t)index & mask;
+    while (m->inputs[i].index != S_EMPTY)
+        i = (i + 1) & mask;
+    m->inputs[i] = (loom__input){.index = index, .len = len, .data = data};
+    m->inputs_count++;
+}
+
+static void
+s_inputs_drop(loom_map *m, uint64_t index)
+{
+    if (!m->inputs_cap)
+        return;
+    size_t mask = m->inputs_cap - 1;
+    size_t i = (size_t)index & mask;
+    while (m->inputs[i].index != index) {
+        if (m->inputs[i].index == S_EMPTY)
+            return;
+        i = (i + 1) & mask;
+    }
+    free(m->inputs[i].data);
+    m->inputs_count--;
+    //  Backward-shift deletion: pull later entries of the cluster into the
+    //  hole when their home slot allows it.
+    size_t j = i;
+    while (true) {
+        j = (j + 1) & mask;
+        if (m->inputs[j].index == S_EMPTY)
+            break;
+        size_t k = (size_t)m->inputs[j].index & mask;
+        bool movable = (j > i) ? (k <= i || k > j) : (k <= i && k > j);
+        if (movable) {
+            m->inputs[i] = m->inputs[j];
+            i = j;
+        }
+    }
+    m->inputs[i].index = S_EMPTY;
+}
+
+static void
+s_inputs_clear(loom_map *m)
+{
+    for (size_t i = 0; i < m->inputs_cap; i++) {
+        if (m->inputs[i].index != S_EMPTY) {
+            free(m->inputs[i].data);
+            m->inputs[i].index = S_EMPTY;
+        }
+    }
+    m->inputs_count = 0;
+}
+
+//  ---------------------------------------------------------------------------
+//  Ready queue
+
+static void
+s_ready_push(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
+{
+    if (m->ready_count == m->ready_cap) {
+        size_t cap = m->ready_cap ? m->ready_cap * 2 : 256;
+        loom__rref *q = loom_xmalloc(cap * sizeof *q);
+        for (size_t i = 0; i < m->ready_count; i++)
+            q[i] = m->ready[(m->ready_head + i) & (m->ready_cap - 1)];
+        free(m->ready);
+        m->ready = q;
+        m->ready_cap = cap;
+        m->ready_head = 0;
+    }
+    rm->refs++;
+    m->ready[(m->ready_head + m->ready_count) & (m->ready_cap - 1)] =
+        (loom__rref){.rm = rm, .res = res};
+    m->ready_count++;
+}
+
+static loom__rref
+s_ready_pop(loom_map *m)
+{
+    LOOM_ASSERT(m->ready_count > 0);
+    loom__rref ref = m->ready[m->ready_head];
+    m->ready_head = (m->ready_head + 1) & (m->ready_cap - 1);
+    m->ready_count--;
+    return ref;
+}
+
+//  ---------------------------------------------------------------------------
+//  Delivery
+
+static void
+s_fill(loom_result *r, const loom_wire_result *res)
+{
+    memset(r, 0, sizeof *r);
+    r->index = res->index;
+    r->status = res->status;
+    r->data = res->data.data;
+    r->len = res->data.len;
+    r->error = res->error;
+}
+
+static void
+s_count(loom_map *m, const loom_wire_result *res)
+{
+    if (res->index != LOOM_REDUCED_INDEX)
+        m->delivered++;
+    if (res->status == 0) {
+        if (!m->reduce || res->index != LOOM_REDUCED_INDEX)
+            m->done++;
+    } else
+        m->failed++;
+}
+
+//  Hand one result to on_result, or queue it for next.
+static void
+s_deliver(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
+{
+    if (m->on_result) {
+        loom_result r;
+        s_fill(&r, res);
+        s_count(m, res);
+        m->client->in_callback = true;
+        m->on_result(&r, m->user);
+        m->client->in_callback = false;
+    } else
+        s_ready_push(m, rm, res);
+}
+
+//  Ordered maps: release the results now in index order. With `force`
+//  (the broker ended the map), skip the indices that never came.
+static void
+s_release(loom_map *m, bool force)
+{
+    while (m->released < m->submitted) {
+        loom__rref *slot = &m->ring[m->released % m->window];
+        if (!slot->rm && !force)
+            break;
+        m->released++;
+        if (slot->rm) {
+            loom__rref ref = *slot;
+            slot->rm = NULL;
+            slot->res = NULL;
+            s_deliver(m, ref.rm, ref.res);
+            s_rref_clear(&ref);
+        }
+    }
+}
+
+static bool
+s_seen_test_and_set(loom_map *m, uint64_t index)
+{
+    uint64_t bit = (uint64_t)1 << (index & 63);
+    uint64_t *w = &m->seen[index >> 6];
+    bool was = (*w & bit) != 0;
+    *w |= bit;
+    return was;
+}
+
+void
+loom__map_result(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
+{
+    if (res->index == LOOM_REDUCED_INDEX) {
+        if (!m->reduce || m->reduced_seen) {
+            m->dropped++;
+            return;
+        }
+        m->reduced_seen = true;
+        s_deliver(m, rm, res);
+        return;
+    }
+    if (res->index >= m->submitted || s_seen_test_and_set(m, res->index)) {
+        m->dropped++; //  never submitted, or a duplicate: the first one won
+        return;
+    }
+    m->answered++;
+    s_inputs_drop(m, res->index);
+    if (m->reduce) {
+        //  A reduce map's successful items come as acknowledgements (status
+        //  0, no data: their outputs are in the fold): they free the window
+        //  and count, but only failed ones are delivered.
+        if (res->status == 0)
+            m->done++;
+        else
+            s_deliver(m, rm, res);
+    } else if (m->ordered && res->index >= m->released) {
+        loom__rref *slot = &m->ring[res->index % m->window];
+        LOOM_ASSERT(!slot->rm);
+        rm->refs++;
+        *slot = (loom__rref){.rm = rm, .res = res};
+        s_release(m, false);
+    } else
+        s_deliver(m, rm, res);
+}
+
+void
+loom__map_end(loom_map *m, uint64_t count)
+{
+    (void)count;
+    if (m->ended)
+        return;
+    m->ended = true;
+    if (m->ordered && !m->reduce)
+        s_release(m, true);
+    if (m->reduce && m->answered < m->submitted) {
+        //  Successful items the broker did not report one by one.
+        m->done += m->submitted - m->answered;
+        m->answered = m->submitted;
+    }
+    s_inputs_clear(m);
+}
+
+void
+loom__map_error(loom_map *m, int code, const char *message)
+{
+    if (m->error)
+        return;
+    m->error = code;
+    m->error_text = loom_xstrdup(message ? message : "");
+    loom_log_error("loom: map %llu: %s (%s)", (unsigned long long)m->id, m->error_text,
+                   loom_strerror(code));
+}
+
+//  ---------------------------------------------------------------------------
+//  Sending
+
+static int
+s_flush(loom_map *m)
+{
+    if (m->npending == 0)
+        return 0;
+    loom_msg msg = {.type = LOOM_MSG_TASK_BATCH};
+    msg.u.task_batch.map = m->id;
+    msg.u.task_batch.nitems = m->npending;
+    msg.u.task_batch.items = m->pending;
+    m->npending = 0;
+    m->pending_bytes = 0;
+    return loom__client_send(m->client, &msg);
+}
+
+static bool
+s_window_full(const loom_map *m)
+{
+    uint64_t out = m->submitted - (m->ring ? m->released : m->answered);
+    return out >= m->window;
+}
+
+static bool
+s_finished(const loom_map *m)
+{
+    return m->closed && m->ready_count == 0 &&
+           (m->ended || (!m->reduce && m->delivered == m->submitted));
+}
+
+//  ---------------------------------------------------------------------------
+//  Public API
+
+static bool
+s_version_valid(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        char ch = v[n];
+        bool ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+                  (ch >= 'A' && ch <= 'Z') || ch == '.' || ch == '+' || ch == '-';
+        if (!ok || n >= 64)
+            return false;
+    }
+    return true;
+}
+
+loom_map *
+loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_map_opts *opts)
+{
+    static const loom_map_opts no_opts = {0};
+    if (!opts)
+        opts = &no_opts;
+    if (!p || !plugin || !task) {
+        loom_log_error("loom: loom_map_new: %s is NULL", !p        ? "pipeline"
+                                                         : !plugin ? "plugin"
+                                                                   : "task");
+        return NULL;
+    }
+    loom_client *c = p->client;
+    char name[80];
+    const char *at = strchr(plugin, '@');
+    size_t nlen = at ? (size_t)(at - plugin) : strlen(plugin);
+    const char *version = at ? at + 1 : "";
+    if (nlen >= sizeof name) {
+        loom_log_error("loom: plugin name '%.70s...' is invalid", plugin);
+        return NULL;
+    }
+    memcpy(name, plugin, nlen);
+    name[nlen] = '\0';
+    if (!loom_name_valid(name)) {
+        loom_log_error("loom: plugin name '%s' is invalid (want [a-z0-9_-]{1,64})", name);
+        return NULL;
+    }
+    if (!s_version_valid(version)) {
+        loom_log_error("loom: plugin version '%s' is invalid (want [0-9A-Za-z.+-]{0,64})", version);
+        return NULL;
+    }
+    if (!loom_name_valid(task)) {
+        loom_log_error("loom: task name '%s' is invalid (want [a-z0-9_-]{1,64})", task);
+        return NULL;
+    }
+    if (!opts->args && opts->args_len) {
+        loom_log_error("loom: map %s/%s: args is NULL with args_len %zu", name, task,
+                       opts->args_len);
+        return NULL;
+    }
+    if (opts->window < 0 || opts->chunk < 0 || opts->timeout_ms < 0 || opts->retries < -1) {
+        loom_log_error("loom: map %s/%s: negative window, chunk, timeout or retries", name, task);
+        return NULL;
+    }
+    if (opts->journal) {
+        loom_log_error("loom: map %s/%s: journal: %s", name, task, loom_strerror(LOOM_ENOTSUP));
+        return NULL;
+    }
+    if (c->error) {
+        loom_log_error("loom: map %s/%s: %s", name, task, loom_strerror(c->error));
+        return NULL;
+    }
+    size_t max_frame = c->welcome.max_frame;
+    if (opts->args_len + S_FRAME_HEADROOM > max_frame) {
+        loom_log_error("loom: map %s/%s: args of %zu bytes over the frame limit", name, task,
+                       opts->args_len);
+        return NULL;
+    }
+
+    loom_map *self = loom_xcalloc(1, sizeof *self);
+    self->client = c;
+    self->pipeline = p;
+    self->id = c->next_id++;
+    self->ordered = opts->ordered;
+    self->reduce = opts->reduce;
+    self->window = opts->window ? (uint64_t)opts->window : S_DEFAULT_WINDOW;
+    self->on_result = opts->on_result;
+    self->user = opts->user;
+    self->batch_items = S_BATCH_ITEMS < c->welcome.max_batch ? S_BATCH_ITEMS : c->welcome.max_batch;
+    self->max_item =
+        max_frame > 2 * S_FRAME_HEADROOM ? max_frame - S_FRAME_HEADROOM : max_frame / 2;
+    self->batch_bytes = S_BATCH_BYTES < self->max_item ? S_BATCH_BYTES : self->max_item;
+    self->pending = loom_xmalloc(self->batch_items * sizeof *self->pending);
+    if (self->ordered && !self->reduce)
+        self->ring = loom_xcalloc(self->window, sizeof *self->ring);
+
+    loom_msg m = {.type = LOOM_MSG_MAP_OPEN};
+    loom_wire_map_open *mo = &m.u.map_open;
+    mo->map = self->id;
+    mo->pipeline = p->id;
+    mo->plugin = name;
+    mo->version = version;
+    mo->task = task;
+    mo->args = (loom_span){opts->args, opts->args_len};
+    mo->ordered = opts->ordered;
+    mo->reduce = opts->reduce;
+    mo->chunk = (uint32_t)opts->chunk;
+    mo->retries = opts->retries;
+    mo->timeout_ms = (uint32_t)opts->timeout_ms;
+    int rc = loom__client_send(c, &m);
+    self->next = c->maps;
+    c->maps = self;
+    if (rc < 0) {
+        loom_log_error("loom: map %s/%s: %s", name, task, loom_strerror(rc));
+        loom_map_destroy(&self);
+    }
+    return self;
+}
+
+int
+loom_map_submit(loom_map *m, const void *input, size_t len)
+{
+    if (!m || (!input && len))
+        return LOOM_EINVAL;
+    loom_client *c = m->client;
+    if (c->in_callback || m->closed)
+        return LOOM_ESTATE;
+    if (m->error)
+        return m->error;
+    if (c->error)
+        return c->error;
+    if (len > m->max_item)
+        return LOOM_ETOOBIG;
+    while (s_window_full(m)) {
+        int rc = s_flush(m);
+        if (rc == 0)
+            rc = loom__client_pump(c, -1);
+        if (rc < 0)
+            return rc;
+        if (m->error)
+            return m->error;
+    }
+    if (m->npending && m->pending_bytes + len + S_ITEM_OVERHEAD > m->batch_bytes) {
+        int rc = s_flush(m);
+        if (rc < 0)
+            return rc;
+    }
+    uint64_t index = m->submitted;
+    if ((index >> 6) >= m->seen_words) {
+        size_t words = m->seen_words ? m->seen_words * 2 : 64;
+        m->seen = loom_xrealloc(m->seen, words * sizeof *m->seen);
+        memset(m->seen + m->seen_words, 0, (words - m->seen_words) * sizeof *m->seen);
+        m->seen_words = words;
+    }
+    uint8_t *copy = loom_xmalloc(len);
+    if (len)
+        memcpy(copy, input, len);
+    s_inputs_put(m, index, copy, len);
+    m->pending[m->npending++] = (loom_wire_item){.index = index, .data = {len ? copy : NULL, len}};
+    m->pending_bytes += len + S_ITEM_OVERHEAD;
+    m->submitted++;
+    if (m->npending == m->batch_items || m->pending_bytes >= m->batch_bytes) {
+        int rc = s_flush(m);
+        if (rc < 0)
+            return rc;
+        //  Take what has come meanwhile (and run on_result), without waiting.
+        rc = loom__client_pump(c, 0);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+int
+loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *const names[],
+                      const char *const paths[], size_t n)
+{
+    (void)m, (void)input, (void)len, (void)names, (void)paths, (void)n;
+    return LOOM_ENOTSUP;
+}
+
+int
+loom_map_close(loom_map *m)
+{
+    if (!m)
+        return LOOM_EINVAL;
+    loom_client *c = m->client;
+    if (c->in_callback)
+        return LOOM_ESTATE;
+    if (m->closed)
+        return 0;
+    int rc = s_flush(m);
+    m->closed = true;
+    if (rc < 0)
+        return rc;
+    loom_msg msg = {.type = LOOM_MSG_MAP_END};
+    msg.u.map_end.map = m->id;
+    msg.u.map_end.count = m->submitted;
+    rc = loom__client_send(c, &msg);
+    if (rc < 0)
+        return rc;
+    rc = loom__client_pump(c, 0);
+    return rc < 0 ? rc : 0;
+}
+
+int
+loom_map_next(loom_map *m, loom_result *r, int timeout_ms)
+{
+    if (!m || !r)
+        return LOOM_EINVAL;
+    loom_client *c = m->client;
+    if (c->in_callback)
+        return LOOM_ESTATE;
+    s_rref_clear(&m->cur);
+    int rc = s_flush(m);
+    if (rc < 0 && rc != c->error)
+        return rc;
+    int64_t deadline = timeout_ms < 0 ? -1 : loom_now_ms() + timeout_ms;
+    while (true) {
+        if (m->ready_count) {
+            m->cur = s_ready_pop(m);
+            s_fill(r, m->cur.res);
+            s_count(m, m->cur.res);
+            return 1;
+        }
+        if (s_finished(m))
+            return 0;
+        if (m->error)
+            return m->error;
+        if (c->error)
+            return c->error;
+        int wait = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - loom_now_ms();
+            wait = left > 0 ? (int)left : 0;
+        }
+        rc = loom__client_pump(c, wait);
+        if (rc == 0)
+            return LOOM_EAGAIN;
+    }
+}
+
+void
+loom_map_stats(loom_map *m, loom_stats *s)
+{
+    if (!s)
+        return;
+    memset(s, 0, sizeof *s);
+    if (!m)
+        return;
+    s->submitted = m->submitted;
+    s->done = m->done;
+    s->failed = m->failed;
+    s->in_flight = m->submitted - (m->reduce ? m->answered : m->delivered);
+}
+
+void
+loom_map_destroy(loom_map **self_p)
+{
+    LOOM_ASSERT(self_p);
+    loom_map *self = *self_p;
+    if (!self)
+        return;
+    loom_client *c = self->client;
+    if (!self->ended && !c->error) {
+        loom_msg msg = {.type = LOOM_MSG_CANCEL};
+        msg.u.cancel_map = self->id;
+        loom__client_send(c, &msg);
+    }
+    for (loom_map **mp = &c->maps; *mp; mp = &(*mp)->next) {
+        if (*mp == self) {
+            *mp = self->next;
+            break;
+        }
+    }
+    if (c->last_map == self)
+        c->last_map = NULL;
+    s_rref_clear(&self->cur);
+    while (self->ready_count) {
+        loom__rref ref = s_ready_pop(self);
+        s_rref_clear(&ref);
+    }
+    if (self->ring) {
+        for (uint64_t i = 0; i < self->window; i++)
+            s_rref_clear(&self->ring[i]);
+    }
+    s_inputs_clear(self);
+    free(self->inputs);
+    free(self->ring);
+    free(self->ready);
+    free(self->seen);
+    free(self->pending);
+    free(self->error_text);
+    free(self);
+    *self_p = NULL;
+}
+
+void
+loom__maps_destroy(loom_client *c, loom_pipeline *p)
+{
+    loom_map **mp = &c->maps;
+    while (*mp) {
+        if (!p || (*mp)->pipeline == p) {
+            loom_map *m = *mp;
+            loom_map_destroy(&m); //  unlinks it: *mp is now the next one
+        } else
+            mp = &(*mp)->next;
+    }
+}

@@ -69,7 +69,10 @@ typedef struct loom_map_opts {
     int timeout_ms;  //  per item; 0: none
     bool reduce;     //  one combined result, made with the task's reduce on the workers
     const char *journal; //  SQLite checkpoint file, or NULL (not implemented yet: LOOM_ENOTSUP)
-    void (*on_result)(const loom_result *r, void *user); //  called as results arrive
+    //  Called as results arrive (r valid during the call only), from within
+    //  submit, next or close; it must not call loom functions of the same
+    //  client (they return LOOM_ESTATE).
+    void (*on_result)(const loom_result *r, void *user);
     void *user;
 } loom_map_opts;
 
@@ -122,7 +125,8 @@ LOOM_EXPORT loom_map *loom_map_new(loom_pipeline *p, const char *plugin, const c
 //  Submit one item (the bytes are copied). Blocks while `window` items are
 //  in flight, receiving results meanwhile (buffered for next, or given to
 //  on_result). Returns 0 or LOOM_ESTATE after close, LOOM_ETOOBIG,
-//  LOOM_ECONNECT.
+//  LOOM_ECONNECT, LOOM_EINVAL (input NULL with len > 0), or the error the
+//  broker reported for the map.
 LOOM_EXPORT int loom_map_submit(loom_map *m, const void *input, size_t len);
 
 //  Submit one item with files attached (blob channel: not implemented yet,
@@ -136,9 +140,9 @@ LOOM_EXPORT int loom_map_close(loom_map *m);
 
 //  Wait up to timeout_ms (-1: forever) for the next result. Returns 1 with
 //  *r filled (valid until the next call on the map), 0 when every result has
-//  been delivered (after close), LOOM_EAGAIN if none came in time, or
-//  another negative code. With on_result set, results go to the callback
-//  and next only returns 0 at the end.
+//  been delivered (after close), LOOM_EAGAIN if none came in time (or a
+//  signal handler ran meanwhile), or another negative code. With on_result
+//  set, results go to the callback and next only returns 0 at the end.
 LOOM_EXPORT int loom_map_next(loom_map *m, loom_result *r, int timeout_ms);
 
 //  Counters of the map so far.

@@ -1,0 +1,133 @@
+/*  client_priv: the client's internals, shared by client.c (connection,
+    I/O thread, pipelines, dispatch of broker messages) and map.c (maps:
+    submission batching, window, reorder buffer, results).
+
+    Threads: the API thread (the user's) owns every struct here; the I/O
+    thread owns the DEALER to the broker and talks to the API thread over an
+    inproc PAIR (`data`). Frames on that pair are encoded Messages, forwarded
+    as they are in both directions, except one empty frame from the I/O
+    thread meaning "broker lost".  */
+
+#ifndef LOOM_CLIENT_PRIV_H
+#define LOOM_CLIENT_PRIV_H
+
+#include <czmq.h>
+#include <loom/loom.h>
+
+#include "base.h"
+#include "wire.h"
+
+typedef struct loom__cluster loom__cluster;
+
+//  A decoded message from the broker, shared by the results that point
+//  into it; freed when the last of them has been delivered.
+typedef struct {
+    loom_msg *msg;
+    size_t refs;
+} loom__rmsg;
+
+//  One buffered result: where it lives.
+typedef struct {
+    loom__rmsg *rm;
+    const loom_wire_result *res;
+} loom__rref;
+
+//  An input kept until its result arrives (for a resubmit after a broker
+//  restart): open addressing on index, linear probing.
+typedef struct {
+    uint64_t index; //  UINT64_MAX: empty slot
+    size_t len;
+    uint8_t *data; //  owned
+} loom__input;
+
+struct loom_client {
+    zactor_t *io;              //  I/O thread: owns the DEALER
+    zsock_t *data;             //  API end of the inproc pair to the I/O thread
+    void *data_handle;         //  its libzmq handle
+    char *endpoint;            //  broker endpoint
+    loom__cluster *cluster;    //  embedded mode, else NULL
+    loom_wire_welcome welcome; //  broker's Welcome (defaults filled in)
+    int error;                 //  0, or LOOM_ECONNECT once the broker is lost
+    uint64_t next_id;          //  pipeline and map ids, unique in the session
+    loom_pipeline *pipelines;  //  open pipelines (list)
+    loom_map *maps;            //  every open map (list), for dispatch
+    loom_map *last_map;        //  dispatch cache
+    bool in_callback;          //  on_result is running: no reentrant calls
+};
+
+struct loom_pipeline {
+    loom_client *client;
+    uint64_t id;
+    char *name;
+    loom_pipeline *next;
+};
+
+struct loom_map {
+    loom_client *client;
+    loom_pipeline *pipeline;
+    uint64_t id;
+    loom_map *next; //  in the client's list
+    //  Options
+    bool ordered;
+    bool reduce;
+    uint64_t window;
+    void (*on_result)(const loom_result *r, void *user);
+    void *user;
+    //  State
+    bool closed;           //  loom_map_close called
+    bool ended;            //  broker's MapEnd received
+    int error;             //  Error{map} from the broker, or 0
+    char *error_text;      //  its message
+    uint64_t submitted;    //  next index
+    uint64_t answered;     //  distinct indices with a result received
+    uint64_t delivered;    //  item results given to the user
+    uint64_t done, failed; //  delivered, by status
+    uint64_t dropped;      //  duplicate or unknown results
+    bool reduced_seen;     //  the LOOM_REDUCED_INDEX result came
+    //  Done bitmap, one bit per index
+    uint64_t *seen;
+    size_t seen_words;
+    //  In-flight inputs
+    loom__input *inputs;
+    size_t inputs_cap; //  power of two
+    size_t inputs_count;
+    //  Pending TaskBatch
+    loom_wire_item *pending;
+    size_t npending;
+    size_t pending_bytes;
+    size_t batch_items; //  flush at this many items
+    size_t batch_bytes; //  or this many bytes
+    size_t max_item;    //  larger items: LOOM_ETOOBIG
+    //  Ordered mode: reorder ring of `window` slots, by index % window
+    loom__rref *ring;
+    uint64_t released; //  next index to release
+    //  Results ready for next (a growable ring)
+    loom__rref *ready;
+    size_t ready_cap, ready_head, ready_count;
+    //  The result last returned by next, alive until the next call
+    loom__rref cur;
+};
+
+//  Encode m and hand it to the I/O thread. While the pipe is full, keeps
+//  receiving from the broker. Returns 0 or a negative code.
+int loom__client_send(loom_client *c, const loom_msg *m);
+
+//  Wait up to timeout_ms (-1: forever, 0: just look) for messages from the
+//  broker and dispatch every one already there. Returns 1 if something
+//  came, 0 on timeout, or c->error.
+int loom__client_pump(loom_client *c, int timeout_ms);
+
+//  The embedded cluster, for tests; NULL with a remote broker.
+loom__cluster *loom__client_cluster(loom_client *c);
+
+//  Map side of dispatch (map.c).
+void loom__map_result(loom_map *m, loom__rmsg *rm, const loom_wire_result *r);
+void loom__map_end(loom_map *m, uint64_t count);
+void loom__map_error(loom_map *m, int code, const char *message);
+
+void loom__rmsg_unref(loom__rmsg **rm_p);
+
+//  Destroy every map of pipeline p (NULL: all of the client's).
+void loom__maps_destroy(loom_client *c, loom_pipeline *p);
+
+#endif
