@@ -1,11 +1,765 @@
-/* placeholder */
+/*  loom map: run a plugin's task over the lines of an input, print the outputs.
+
+    One item per input line (the line without its newline), one output per
+    line on stdout. Runs on the embedded local cluster (a broker in this
+    process and --procs worker processes), on a remote broker (--connect), or
+    in this process with no broker and no sockets (--serial: for gdb and
+    valgrind; same output as the cluster, failures and reduce included).
+
+    Input is read line by line with getline and submitted as it is read; the
+    client's window bounds how much is in flight, and results are printed as
+    they arrive (through on_result), so an endless input runs in bounded
+    memory. Failures go to stderr as "loom map: item N: message" (N is the
+    0-based line number), at most 10 lines per distinct message. Exit status:
+    0, 1 if any item failed (or the map could not run), 2 for usage errors,
+    130 after SIGINT.  */
+
+#include <czmq.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <loom/loom.h>
+
+#include "base.h"
 #include "commands.h"
+#include "executor.h"
+
+#define S_DEFAULT_WINDOW 10000     //  loom.h's default, used to pace submissions
+#define S_ERROR_LINES 10           //  lines printed per distinct error message
+#define S_ERROR_KINDS_MAX 10000    //  distinct messages tracked for collapsing
+#define S_PROGRESS_EVERY_US 100000 //  progress bar: at most 10 updates a second
+
+typedef struct {
+    const char *plugin;
+    const char *task;
+    const char *connect;
+    const char *input;
+    const char *plugin_path;
+    const char *args;
+    bool ordered;
+    bool reduce;
+    bool serial;
+    bool stats;
+    int chunk;
+    int window;
+    int timeout_ms;
+    int retries;
+    int procs;
+} s_opts;
+
+//  What the run prints and counts, shared by the cluster and serial modes.
+typedef struct {
+    uint64_t submitted; //  items read and submitted
+    uint64_t results;   //  results printed or reported (reduce: failures only)
+    uint64_t failed;    //  items that failed
+    uint64_t processed; //  serial mode: items run (a reduce prints none of them)
+    loom_map *map;      //  cluster mode: the map, for its counters
+    zhash_t *kinds;     //  error message -> count of that message (uint64_t *)
+    bool progress;      //  stderr is a terminal: draw a progress bar
+    bool bar_shown;     //  a progress bar is on the screen now
+    int64_t start_us;   //  when the run started
+    int64_t bar_us;     //  last progress bar update
+    bool write_failed;  //  stdout is gone (EPIPE) or full
+    int write_errno;    //  errno of that failure
+} s_run;
+
+static volatile sig_atomic_t s_interrupted = 0;
+
+//  Where outputs go: the original stdout. fd 1 itself is pointed at stderr
+//  for the run, so nothing else (worker processes started by the embedded
+//  cluster, a plugin's printf in --serial mode, library logs) can mix lines
+//  into the outputs.
+static FILE *s_out = NULL;
+
+static void
+s_on_sigint(int sig)
+{
+    (void)sig;
+    if (s_interrupted) {
+        //  Second Ctrl-C: the map did not stop in time; leave now.
+        static const char msg[] = "\nloom map: interrupted\n";
+        ssize_t rc = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)rc;
+        _exit(130);
+    }
+    s_interrupted = 1;
+}
+
+static void
+s_catch_sigint(void)
+{
+    //  Installed after the client exists: CZMQ installs its own handler when
+    //  it initialises, and ours must win so the map is cancelled cleanly.
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: loom map PLUGIN TASK [options]\n"
+        "  --connect EP        run on the broker at EP (default: an embedded local cluster)\n"
+        "  --input FILE|-      read items from FILE, one per line (default: stdin)\n"
+        "  --ordered           print outputs in input order\n"
+        "  --reduce            combine all outputs with the task's reduce; print one result\n"
+        "  --chunk N           items per batch (default: automatic)\n"
+        "  --window N          items in flight (default: 10000)\n"
+        "  --timeout MS        per-item timeout (default: none)\n"
+        "  --retries N         attempts after a worker died or timed out (-1: none)\n"
+        "  --procs N           local worker processes (default: one per core)\n"
+        "  --serial            run in this process, no broker (for gdb and valgrind)\n"
+        "  --plugin-path DIR   where plugins are found (':'-separated)\n"
+        "  --args STRING       bytes every task reads with loom_task_args\n"
+        "  --stats             print a summary line on stderr at the end\n"
+        "  --files PATH... | --share NAME=FILE | --journal FILE | --cert FILE --server-key KEY\n"
+        "                      not implemented yet\n");
+}
+
+//  Parse a decimal int in [min, max]. Returns 0 or -1.
+static int
+s_parse_int(const char *name, const char *text, long min, long max, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < min || v > max) {
+        fprintf(stderr, "loom map: %s wants a number in [%ld, %ld], got '%s'\n", name, min, max,
+                text);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+enum {
+    S_OPT_CONNECT = 256,
+    S_OPT_INPUT,
+    S_OPT_FILES,
+    S_OPT_SHARE,
+    S_OPT_ORDERED,
+    S_OPT_REDUCE,
+    S_OPT_CHUNK,
+    S_OPT_WINDOW,
+    S_OPT_TIMEOUT,
+    S_OPT_RETRIES,
+    S_OPT_JOURNAL,
+    S_OPT_PROCS,
+    S_OPT_SERIAL,
+    S_OPT_PLUGIN_PATH,
+    S_OPT_ARGS,
+    S_OPT_STATS,
+    S_OPT_CERT,
+    S_OPT_SERVER_KEY,
+    S_OPT_HELP,
+};
+
+//  Returns 0 to run, 2 for a usage error, 1 for --help (exit 0).
+static int
+s_parse(int argc, char **argv, s_opts *o)
+{
+    static const struct option longopts[] = {
+        {"connect", required_argument, NULL, S_OPT_CONNECT},
+        {"input", required_argument, NULL, S_OPT_INPUT},
+        {"files", required_argument, NULL, S_OPT_FILES},
+        {"share", required_argument, NULL, S_OPT_SHARE},
+        {"ordered", no_argument, NULL, S_OPT_ORDERED},
+        {"reduce", no_argument, NULL, S_OPT_REDUCE},
+        {"chunk", required_argument, NULL, S_OPT_CHUNK},
+        {"window", required_argument, NULL, S_OPT_WINDOW},
+        {"timeout", required_argument, NULL, S_OPT_TIMEOUT},
+        {"retries", required_argument, NULL, S_OPT_RETRIES},
+        {"journal", required_argument, NULL, S_OPT_JOURNAL},
+        {"procs", required_argument, NULL, S_OPT_PROCS},
+        {"serial", no_argument, NULL, S_OPT_SERIAL},
+        {"plugin-path", required_argument, NULL, S_OPT_PLUGIN_PATH},
+        {"args", required_argument, NULL, S_OPT_ARGS},
+        {"stats", no_argument, NULL, S_OPT_STATS},
+        {"cert", required_argument, NULL, S_OPT_CERT},
+        {"server-key", required_argument, NULL, S_OPT_SERVER_KEY},
+        {"help", no_argument, NULL, S_OPT_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    memset(o, 0, sizeof *o);
+    opterr = 0;
+    optind = 1;
+    const char *later = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1 || optind < argc) {
+        if (c == -1) {
+            //  A positional argument: PLUGIN, then TASK; options may follow.
+            const char *arg = argv[optind++];
+            if (!o->plugin)
+                o->plugin = arg;
+            else if (!o->task)
+                o->task = arg;
+            else {
+                fprintf(stderr, "loom map: unexpected argument '%s'\n", arg);
+                return 2;
+            }
+            continue;
+        }
+        switch (c) {
+        case S_OPT_CONNECT:
+            o->connect = optarg;
+            break;
+        case S_OPT_INPUT:
+            o->input = optarg;
+            break;
+        case S_OPT_ORDERED:
+            o->ordered = true;
+            break;
+        case S_OPT_REDUCE:
+            o->reduce = true;
+            break;
+        case S_OPT_SERIAL:
+            o->serial = true;
+            break;
+        case S_OPT_STATS:
+            o->stats = true;
+            break;
+        case S_OPT_PLUGIN_PATH:
+            o->plugin_path = optarg;
+            break;
+        case S_OPT_ARGS:
+            o->args = optarg;
+            break;
+        case S_OPT_CHUNK:
+            if (s_parse_int("--chunk", optarg, 1, INT_MAX, &o->chunk))
+                return 2;
+            break;
+        case S_OPT_WINDOW:
+            if (s_parse_int("--window", optarg, 1, INT_MAX, &o->window))
+                return 2;
+            break;
+        case S_OPT_TIMEOUT:
+            if (s_parse_int("--timeout", optarg, 1, INT_MAX, &o->timeout_ms))
+                return 2;
+            break;
+        case S_OPT_RETRIES:
+            if (s_parse_int("--retries", optarg, -1, 1000, &o->retries))
+                return 2;
+            break;
+        case S_OPT_PROCS:
+            if (s_parse_int("--procs", optarg, 1, 4096, &o->procs))
+                return 2;
+            break;
+        case S_OPT_FILES:
+            later = "--files (shared files are issue 3)";
+            break;
+        case S_OPT_SHARE:
+            later = "--share (shared objects are issue 3)";
+            break;
+        case S_OPT_JOURNAL:
+            later = "--journal (the journal is issue 6)";
+            break;
+        case S_OPT_CERT:
+        case S_OPT_SERVER_KEY:
+            later = "--cert/--server-key (CURVE is issue 5)";
+            break;
+        case 'h':
+        case S_OPT_HELP:
+            s_usage(stdout);
+            return 1;
+        case ':':
+            fprintf(stderr, "loom map: option '%s' needs a value\n", argv[optind - 1]);
+            return 2;
+        default:
+            if (optopt)
+                fprintf(stderr, "loom map: unknown option '-%c'\n", optopt);
+            else
+                fprintf(stderr, "loom map: unknown option '%s'\n", argv[optind - 1]);
+            s_usage(stderr);
+            return 2;
+        }
+    }
+    if (!o->plugin || !o->task) {
+        fprintf(stderr, "loom map: missing %s\n", o->plugin ? "TASK" : "PLUGIN and TASK");
+        s_usage(stderr);
+        return 2;
+    }
+    if (later) {
+        fprintf(stderr, "loom map: %s: not implemented yet\n", later);
+        return 2;
+    }
+    //  The broker refuses bad names before any item; refuse them here, the
+    //  same way in every mode.
+    const char *at = strchr(o->plugin, '@');
+    size_t nlen = at ? (size_t)(at - o->plugin) : strlen(o->plugin);
+    char name[72];
+    snprintf(name, sizeof name, "%.*s", (int)(nlen < 70 ? nlen : 70), o->plugin);
+    if (nlen > 64 || !loom_name_valid(name)) {
+        fprintf(stderr, "loom map: invalid plugin name '%s' (want [a-z0-9_-]{1,64})\n", o->plugin);
+        return 2;
+    }
+    if (!loom_name_valid(o->task)) {
+        fprintf(stderr, "loom map: invalid task name '%s' (want [a-z0-9_-]{1,64})\n", o->task);
+        return 2;
+    }
+    if (o->serial && o->connect) {
+        fprintf(stderr, "loom map: --serial runs in this process: it takes no --connect\n");
+        return 2;
+    }
+    return 0;
+}
+
+//  ---------------------------------------------------------------------------
+//  Printing results, errors and progress
+
+static void
+s_bar_erase(s_run *run)
+{
+    if (run->bar_shown) {
+        fputs("\r\033[K", stderr);
+        run->bar_shown = false;
+    }
+}
+
+static void
+s_bar_update(s_run *run, bool force)
+{
+    if (!run->progress)
+        return;
+    int64_t now = loom_now_us();
+    if (!force && now - run->bar_us < S_PROGRESS_EVERY_US)
+        return;
+    run->bar_us = now;
+    double secs = (double)(now - run->start_us) / 1e6;
+    uint64_t done = run->processed;
+    if (run->map) {
+        loom_stats st;
+        loom_map_stats(run->map, &st);
+        done = st.done + st.failed;
+    }
+    double rate = secs > 0 ? (double)done / secs : 0;
+    fprintf(stderr,
+            "\r\033[Kloom map: %" PRIu64 "/%" PRIu64 " done, %" PRIu64 " failed, %.0f items/s",
+            done, run->submitted, run->failed, rate);
+    run->bar_shown = true;
+}
+
+static void
+s_write_output(s_run *run, const void *data, size_t len)
+{
+    if (run->write_failed)
+        return;
+    if (len)
+        fwrite(data, 1, len, s_out);
+    if (len == 0 || ((const char *)data)[len - 1] != '\n')
+        fputc('\n', s_out);
+    if (ferror(s_out)) {
+        run->write_failed = true;
+        run->write_errno = errno;
+    }
+}
+
+static void
+s_report_failure(s_run *run, uint64_t index, int status, const char *error)
+{
+    const char *msg = error && *error ? error : loom_strerror(status);
+    run->failed++;
+    uint64_t *count = (uint64_t *)zhash_lookup(run->kinds, msg);
+    if (!count && zhash_size(run->kinds) < S_ERROR_KINDS_MAX) {
+        count = (uint64_t *)loom_xcalloc(1, sizeof *count);
+        zhash_insert(run->kinds, msg, count);
+        zhash_freefn(run->kinds, msg, free);
+    }
+    if (count)
+        (*count)++;
+    if (!count || *count <= S_ERROR_LINES) {
+        s_bar_erase(run);
+        if (index == LOOM_REDUCED_INDEX)
+            fprintf(stderr, "loom map: reduce: %s\n", msg);
+        else
+            fprintf(stderr, "loom map: item %" PRIu64 ": %s\n", index, msg);
+    }
+}
+
+//  One result from the cluster or the serial executor.
+static void
+s_handle_result(s_run *run, uint64_t index, int status, const void *data, size_t len,
+                const char *error)
+{
+    run->results++;
+    if (status == 0)
+        s_write_output(run, data, len);
+    else
+        s_report_failure(run, index, status, error);
+    s_bar_update(run, false);
+}
+
+static void
+s_on_result(const loom_result *r, void *user)
+{
+    s_handle_result((s_run *)user, r->index, r->status, r->data, r->len, r->error);
+}
+
+static void
+s_finish_report(s_run *run, bool stats)
+{
+    s_bar_erase(run);
+    fflush(s_out);
+    for (uint64_t *count = (uint64_t *)zhash_first(run->kinds); count;
+         count = (uint64_t *)zhash_next(run->kinds)) {
+        if (*count > S_ERROR_LINES)
+            fprintf(stderr,
+                    "loom map: ... and %" PRIu64 " more items failed with the same error: %s\n",
+                    *count - S_ERROR_LINES, zhash_cursor(run->kinds));
+    }
+    if (stats) {
+        double secs = (double)(loom_now_us() - run->start_us) / 1e6;
+        double rate = secs > 0 ? (double)run->submitted / secs : 0;
+        fprintf(stderr, "loom map: %" PRIu64 " items, %" PRIu64 " failed, %.2f s, %.0f items/s\n",
+                run->submitted, run->failed, secs, rate);
+    }
+}
+
+//  ---------------------------------------------------------------------------
+//  Reading input
+
+typedef struct {
+    FILE *in;
+    char *line;
+    size_t cap;
+} s_reader;
+
+static int
+s_reader_open(s_reader *rd, const char *path)
+{
+    memset(rd, 0, sizeof *rd);
+    if (!path || !strcmp(path, "-")) {
+        rd->in = stdin;
+        return 0;
+    }
+    rd->in = fopen(path, "rb");
+    if (!rd->in) {
+        fprintf(stderr, "loom map: cannot read '%s': %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+//  Next line without its newline: 1 with *data/*len, 0 at the end, -1 on error.
+static int
+s_reader_next(s_reader *rd, const char **data, size_t *len)
+{
+    ssize_t n = getline(&rd->line, &rd->cap, rd->in);
+    if (n < 0) {
+        if (ferror(rd->in)) {
+            if (s_interrupted)
+                return 0; //  Ctrl-C while waiting for input: not a read error
+            fprintf(stderr, "loom map: reading input: %s\n", strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    if (n > 0 && rd->line[n - 1] == '\n')
+        n--;
+    *data = rd->line;
+    *len = (size_t)n;
+    return 1;
+}
+
+static void
+s_reader_close(s_reader *rd)
+{
+    if (rd->in && rd->in != stdin)
+        fclose(rd->in);
+    free(rd->line);
+    memset(rd, 0, sizeof *rd);
+}
+
+//  ---------------------------------------------------------------------------
+//  Cluster mode: embedded or remote broker
+
+//  Pump results (through on_result) for up to timeout_ms. Returns the
+//  result of loom_map_next: 0 at the end, LOOM_EAGAIN, or an error.
+static int
+s_pump(loom_map *m, s_run *run, int timeout_ms)
+{
+    loom_result r;
+    int rc = loom_map_next(m, &r, timeout_ms);
+    if (rc == 1) {
+        //  on_result is set, so this should not happen; print it all the same.
+        s_on_result(&r, run);
+        return LOOM_EAGAIN;
+    }
+    s_bar_update(run, false);
+    return rc;
+}
+
+static int
+s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
+{
+    loom_client_opts copts = {.local_workers = o->procs, .plugin_path = o->plugin_path};
+    loom_client *client = loom_client_new(o->connect, &copts);
+    if (!client) {
+        if (o->connect)
+            fprintf(stderr, "loom map: cannot connect to the broker at %s\n", o->connect);
+        else
+            fprintf(stderr, "loom map: cannot start the embedded cluster\n");
+        return 1;
+    }
+    s_catch_sigint();
+
+    int status = 0;
+    loom_pipeline *pipeline = loom_pipeline_new(client, "loom-map");
+    loom_map *m = NULL;
+    if (!pipeline) {
+        fprintf(stderr, "loom map: cannot open a pipeline\n");
+        status = 1;
+        goto done;
+    }
+    loom_map_opts mopts = {
+        .args = o->args,
+        .args_len = o->args ? strlen(o->args) : 0,
+        .ordered = o->ordered,
+        .chunk = o->chunk,
+        .window = o->window,
+        .retries = o->retries,
+        .timeout_ms = o->timeout_ms,
+        .reduce = o->reduce,
+        .on_result = s_on_result,
+        .user = run,
+    };
+    m = loom_map_new(pipeline, o->plugin, o->task, &mopts);
+    if (!m) {
+        fprintf(stderr, "loom map: cannot start a map of %s/%s (invalid name, or not connected)\n",
+                o->plugin, o->task);
+        status = 1;
+        goto done;
+    }
+
+    run->map = m;
+    const uint64_t window = o->window ? (uint64_t)o->window : S_DEFAULT_WINDOW;
+    bool pumping = true; //  next(0) before close works with this client
+    const char *data;
+    size_t len;
+    int rc = 0;
+    while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
+        //  Wait for room in the window here rather than inside submit, so
+        //  Ctrl-C and the progress bar keep working while tasks are slow.
+        while (pumping && !s_interrupted) {
+            loom_stats st;
+            loom_map_stats(m, &st);
+            if (st.in_flight < window)
+                break;
+            int prc = s_pump(m, run, 100);
+            if (prc != LOOM_EAGAIN)
+                pumping = false;
+        }
+        if (s_interrupted)
+            break;
+        int src = loom_map_submit(m, data, len);
+        if (src < 0) {
+            s_bar_erase(run);
+            fprintf(stderr, "loom map: submit: %s\n", loom_strerror(src));
+            status = 1;
+            goto done;
+        }
+        run->submitted++;
+        if (pumping && (run->submitted & 255) == 0 && s_pump(m, run, 0) != LOOM_EAGAIN)
+            pumping = false;
+    }
+    if (rc < 0) {
+        status = 1;
+        goto done;
+    }
+    if (s_interrupted || run->write_failed)
+        goto done;
+    rc = loom_map_close(m);
+    if (rc < 0) {
+        fprintf(stderr, "loom map: close: %s\n", loom_strerror(rc));
+        status = 1;
+        goto done;
+    }
+    while (!s_interrupted && !run->write_failed) {
+        rc = s_pump(m, run, 100);
+        if (rc == 0)
+            break;
+        if (rc != LOOM_EAGAIN) {
+            s_bar_erase(run);
+            fprintf(stderr, "loom map: %s\n", loom_strerror(rc));
+            status = 1;
+            break;
+        }
+    }
+done:
+    run->map = NULL;
+    //  Destroying the map cancels whatever is still running; destroying the
+    //  client stops the embedded broker and its worker processes.
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&pipeline);
+    loom_client_destroy(&client);
+    return status;
+}
+
+//  ---------------------------------------------------------------------------
+//  Serial mode: the executor in this process
+
+//  Split "NAME@VERSION" into a malloc'd name and a pointer to the version.
+static char *
+s_split_plugin(const char *spec, const char **version)
+{
+    char *name = loom_xstrdup(spec);
+    char *at = strchr(name, '@');
+    *version = NULL;
+    if (at) {
+        *at = '\0';
+        *version = spec + (at - name) + 1;
+    }
+    return name;
+}
+
+static int
+s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    loom_executor *ex = loom_executor_new(o->plugin_path, 0);
+    if (!ex) {
+        fprintf(stderr, "loom map: cannot create the executor\n");
+        return 1;
+    }
+    const char *version;
+    char *name = s_split_plugin(o->plugin, &version);
+    char *reason = NULL;
+    int open_rc = loom_executor_open_map(ex, 1, name, version, o->task, o->args,
+                                         o->args ? strlen(o->args) : 0, o->reduce, &reason);
+
+    loom_exec_out acc = {0}; //  reduce: the fold so far
+    bool have_acc = false;
+    int status = 0;
+    const char *data;
+    size_t len;
+    int rc = 0;
+    while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
+        uint64_t index = run->submitted++;
+        run->processed++;
+        if (open_rc < 0) {
+            //  As on the cluster: a plugin that cannot be used fails every item.
+            run->results++;
+            s_report_failure(run, index, open_rc, reason);
+            continue;
+        }
+        loom_exec_out out = {0};
+        int xrc = loom_executor_run(ex, 1, index, data, len, &out);
+        if (xrc < 0) {
+            run->results++;
+            s_report_failure(run, index, xrc, out.error);
+        } else if (o->reduce) {
+            if (!have_acc) {
+                acc = out;
+                memset(&out, 0, sizeof out);
+                have_acc = true;
+            } else {
+                loom_exec_out folded = {0};
+                int frc =
+                    loom_executor_reduce(ex, 1, acc.data, acc.len, out.data, out.len, &folded);
+                loom_exec_out_clear(&acc);
+                if (frc < 0) {
+                    s_report_failure(run, LOOM_REDUCED_INDEX, frc, folded.error);
+                    loom_exec_out_clear(&folded);
+                    have_acc = false;
+                    status = 1;
+                    break;
+                }
+                acc = folded;
+            }
+        } else
+            s_handle_result(run, index, 0, out.data, out.len, NULL);
+        loom_exec_out_clear(&out);
+        s_bar_update(run, false);
+    }
+    if (rc < 0)
+        status = 1;
+    if (have_acc && !s_interrupted && status == 0)
+        s_write_output(run, acc.data, acc.len);
+    loom_exec_out_clear(&acc);
+    free(reason);
+    free(name);
+    loom_executor_destroy(&ex);
+    return status;
+}
+
+//  ---------------------------------------------------------------------------
+
 int
 loom_cmd_map(int argc, char **argv)
 {
-    (void) argc;
-    (void) argv;
-    fprintf(stderr, "loom map: not implemented yet\n");
-    return 2;
+    s_opts o;
+    int prc = s_parse(argc, argv, &o);
+    if (prc == 1)
+        return 0;
+    if (prc)
+        return prc;
+
+    s_reader rd;
+    if (s_reader_open(&rd, o.input) < 0)
+        return 1;
+    //  A closed pipe on stdout ends the run quietly (see below), not by signal,
+    //  so the embedded cluster is still stopped cleanly.
+    signal(SIGPIPE, SIG_IGN);
+    fflush(stdout);
+    int out_fd = dup(STDOUT_FILENO);
+    s_out = out_fd >= 0 ? fdopen(out_fd, "w") : NULL;
+    if (!s_out || dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+        fprintf(stderr, "loom map: cannot set up stdout: %s\n", strerror(errno));
+        if (s_out)
+            fclose(s_out);
+        else if (out_fd >= 0)
+            close(out_fd);
+        s_reader_close(&rd);
+        return 1;
+    }
+
+    s_run run;
+    memset(&run, 0, sizeof run);
+    run.kinds = zhash_new();
+    run.progress = isatty(STDERR_FILENO);
+    run.start_us = loom_now_us();
+    run.bar_us = run.start_us;
+
+    int status = o.serial ? s_run_serial(&o, &rd, &run) : s_run_cluster(&o, &rd, &run);
+    s_finish_report(&run, o.stats);
+    if (!run.write_failed && (fflush(s_out) != 0 || ferror(s_out))) {
+        run.write_failed = true;
+        run.write_errno = errno;
+    }
+    if (fclose(s_out) != 0 && !run.write_failed) {
+        run.write_failed = true;
+        run.write_errno = errno;
+    }
+    s_out = NULL;
+    zhash_destroy(&run.kinds);
+    s_reader_close(&rd);
+
+    if (s_interrupted) {
+        fprintf(stderr, "loom map: interrupted\n");
+        return 130;
+    }
+    if (run.write_failed) {
+        if (run.write_errno != EPIPE)
+            fprintf(stderr, "loom map: writing output: %s\n", strerror(run.write_errno));
+        return 1;
+    }
+    if (status)
+        return status;
+    return run.failed ? 1 : 0;
 }
