@@ -16,9 +16,11 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +63,7 @@ typedef struct {
     uint64_t failed;    //  items that failed
     uint64_t processed; //  serial mode: items run (a reduce prints none of them)
     loom_map *map;      //  cluster mode: the map, for its counters
+    bool pumping;       //  cluster mode: loom_map_next(0) before close works
     zhash_t *kinds;     //  error message -> count of that message (uint64_t *)
     bool progress;      //  stderr is a terminal: draw a progress bar
     bool bar_shown;     //  a progress bar is on the screen now
@@ -429,55 +432,120 @@ s_finish_report(s_run *run, bool stats)
 //  ---------------------------------------------------------------------------
 //  Reading input
 
+//  Lines are read from the file descriptor into a buffer that grows to the
+//  longest line (plus one read), never to the whole input. When no input is
+//  ready, the reader calls its idle hook every 100 ms while it waits, so
+//  results of a slow stream (tail -f | loom map) are printed as they come,
+//  not when the next line arrives.
+typedef void(s_idle_fn)(void *arg);
+
 typedef struct {
-    FILE *in;
-    char *line;
-    size_t cap;
+    int fd;     //  input; not ours to close when it is stdin
+    bool owned; //  we opened fd
+    char *buf;  //  [start, end) holds unread bytes
+    size_t cap, start, end;
+    bool eof;        //  no more bytes to read
+    s_idle_fn *idle; //  called while waiting for input, or NULL
+    void *idle_arg;
 } s_reader;
+
+#define S_READ_CHUNK 65536
 
 static int
 s_reader_open(s_reader *rd, const char *path)
 {
     memset(rd, 0, sizeof *rd);
     if (!path || !strcmp(path, "-")) {
-        rd->in = stdin;
+        rd->fd = STDIN_FILENO;
         return 0;
     }
-    rd->in = fopen(path, "rb");
-    if (!rd->in) {
+    rd->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (rd->fd < 0) {
         fprintf(stderr, "loom map: cannot read '%s': %s\n", path, strerror(errno));
         return -1;
     }
+    rd->owned = true;
     return 0;
 }
 
-//  Next line without its newline: 1 with *data/*len, 0 at the end, -1 on error.
+//  Wait until fd is readable, calling the idle hook every 100 ms. Returns
+//  false if interrupted.
+static bool
+s_reader_wait(s_reader *rd)
+{
+    struct pollfd pfd = {.fd = rd->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) > 0)
+        return true;
+    while (!s_interrupted) {
+        if (rd->idle)
+            rd->idle(rd->idle_arg);
+        int n = poll(&pfd, 1, 100);
+        if (n > 0)
+            return true;
+        if (n < 0 && errno != EINTR)
+            return true; //  let read() report it
+    }
+    return false;
+}
+
+//  Next line without its newline: 1 with *data/*len (valid until the next
+//  call), 0 at the end (or after Ctrl-C), -1 on a read error.
 static int
 s_reader_next(s_reader *rd, const char **data, size_t *len)
 {
-    ssize_t n = getline(&rd->line, &rd->cap, rd->in);
-    if (n < 0) {
-        if (ferror(rd->in)) {
-            if (s_interrupted)
-                return 0; //  Ctrl-C while waiting for input: not a read error
+    size_t scanned = rd->start;
+    for (;;) {
+        char *nl = rd->end > scanned ? memchr(rd->buf + scanned, '\n', rd->end - scanned) : NULL;
+        if (nl) {
+            *data = rd->buf + rd->start;
+            *len = (size_t)(nl - (rd->buf + rd->start));
+            rd->start = (size_t)(nl - rd->buf) + 1;
+            return 1;
+        }
+        if (rd->eof) {
+            if (rd->start == rd->end)
+                return 0;
+            *data = rd->buf + rd->start; //  a last line without a newline
+            *len = rd->end - rd->start;
+            rd->start = rd->end;
+            return 1;
+        }
+        //  Keep the partial line, make room for one more read.
+        size_t partial = rd->end - rd->start;
+        if (rd->start > 0) {
+            memmove(rd->buf, rd->buf + rd->start, partial);
+            rd->start = 0;
+            rd->end = partial;
+        }
+        scanned = rd->end;
+        if (rd->cap - rd->end < S_READ_CHUNK) {
+            rd->cap = rd->end + S_READ_CHUNK;
+            rd->buf = loom_xrealloc(rd->buf, rd->cap);
+        }
+        if (!s_reader_wait(rd))
+            return 0;
+        ssize_t n = read(rd->fd, rd->buf + rd->end, rd->cap - rd->end);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                if (s_interrupted)
+                    return 0; //  Ctrl-C while waiting for input: not a read error
+                continue;
+            }
             fprintf(stderr, "loom map: reading input: %s\n", strerror(errno));
             return -1;
         }
-        return 0;
+        if (n == 0)
+            rd->eof = true;
+        rd->end += (size_t)n;
     }
-    if (n > 0 && rd->line[n - 1] == '\n')
-        n--;
-    *data = rd->line;
-    *len = (size_t)n;
-    return 1;
 }
 
 static void
 s_reader_close(s_reader *rd)
 {
-    if (rd->in && rd->in != stdin)
-        fclose(rd->in);
-    free(rd->line);
+    if (rd->owned)
+        close(rd->fd);
+    free(rd->buf);
     memset(rd, 0, sizeof *rd);
 }
 
@@ -498,6 +566,16 @@ s_pump(loom_map *m, s_run *run, int timeout_ms)
     }
     s_bar_update(run, false);
     return rc;
+}
+
+//  While waiting for input: print what has arrived.
+static void
+s_cluster_idle(void *arg)
+{
+    s_run *run = arg;
+    if (run->map && run->pumping && s_pump(run->map, run, 0) != LOOM_EAGAIN)
+        run->pumping = false;
+    fflush(s_out);
 }
 
 static int
@@ -544,21 +622,23 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
 
     run->map = m;
     const uint64_t window = o->window ? (uint64_t)o->window : S_DEFAULT_WINDOW;
-    bool pumping = true; //  next(0) before close works with this client
+    run->pumping = true;
+    rd->idle = s_cluster_idle;
+    rd->idle_arg = run;
     const char *data;
     size_t len;
     int rc = 0;
     while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
         //  Wait for room in the window here rather than inside submit, so
         //  Ctrl-C and the progress bar keep working while tasks are slow.
-        while (pumping && !s_interrupted) {
+        while (run->pumping && !s_interrupted) {
             loom_stats st;
             loom_map_stats(m, &st);
             if (st.in_flight < window)
                 break;
             int prc = s_pump(m, run, 100);
             if (prc != LOOM_EAGAIN)
-                pumping = false;
+                run->pumping = false;
         }
         if (s_interrupted)
             break;
@@ -570,8 +650,8 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
             goto done;
         }
         run->submitted++;
-        if (pumping && (run->submitted & 255) == 0 && s_pump(m, run, 0) != LOOM_EAGAIN)
-            pumping = false;
+        if (run->pumping && (run->submitted & 255) == 0 && s_pump(m, run, 0) != LOOM_EAGAIN)
+            run->pumping = false;
     }
     if (rc < 0) {
         status = 1;
@@ -589,7 +669,9 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
         rc = s_pump(m, run, 100);
         if (rc == 0)
             break;
-        if (rc != LOOM_EAGAIN) {
+        if (rc == LOOM_EAGAIN)
+            fflush(s_out); //  nothing for 100 ms: let the reader see what came
+        else {
             s_bar_erase(run);
             fprintf(stderr, "loom map: %s\n", loom_strerror(rc));
             status = 1;
@@ -598,6 +680,7 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
     }
 done:
     run->map = NULL;
+    rd->idle = NULL;
     //  Destroying the map cancels whatever is still running; destroying the
     //  client stops the embedded broker and its worker processes.
     loom_map_destroy(&m);
@@ -623,9 +706,18 @@ s_split_plugin(const char *spec, const char **version)
     return name;
 }
 
+static void
+s_serial_idle(void *arg)
+{
+    s_bar_update((s_run *)arg, false);
+    fflush(s_out);
+}
+
 static int
 s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
 {
+    rd->idle = s_serial_idle;
+    rd->idle_arg = run;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_sigint;
