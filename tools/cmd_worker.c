@@ -27,7 +27,7 @@ s_usage(void)
 {
     fprintf(stderr, "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
                     "                   [--cache DIR] [--max-tasks N] [--parent PID]\n"
-                    "                   [--cert FILE --server-key KEY]\n");
+                    "                   [--cert FILE --server-key KEY] [--quiet]\n");
 }
 
 //  Parse a whole decimal number in [min, max]. Returns 0 or -1.
@@ -57,6 +57,11 @@ loom_cmd_worker(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--child")) {
             child = true;
+            continue;
+        }
+        if (!strcmp(a, "--quiet")) {
+            //  Only warnings and errors (embedded mode); children inherit it.
+            setenv("LOOM_QUIET", "1", 1);
             continue;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

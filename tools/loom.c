@@ -12,6 +12,9 @@
 int
 main(int argc, char **argv)
 {
+    //  CZMQ logs to stdout unless told otherwise; loom's stdout is for
+    //  results. Set before any CZMQ call; worker processes inherit it.
+    setenv("ZSYS_LOGSTREAM", "stderr", 0);
     char self[PATH_MAX];
     if (realpath("/proc/self/exe", self))
         loom__set_exe_path(self);

@@ -102,3 +102,10 @@ loom_env_long(const char *var, long dflt, long min, long max)
         return dflt;
     return v;
 }
+
+bool
+loom__log_quiet(void)
+{
+    const char *q = getenv("LOOM_QUIET");
+    return q && *q && strcmp(q, "0") != 0;
+}

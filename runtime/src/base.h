@@ -44,9 +44,26 @@ char *loom__xstrdup(const char *s, const char *file, int line);
 //  trailing period or newline, name the object.
 #define loom_log_error(...) zsys_error(__VA_ARGS__)
 #define loom_log_warning(...) zsys_warning(__VA_ARGS__)
-#define loom_log_notice(...) zsys_notice(__VA_ARGS__)
-#define loom_log_info(...) zsys_info(__VA_ARGS__)
-#define loom_log_debug(...) zsys_debug(__VA_ARGS__)
+//  Notices, info and debug lines are left out when $LOOM_QUIET is set
+//  (`loom worker --quiet`, as embedded mode runs it).
+#define loom_log_notice(...)                                                                       \
+    do {                                                                                           \
+        if (!loom__log_quiet())                                                                    \
+            zsys_notice(__VA_ARGS__);                                                              \
+    } while (0)
+#define loom_log_info(...)                                                                         \
+    do {                                                                                           \
+        if (!loom__log_quiet())                                                                    \
+            zsys_info(__VA_ARGS__);                                                                \
+    } while (0)
+#define loom_log_debug(...)                                                                        \
+    do {                                                                                           \
+        if (!loom__log_quiet())                                                                    \
+            zsys_debug(__VA_ARGS__);                                                               \
+    } while (0)
+
+//  True when $LOOM_QUIET is set to anything but "" or "0".
+bool loom__log_quiet(void);
 
 //  Monotonic clock in milliseconds and microseconds.
 int64_t loom_now_ms(void);

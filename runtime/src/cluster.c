@@ -85,9 +85,9 @@ s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
     char procs[16], parent[16];
     snprintf(procs, sizeof procs, "%d", workers);
     snprintf(parent, sizeof parent, "%d", (int)getpid());
-    char *argv[] = {(char *)exe, "worker",        "--connect",         self->task_ep, "--procs",
-                    procs,       "--plugin-path", (char *)plugin_path, "--parent",    parent,
-                    NULL};
+    char *argv[] = {(char *)exe, "worker", "--connect",     self->task_ep,
+                    "--procs",   procs,    "--plugin-path", (char *)plugin_path,
+                    "--parent",  parent,   "--quiet",       NULL};
 
     //  The supervisor starts with default dispositions and an empty mask,
     //  whatever this program does with its signals.
