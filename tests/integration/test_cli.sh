@@ -236,6 +236,19 @@ case_remote_broker_and_worker() {
     expect_eq "remote reduce" "$out" "333833500"
 }
 
+case_progress_bar_only_on_a_terminal() {
+    local out
+    # script(1) gives loom map a pseudo-terminal for stdout and stderr: the
+    # bar is drawn with carriage returns and erased at the end.
+    seq 1 40 | sed 's/.*/25/' >"$TMP/sleeps"
+    out=$(script -qec "$LOOM map testkit sleep --procs 2 --input $TMP/sleeps" /dev/null)
+    grep -q $'\r.*loom map: [0-9]*/40 done, 0 failed, [0-9]* items/s' <<<"$out" ||
+        fail "no progress bar on a terminal: [$(head -c 300 <<<"$out" | od -c | head)]"
+    # Not a terminal: no bar, no carriage return anywhere.
+    lm map testkit sleep --procs 2 --input "$TMP/sleeps" >/dev/null 2>"$TMP/bar.err"
+    if grep -q $'\r' "$TMP/bar.err"; then fail "progress bar drawn on a pipe"; fi
+}
+
 for c in $(declare -F | awk '{ print $3 }' | grep '^case_'); do
     run_case "$c"
 done

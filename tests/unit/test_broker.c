@@ -465,6 +465,9 @@ s_teardown(void **state)
 {
     fixture *f = *state;
     zactor_destroy(&f->broker);
+    //  libzmq unlinks an ipc socket file only when its listener closes in
+    //  the I/O thread, which may come after the test exits.
+    unlink(f->ep + strlen("ipc://"));
     free(f);
     return 0;
 }
