@@ -47,7 +47,16 @@ s_rref_clear(loom__rref *ref)
 }
 
 //  ---------------------------------------------------------------------------
-//  In-flight inputs: open addressing on index (dense indices spread evenly)
+//  In-flight inputs: open addressing on a hash of the index. Dense indices
+//  must be scattered: slots taken by index & mask would form one cluster as
+//  long as the window, and backward-shift deletion scans to the end of the
+//  cluster (this cost 70% of the client's time at 10,000 items in flight).
+
+static size_t
+s_inputs_home(uint64_t index, size_t mask)
+{
+    return (size_t)((index * 0x9e3779b97f4a7c15ULL) >> 32) & mask;
+}
 
 static void s_inputs_put(loom_map *m, uint64_t index, uint8_t *data, size_t len);
 
@@ -74,7 +83,7 @@ s_inputs_put(loom_map *m, uint64_t index, uint8_t *data, size_t len)
     if ((m->inputs_count + 1) * 4 > m->inputs_cap * 3)
         s_inputs_grow(m);
     size_t mask = m->inputs_cap - 1;
-    size_t i = (size_t)index & mask;
+    size_t i = s_inputs_home(index, mask);
     while (m->inputs[i].index != S_EMPTY)
         i = (i + 1) & mask;
     m->inputs[i] = (loom__input){.index = index, .len = len, .data = data};
@@ -87,7 +96,7 @@ s_inputs_drop(loom_map *m, uint64_t index)
     if (!m->inputs_cap)
         return;
     size_t mask = m->inputs_cap - 1;
-    size_t i = (size_t)index & mask;
+    size_t i = s_inputs_home(index, mask);
     while (m->inputs[i].index != index) {
         if (m->inputs[i].index == S_EMPTY)
             return;
@@ -102,7 +111,7 @@ s_inputs_drop(loom_map *m, uint64_t index)
         j = (j + 1) & mask;
         if (m->inputs[j].index == S_EMPTY)
             break;
-        size_t k = (size_t)m->inputs[j].index & mask;
+        size_t k = s_inputs_home(m->inputs[j].index, mask);
         bool movable = (j > i) ? (k <= i || k > j) : (k <= i && k > j);
         if (movable) {
             m->inputs[i] = m->inputs[j];
