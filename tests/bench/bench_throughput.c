@@ -467,5 +467,15 @@ main(int argc, char **argv)
            "raw-zmq mean %.0f us p50 %.0f us p99 %.0f us max %.0f us\n",
            loom_lat.mean, loom_lat.p50, loom_lat.p99, loom_lat.max, raw_lat.mean, raw_lat.p50,
            raw_lat.p99, raw_lat.max);
+    //  The same figures as "name value unit" lines, for tests/bench/suite.sh.
+    if (getenv("LOOM_BENCH_MACHINE")) {
+        printf("tp_unordered %.0f items/s\n", unordered);
+        printf("tp_ordered %.0f items/s\n", ordered);
+        printf("tp_raw %.0f items/s\n", raw_rate);
+        printf("lat_p50 %.0f us\n", loom_lat.p50);
+        printf("lat_p99 %.0f us\n", loom_lat.p99);
+        printf("lat_raw_p50 %.0f us\n", raw_lat.p50);
+        printf("lat_raw_p99 %.0f us\n", raw_lat.p99);
+    }
     return unordered > 0 && ordered > 0 ? 0 : 1;
 }
