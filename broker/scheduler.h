@@ -14,9 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOOM_SCHED_MAX_BATCH 256  //  items per batch at most
+#define LOOM_SCHED_MAX_BATCH 1024 //  items per batch at most
 #define LOOM_SCHED_TARGET_US 2000 //  automatic batches aim at this much work
-#define LOOM_SCHED_DEFAULT_CREDIT 512
+#define LOOM_SCHED_DEFAULT_CREDIT 2048
 #define LOOM_SCHED_MAX_AHEAD 16777216          //  indices accepted beyond the lowest not yet seen
 #define LOOM_SCHED_MAX_BYTES (4 * 1024 * 1024) //  input bytes per batch (at least one item)
 

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define S_DEFAULT_WINDOW 10000
-#define S_BATCH_ITEMS 256
+#define S_BATCH_ITEMS 1024
 #define S_BATCH_BYTES (256 * 1024)
 #define S_ITEM_OVERHEAD 48    //  encoded bytes per item beyond its data, roughly
 #define S_FRAME_HEADROOM 4096 //  encoded bytes of a batch beyond its items
