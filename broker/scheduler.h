@@ -37,7 +37,7 @@ typedef struct {
 struct loom_sched_item {
     uint64_t index;
     uint32_t attempt; //  0 on the first run, +1 per requeue
-    uint8_t *data;    //  owned copy of the input
+    uint8_t *data;    //  copy of the input (in the same block as the item)
     size_t len;
     size_t nfiles;
     loom_sched_file *files; //  owned
