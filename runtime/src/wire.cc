@@ -722,12 +722,12 @@ s_encode(const loom_msg *m, uint8_t **raw_p, size_t *offset_p, size_t *size_p)
     int rc = s_check(m);
     if (rc)
         return rc;
-    size_t bound = s_bound(m);
-    if (bound > s_max_buffer)
-        return LOOM_ETOOBIG;
     rc = s_fast_encode(m, raw_p, offset_p, size_p);
     if (rc)
         return rc < 0 ? rc : 0;
+    size_t bound = s_bound(m);
+    if (bound > s_max_buffer)
+        return LOOM_ETOOBIG;
     try {
         fb::FlatBufferBuilder b(bound, &s_allocator, false, 8);
         auto body = s_put_body(b, m);
