@@ -1,6 +1,6 @@
 /*  bench_scaling: CPU-bound scaling and peak memory of the embedded cluster.
 
-        bench_scaling scaling [ITEMS [TASK_MS]]     defaults: 40 20
+        bench_scaling scaling [ITEMS [TASK_MS]]     defaults: 100 20
         bench_scaling memory  [ITEMS]               default:  1000000
 
     scaling: ITEMS items of the echo plugin's "hash" task, each calibrated
@@ -175,7 +175,7 @@ main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "scaling";
     if (strcmp(mode, "scaling") == 0) {
-        uint64_t items = (uint64_t)s_arg(argc, argv, 2, 40);
+        uint64_t items = (uint64_t)s_arg(argc, argv, 2, 100);
         int ms = (int)s_arg(argc, argv, 3, 20);
         uint64_t rounds = s_calibrate(ms);
         double one = s_run(1, "hash", items, s_rounds_input, rounds);
