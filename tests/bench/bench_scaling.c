@@ -1,12 +1,13 @@
 /*  bench_scaling: CPU-bound scaling and peak memory of the embedded cluster.
 
-        bench_scaling scaling [ITEMS [TASK_MS]]     defaults: 100 20
+        bench_scaling scaling [ITEMS [TASK_MS]]     defaults: 50 20
         bench_scaling memory  [ITEMS]               default:  1000000
 
     scaling: ITEMS items of the echo plugin's "hash" task, each calibrated
     here to about TASK_MS of CPU (the same FNV-1a loop, run in-process),
-    on 1 worker process, then on 2. Prints the items/s of each and the
-    speedup (the target is 1.9 on 2 cores).
+    on 1 worker process, then on 2, three times over. Prints the items/s of
+    the pair with the median speedup, and that speedup (the target is 1.9
+    on 2 cores).
 
     memory: ITEMS 16-byte items of echo/echo, unordered, through the
     embedded cluster with 2 worker processes; prints the client's peak RSS
@@ -175,11 +176,32 @@ main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "scaling";
     if (strcmp(mode, "scaling") == 0) {
-        uint64_t items = (uint64_t)s_arg(argc, argv, 2, 100);
+        uint64_t items = (uint64_t)s_arg(argc, argv, 2, 50);
         int ms = (int)s_arg(argc, argv, 3, 20);
         uint64_t rounds = s_calibrate(ms);
-        double one = s_run(1, "hash", items, s_rounds_input, rounds);
-        double two = s_run(2, "hash", items, s_rounds_input, rounds);
+        //  Pairs (1 process, then 2) repeated; the pair with the median
+        //  speedup is shown, so one burst of load from elsewhere does not
+        //  decide the figure. Every pair goes to stderr.
+        enum { PAIRS = 3 };
+        double ones[PAIRS], twos[PAIRS], ratio[PAIRS];
+        for (int i = 0; i < PAIRS; i++) {
+            ones[i] = s_run(1, "hash", items, s_rounds_input, rounds);
+            twos[i] = s_run(2, "hash", items, s_rounds_input, rounds);
+            ratio[i] = twos[i] / ones[i];
+            fprintf(stderr, "scaling pair %d: 1 process %.2f items/s, 2 processes %.2f items/s, %.3f x\n",
+                    i + 1, ones[i], twos[i], ratio[i]);
+        }
+        int med = 0;
+        for (int i = 0; i < PAIRS; i++) {
+            int below = 0, above = 0;
+            for (int j = 0; j < PAIRS; j++) {
+                below += ratio[j] < ratio[i];
+                above += ratio[j] > ratio[i];
+            }
+            if (below <= PAIRS / 2 && above <= PAIRS / 2)
+                med = i;
+        }
+        double one = ones[med], two = twos[med];
         printf("scaling_items %" PRIu64 " items\n", items);
         printf("scaling_task_ms %d ms\n", ms);
         printf("scaling_1 %.2f items/s\n", one);
