@@ -10,6 +10,7 @@
 #include "scheduler.h"
 
 #include "base.h"
+#include "block_cache.h"
 
 #include <czmq.h>
 #include <math.h>
@@ -239,7 +240,7 @@ loom_sched_item_free(loom_sched_item **item_p)
     if (it->data != (uint8_t *)(it + 1))
         free(it->data);
     free(it->reason);
-    free(it);
+    loom__block_free(it);
     *item_p = NULL;
 }
 
@@ -544,8 +545,9 @@ loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const v
     int rc = s_seen_mark(map, index);
     if (rc)
         return rc;
-    //  One allocation: the input lives right after the item.
-    loom_sched_item *it = loom_xmalloc(sizeof *it + len);
+    //  One allocation: the input lives right after the item (from the
+    //  per-thread block cache: items come and go a batch at a time).
+    loom_sched_item *it = loom__block_alloc(sizeof *it + len);
     memset(it, 0, sizeof *it);
     it->index = index;
     it->map = map;

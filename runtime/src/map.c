@@ -13,6 +13,8 @@
 
 #include "client_priv.h"
 
+#include "block_cache.h"
+
 #include <string.h>
 
 #define S_DEFAULT_WINDOW 10000
@@ -102,7 +104,7 @@ s_inputs_drop(loom_map *m, uint64_t index)
             return;
         i = (i + 1) & mask;
     }
-    free(m->inputs[i].data);
+    loom__block_free(m->inputs[i].data);
     m->inputs_count--;
     //  Backward-shift deletion: pull later entries of the cluster into the
     //  hole when their home slot allows it.
@@ -126,7 +128,7 @@ s_inputs_clear(loom_map *m)
 {
     for (size_t i = 0; i < m->inputs_cap; i++) {
         if (m->inputs[i].index != S_EMPTY) {
-            free(m->inputs[i].data);
+            loom__block_free(m->inputs[i].data);
             m->inputs[i].index = S_EMPTY;
         }
     }
@@ -482,7 +484,7 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
         memset(m->seen + m->seen_words, 0, (words - m->seen_words) * sizeof *m->seen);
         m->seen_words = words;
     }
-    uint8_t *copy = loom_xmalloc(len);
+    uint8_t *copy = loom__block_alloc(len);
     if (len)
         memcpy(copy, input, len);
     s_inputs_put(m, index, copy, len);
