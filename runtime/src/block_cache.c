@@ -1,6 +1,7 @@
 /*  block_cache: see block_cache.h. Each thread keeps at most S_MAX_BLOCKS
     blocks; a thread's blocks are freed when it exits (a pthread key's
-    destructor). Blocks are told apart by malloc_usable_size, so a block
+    destructor; libloom.so is linked -z nodelete so that the destructor
+    stays mapped after a dlclose). Blocks are told apart by malloc_usable_size, so a block
     from anywhere may be given back and any block handed out may go to
     free().  */
 
