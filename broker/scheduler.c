@@ -553,8 +553,7 @@ loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const v
     it->map = map;
     it->len = len;
     it->data = (uint8_t *)(it + 1);
-    if (len)
-        memcpy(it->data, data, len);
+    loom_copy(it->data, data, len);
     if (nfiles) {
         it->files = loom_xcalloc(nfiles, sizeof *it->files);
         it->nfiles = nfiles;

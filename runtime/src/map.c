@@ -485,8 +485,7 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
         m->seen_words = words;
     }
     uint8_t *copy = loom__block_alloc(len);
-    if (len)
-        memcpy(copy, input, len);
+    loom_copy(copy, input, len);
     s_inputs_put(m, index, copy, len);
     m->pending[m->npending++] = (loom_wire_item){.index = index, .data = {len ? copy : NULL, len}};
     m->pending_bytes += len + S_ITEM_OVERHEAD;

@@ -523,8 +523,7 @@ static inline size_t
 s_fw_bytes(uint8_t *b, size_t pos, loom_span sp)
 {
     s_w32(b + pos, (uint32_t)sp.len);
-    if (sp.len)
-        memcpy(b + pos + 4, sp.data, sp.len);
+    loom_copy(b + pos + 4, sp.data, sp.len);
     return pos + 4 + sp.len;
 }
 

@@ -648,7 +648,7 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
             self->small = (uint8_t *)loom_xrealloc(self->small, self->small_cap);
         }
         off = self->small_len;
-        memcpy(self->small + off, data, len);
+        loom_copy(self->small + off, data, len);
         self->small_len += len;
         free(data);
         data = NULL;
