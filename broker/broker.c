@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define LOOM_BROKER_LIVENESS 3
-#define LOOM_BROKER_MAX_BATCH 256
+#define LOOM_BROKER_MAX_BATCH 1024
 #define LOOM_BROKER_MAX_FRAME (64 * 1024 * 1024)
 #define LOOM_BROKER_HWM 100000
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up

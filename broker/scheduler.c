@@ -10,6 +10,7 @@
 #include "scheduler.h"
 
 #include "base.h"
+#include "block_cache.h"
 
 #include <czmq.h>
 #include <math.h>
@@ -236,9 +237,10 @@ loom_sched_item_free(loom_sched_item **item_p)
     for (size_t i = 0; i < it->nfiles; i++)
         free(it->files[i].name);
     free(it->files);
-    free(it->data);
+    if (it->data != (uint8_t *)(it + 1))
+        free(it->data);
     free(it->reason);
-    free(it);
+    loom__block_free(it);
     *item_p = NULL;
 }
 
@@ -543,13 +545,15 @@ loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const v
     int rc = s_seen_mark(map, index);
     if (rc)
         return rc;
-    loom_sched_item *it = loom_xcalloc(1, sizeof *it);
+    //  One allocation: the input lives right after the item (from the
+    //  per-thread block cache: items come and go a batch at a time).
+    loom_sched_item *it = loom__block_alloc(sizeof *it + len);
+    memset(it, 0, sizeof *it);
     it->index = index;
     it->map = map;
     it->len = len;
-    it->data = loom_xmalloc(len);
-    if (len)
-        memcpy(it->data, data, len);
+    it->data = (uint8_t *)(it + 1);
+    loom_copy(it->data, data, len);
     if (nfiles) {
         it->files = loom_xcalloc(nfiles, sizeof *it->files);
         it->nfiles = nfiles;

@@ -14,9 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOOM_SCHED_MAX_BATCH 256  //  items per batch at most
+#define LOOM_SCHED_MAX_BATCH 1024 //  items per batch at most
 #define LOOM_SCHED_TARGET_US 2000 //  automatic batches aim at this much work
-#define LOOM_SCHED_DEFAULT_CREDIT 512
+#define LOOM_SCHED_DEFAULT_CREDIT 2048
 #define LOOM_SCHED_MAX_AHEAD 16777216          //  indices accepted beyond the lowest not yet seen
 #define LOOM_SCHED_MAX_BYTES (4 * 1024 * 1024) //  input bytes per batch (at least one item)
 
@@ -37,7 +37,7 @@ typedef struct {
 struct loom_sched_item {
     uint64_t index;
     uint32_t attempt; //  0 on the first run, +1 per requeue
-    uint8_t *data;    //  owned copy of the input
+    uint8_t *data;    //  copy of the input (in the same block as the item)
     size_t len;
     size_t nfiles;
     loom_sched_file *files; //  owned

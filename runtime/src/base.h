@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <loom/errors.h>
 
@@ -75,5 +76,32 @@ bool loom_name_valid(const char *name);
 //  An integer from the environment, or dflt when unset or not a number
 //  within [min, max].
 long loom_env_long(const char *var, long dflt, long min, long max);
+
+//  memcpy for the small per-item copies (inputs, outputs): sizes up to 16
+//  are copied with fixed-size moves the compiler inlines, instead of a call
+//  through the PLT (~30 instructions for 16 bytes, several per item).
+static inline void
+loom_copy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    if (n >= 8 && n <= 16) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(d, &a, 8);
+        memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else if (n < 4) {
+        for (size_t i = 0; i < n; i++)
+            d[i] = s[i];
+    } else
+        memcpy(d, s, n);
+}
 
 #endif

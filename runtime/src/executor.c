@@ -151,7 +151,7 @@ s_output(loom_task *t, const void *data, size_t len)
         ctx->out = out;
         ctx->out_cap = cap;
     }
-    memcpy(ctx->out + ctx->out_len, data, len);
+    loom_copy(ctx->out + ctx->out_len, data, len);
     ctx->out_len += len;
     return 0;
 }

@@ -17,7 +17,7 @@
 #define LOOM_WORKER_EXIT_TIMEDOUT 124
 
 //  Items a worker process accepts in flight when not told otherwise.
-#define LOOM_WORKER_DEFAULT_CREDIT 512
+#define LOOM_WORKER_DEFAULT_CREDIT 2048
 
 typedef struct {
     const char *endpoint;    //  broker task endpoint (required)

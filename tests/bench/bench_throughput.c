@@ -15,6 +15,10 @@
     item at a time for the latency. The workers copy every item into their
     reply, as loom's worker copies every output.
 
+    Both run side by side and their measurements alternate (raw, loom
+    unordered, loom ordered, raw again; latency in 10 alternating blocks),
+    so load from elsewhere falls on both alike.
+
     Output is fixed-format with units (see main), for humans and scripts.  */
 
 #include <errno.h>
@@ -144,36 +148,20 @@ s_loom_throughput(loom_client *client, uint64_t items, bool ordered)
     return (double)items * 1e6 / (double)(t1 - t0);
 }
 
-static s_lat
-s_loom_latency(loom_client *client, int samples)
+//  n round trips of one item through map m, into us[0..n).
+static void
+s_loom_latency(loom_map *m, int64_t *us, int n)
 {
-    loom_pipeline *p = loom_pipeline_new(client, "bench-latency");
-    if (!p)
-        s_die("loom: cannot open a pipeline");
-    loom_map *m = loom_map_new(p, "echo", "echo", NULL);
-    if (!m)
-        s_die("loom: cannot open a map of echo/echo");
-    int64_t *us = calloc((size_t)samples, sizeof *us);
     unsigned char item[S_ITEM_SIZE];
     loom_result r;
-    //  A few round trips first, so worker start-up is not measured.
-    for (int i = -10; i < samples; i++) {
-        s_item((uint64_t)(i + 10), item);
+    for (int i = 0; i < n; i++) {
+        s_item((uint64_t)i, item);
         int64_t t0 = s_now_us();
         if (loom_map_submit(m, item, sizeof item) < 0 || loom_map_next(m, &r, 10000) != 1 ||
             r.status != 0)
             s_die("loom: a latency round trip failed");
-        if (i >= 0)
-            us[i] = s_now_us() - t0;
+        us[i] = s_now_us() - t0;
     }
-    loom_map_close(m);
-    while (loom_map_next(m, &r, 10000) == 1)
-        ;
-    loom_map_destroy(&m);
-    loom_pipeline_destroy(&p);
-    s_lat l = s_latency(us, samples);
-    free(us);
-    return l;
 }
 
 //  ---------------------------------------------------------------------------
@@ -332,43 +320,58 @@ s_raw_recv(void *client)
     return n;
 }
 
-static void
-s_raw_run(int nworkers, uint64_t items, int samples, double *rate, s_lat *lat)
-{
+//  The relay, its workers and a client, running until s_raw_stop.
+typedef struct {
     s_raw raw;
-    char dir[] = "/tmp/loom-bench-XXXXXX";
-    if (!mkdtemp(dir))
-        s_die("cannot make a temp dir");
-    raw.ctx = zmq_ctx_new();
-    snprintf(raw.front, sizeof raw.front, "ipc://%s/front", dir);
-    snprintf(raw.back, sizeof raw.back, "ipc://%s/back", dir);
-    snprintf(raw.ctl, sizeof raw.ctl, "inproc://relay-ctl");
-    void *ctl = zmq_socket(raw.ctx, ZMQ_PAIR);
-    s_check(zmq_bind(ctl, raw.ctl), "bind ctl");
-
+    char dir[32];
+    void *ctl;
+    void *client;
     pthread_t relay, workers[64];
+    int nworkers;
+} s_raw_rig;
+
+static void
+s_raw_start(s_raw_rig *rig, int nworkers)
+{
+    s_raw *raw = &rig->raw;
+    snprintf(rig->dir, sizeof rig->dir, "/tmp/loom-bench-XXXXXX");
+    if (!mkdtemp(rig->dir))
+        s_die("cannot make a temp dir");
+    raw->ctx = zmq_ctx_new();
+    snprintf(raw->front, sizeof raw->front, "ipc://%s/front", rig->dir);
+    snprintf(raw->back, sizeof raw->back, "ipc://%s/back", rig->dir);
+    snprintf(raw->ctl, sizeof raw->ctl, "inproc://relay-ctl");
+    rig->ctl = zmq_socket(raw->ctx, ZMQ_PAIR);
+    s_check(zmq_bind(rig->ctl, raw->ctl), "bind ctl");
+
     if (nworkers > 64)
         nworkers = 64;
-    raw.nworkers = nworkers;
-    pthread_create(&relay, NULL, s_relay, &raw);
+    rig->nworkers = nworkers;
+    raw->nworkers = nworkers;
+    pthread_create(&rig->relay, NULL, s_relay, raw);
     for (int i = 0; i < nworkers; i++)
-        pthread_create(&workers[i], NULL, s_raw_worker, &raw);
+        pthread_create(&rig->workers[i], NULL, s_raw_worker, raw);
 
-    void *client = zmq_socket(raw.ctx, ZMQ_DEALER);
+    rig->client = zmq_socket(raw->ctx, ZMQ_DEALER);
     int hwm = 0;
-    zmq_setsockopt(client, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(client, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    s_check(zmq_connect(client, raw.front), "client connect");
+    zmq_setsockopt(rig->client, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(rig->client, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    s_check(zmq_connect(rig->client, raw->front), "client connect");
 
     //  Warm up: one round trip per worker, so every worker is connected.
-    unsigned char batch[S_RAW_BATCH * S_ITEM_SIZE];
+    unsigned char item[S_ITEM_SIZE];
     for (int i = 0; i < nworkers * 2; i++) {
-        s_item(0, batch);
-        s_check(zmq_send(client, batch, S_ITEM_SIZE, 0), "client send");
-        s_raw_recv(client);
+        s_item(0, item);
+        s_check(zmq_send(rig->client, item, S_ITEM_SIZE, 0), "client send");
+        s_raw_recv(rig->client);
     }
+}
 
-    //  Throughput: batches of 100, at most 10,000 items in flight.
+//  Items per second: batches of 100, at most 10,000 items in flight.
+static double
+s_raw_throughput(s_raw_rig *rig, uint64_t items)
+{
+    static unsigned char batch[S_RAW_BATCH * S_ITEM_SIZE];
     int64_t t0 = s_now_us();
     uint64_t sent = 0, got = 0;
     while (got < items) {
@@ -376,45 +379,50 @@ s_raw_run(int nworkers, uint64_t items, int samples, double *rate, s_lat *lat)
             uint64_t k = items - sent < S_RAW_BATCH ? items - sent : S_RAW_BATCH;
             for (uint64_t j = 0; j < k; j++)
                 s_item(sent + j, batch + j * S_ITEM_SIZE);
-            s_check(zmq_send(client, batch, k * S_ITEM_SIZE, 0), "client send");
+            s_check(zmq_send(rig->client, batch, k * S_ITEM_SIZE, 0), "client send");
             sent += k;
         }
-        got += s_raw_recv(client);
+        got += s_raw_recv(rig->client);
     }
-    int64_t t1 = s_now_us();
-    *rate = (double)items * 1e6 / (double)(t1 - t0);
+    return (double)items * 1e6 / (double)(s_now_us() - t0);
+}
 
-    //  Latency: one item at a time.
-    int64_t *us = calloc((size_t)samples, sizeof *us);
-    for (int i = 0; i < samples; i++) {
-        s_item((uint64_t)i, batch);
+//  n round trips of one item, into us[0..n).
+static void
+s_raw_latency(s_raw_rig *rig, int64_t *us, int n)
+{
+    unsigned char item[S_ITEM_SIZE];
+    for (int i = 0; i < n; i++) {
+        s_item((uint64_t)i, item);
         int64_t s0 = s_now_us();
-        s_check(zmq_send(client, batch, S_ITEM_SIZE, 0), "client send");
-        s_raw_recv(client);
+        s_check(zmq_send(rig->client, item, S_ITEM_SIZE, 0), "client send");
+        s_raw_recv(rig->client);
         us[i] = s_now_us() - s0;
     }
-    *lat = s_latency(us, samples);
-    free(us);
+}
 
-    //  Stop: an empty payload to each worker (round robin reaches them all),
-    //  then the relay.
-    for (int i = 0; i < nworkers; i++)
-        s_check(zmq_send(client, "", 0, 0), "client send stop");
-    for (int i = 0; i < nworkers; i++)
-        pthread_join(workers[i], NULL);
-    s_check(zmq_send(ctl, "", 0, 0), "stop relay");
-    pthread_join(relay, NULL);
+static void
+s_raw_stop(s_raw_rig *rig)
+{
+    //  An empty payload to each worker (round robin reaches them all), then
+    //  the relay.
+    for (int i = 0; i < rig->nworkers; i++)
+        s_check(zmq_send(rig->client, "", 0, 0), "client send stop");
+    for (int i = 0; i < rig->nworkers; i++)
+        pthread_join(rig->workers[i], NULL);
+    s_check(zmq_send(rig->ctl, "", 0, 0), "stop relay");
+    pthread_join(rig->relay, NULL);
     int linger = 0;
-    zmq_setsockopt(client, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(client);
-    zmq_close(ctl);
-    zmq_ctx_term(raw.ctx);
+    zmq_setsockopt(rig->client, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(rig->client);
+    zmq_close(rig->ctl);
+    zmq_ctx_term(rig->raw.ctx);
     char path[300];
-    snprintf(path, sizeof path, "%s/front", dir);
+    snprintf(path, sizeof path, "%s/front", rig->dir);
     unlink(path);
-    snprintf(path, sizeof path, "%s/back", dir);
+    snprintf(path, sizeof path, "%s/back", rig->dir);
     unlink(path);
-    rmdir(dir);
+    rmdir(rig->dir);
 }
 
 //  ---------------------------------------------------------------------------
@@ -444,20 +452,51 @@ main(int argc, char **argv)
            items, S_ITEM_SIZE, workers, samples);
     fflush(stdout);
 
-    double raw_rate;
-    s_lat raw_lat;
-    s_raw_run(workers, items, samples, &raw_rate, &raw_lat);
-
+    //  Both rigs run side by side and their measurements alternate, so a
+    //  burst of load from elsewhere falls on both: throughput raw, loom
+    //  unordered, loom ordered, raw again (the baseline is the mean of the
+    //  two raw runs); latency in 10 alternating blocks of samples/10.
+    s_raw_rig rig;
+    s_raw_start(&rig, workers);
     loom_client_opts copts = {.local_workers = workers};
     loom_client *client = loom_client_new(NULL, &copts);
     if (!client)
         s_die("loom: cannot start the embedded cluster");
     //  Warm-up map: worker processes started and the plugin loaded.
     s_loom_throughput(client, 1000 < items ? 1000 : items, false);
+
+    double raw_rate = s_raw_throughput(&rig, items);
     double unordered = s_loom_throughput(client, items, false);
     double ordered = s_loom_throughput(client, items, true);
-    s_lat loom_lat = s_loom_latency(client, samples);
+    raw_rate = (raw_rate + s_raw_throughput(&rig, items)) / 2;
+
+    loom_pipeline *p = loom_pipeline_new(client, "bench-latency");
+    loom_map *m = p ? loom_map_new(p, "echo", "echo", NULL) : NULL;
+    if (!m)
+        s_die("loom: cannot open a map of echo/echo");
+    int64_t *raw_us = calloc((size_t)samples, sizeof *raw_us);
+    int64_t *loom_us = calloc((size_t)samples, sizeof *loom_us);
+    int64_t warm[10];
+    s_loom_latency(m, warm, 10); //  first round trips of a map: not measured
+    s_raw_latency(&rig, warm, 10);
+    int blocks = samples < 10 ? 1 : 10;
+    for (int b = 0; b < blocks; b++) {
+        int from = samples * b / blocks, to = samples * (b + 1) / blocks;
+        s_raw_latency(&rig, raw_us + from, to - from);
+        s_loom_latency(m, loom_us + from, to - from);
+    }
+    s_lat raw_lat = s_latency(raw_us, samples);
+    s_lat loom_lat = s_latency(loom_us, samples);
+    free(raw_us);
+    free(loom_us);
+    loom_map_close(m);
+    loom_result r;
+    while (loom_map_next(m, &r, 10000) == 1)
+        ;
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
     loom_client_destroy(&client);
+    s_raw_stop(&rig);
 
     printf("throughput unordered: loom %.0f items/s  raw-zmq %.0f items/s  ratio %.2f\n", unordered,
            raw_rate, unordered / raw_rate);
@@ -467,5 +506,15 @@ main(int argc, char **argv)
            "raw-zmq mean %.0f us p50 %.0f us p99 %.0f us max %.0f us\n",
            loom_lat.mean, loom_lat.p50, loom_lat.p99, loom_lat.max, raw_lat.mean, raw_lat.p50,
            raw_lat.p99, raw_lat.max);
+    //  The same figures as "name value unit" lines, for tests/bench/suite.sh.
+    if (getenv("LOOM_BENCH_MACHINE")) {
+        printf("tp_unordered %.0f items/s\n", unordered);
+        printf("tp_ordered %.0f items/s\n", ordered);
+        printf("tp_raw %.0f items/s\n", raw_rate);
+        printf("lat_p50 %.0f us\n", loom_lat.p50);
+        printf("lat_p99 %.0f us\n", loom_lat.p99);
+        printf("lat_raw_p50 %.0f us\n", raw_lat.p50);
+        printf("lat_raw_p99 %.0f us\n", raw_lat.p99);
+    }
     return unordered > 0 && ordered > 0 ? 0 : 1;
 }

@@ -354,6 +354,8 @@ test_sched_map_fail(void **state)
     loom_sched_destroy(&s);
 }
 
+#define S_NPARTIALS (LOOM_SCHED_MAX_BATCH + 44)
+
 static void
 test_sched_reduce_folds_partials(void **state)
 {
@@ -361,20 +363,20 @@ test_sched_reduce_folds_partials(void **state)
     loom_sched *s = loom_sched_new();
     loom_sched_map *m = s_map(s, 0, 0, true);
     loom_sched_map_set_count(m, 0);
-    for (int64_t i = 0; i < 300; i++)
+    for (int64_t i = 0; i < S_NPARTIALS; i++)
         loom_sched_map_add_partial(m, &i, sizeof i);
     assert_int_equal(loom_sched_map_state(m), LOOM_SCHED_FOLDING);
     loom_sched_worker *a = loom_sched_worker_new(s, NULL, 0);
     loom_sched_batch b1, b2, b3;
     assert_true(loom_sched_next_batch(s, &b1));
     assert_true(b1.combine);
-    assert_int_equal(b1.n, 256);
+    assert_int_equal(b1.n, LOOM_SCHED_MAX_BATCH);
     assert_true(loom_sched_next_batch(s, &b2));
     assert_int_equal(b2.n, 44);
     assert_false(loom_sched_next_batch(s, &b3));
     //  The worker holding the first combine dies: its partials come back.
     loom_sched_worker_remove(s, &a, "lost", true);
-    assert_int_equal(loom_sched_map_partials(m), 300);
+    assert_int_equal(loom_sched_map_partials(m), S_NPARTIALS);
     loom_sched_worker *w = loom_sched_worker_new(s, NULL, 0);
     int64_t total = 0;
     size_t rounds = 0;
@@ -391,13 +393,13 @@ test_sched_reduce_folds_partials(void **state)
         assert_true(loom_sched_combine_done(s, w, m, &sum, sizeof sum));
         rounds++;
     }
-    assert_int_equal(rounds, 2); //  256 + 44 -> 1 + 44 -> 1
+    assert_int_equal(rounds, 2); //  MAX_BATCH + 44 -> 1 + 44 -> 1
     size_t len = 0;
     const void *fold = loom_sched_map_result(m, &len);
     assert_non_null(fold);
     assert_int_equal(len, sizeof total);
     memcpy(&total, fold, sizeof total);
-    assert_int_equal(total, 299 * 300 / 2);
+    assert_int_equal(total, (S_NPARTIALS - 1) * S_NPARTIALS / 2);
     assert_false(loom_sched_combine_done(s, w, m, &total, sizeof total));
     loom_sched_destroy(&s);
 }
@@ -810,7 +812,7 @@ test_hello_welcome(void **state)
     loom_wire_welcome b = s_hello(w2, LOOM_ROLE_WORKER, "h", 3, 8);
     assert_int_equal(wc.heartbeat_ms, 100); //  LOOM_HEARTBEAT_MS from tests/meson.build
     assert_int_equal(wc.liveness, 3);
-    assert_int_equal(wc.max_batch, 256);
+    assert_int_equal(wc.max_batch, LOOM_SCHED_MAX_BATCH);
     assert_true(wc.max_frame >= 1024 * 1024);
     assert_true(wc.epoch != 0);
     assert_int_equal(a.epoch, wc.epoch);

@@ -1323,6 +1323,110 @@ test_our_encoding_reads_back_in_flatc(void **state)
 }
 
 //  --------------------------------------------------------------------------
+//  The encoder's fast path (plain TaskBatch / ResultBatch, written without
+//  the builder): every shape of item round-trips, verifies, and reads back
+//  in flatc, at every data length and from a misaligned copy.
+
+static void
+s_fast_roundtrip(const loom_msg *in)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(loom_wire_encode(in, &buf, &len), 0);
+    assert_memory_equal((uint8_t *)buf + 4, "LOOM", 4);
+    loom_msg *out = NULL;
+    assert_int_equal(loom_wire_decode(buf, len, &out), 0);
+    s_assert_msg_equal(in, out);
+    loom_msg_destroy(&out);
+    //  From an odd address too (decode copies to aligned memory).
+    uint8_t *odd = malloc(len + 1);
+    memcpy(odd + 1, buf, len);
+    assert_int_equal(loom_wire_decode(odd + 1, len, &out), 0);
+    s_assert_msg_equal(in, out);
+    loom_msg_destroy(&out);
+    free(odd);
+    //  A truncated copy is refused, unless only the trailing padding went.
+    for (size_t cut = 0; cut < len; cut += 1 + cut / 8) {
+        loom_msg *cut_msg = NULL;
+        if (loom_wire_decode(buf, cut, &cut_msg) == 0) {
+            assert_true(cut + 8 > len);
+            s_assert_msg_equal(in, cut_msg);
+            loom_msg_destroy(&cut_msg);
+        }
+        assert_null(cut_msg);
+    }
+    free(buf);
+}
+
+static void
+test_fast_path_shapes_roundtrip(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    static uint8_t data[N][N];
+    loom_wire_item items[N];
+    loom_wire_result results[N];
+    for (int i = 0; i < N; i++) {
+        memset(data[i], 0x30 + i, sizeof data[i]);
+        //  Lengths 0..N-1 (every alignment), some absent, some empty.
+        loom_span sp = {data[i], (size_t)i};
+        if (i % 7 == 3)
+            sp = (loom_span){NULL, 0};
+        else if (i % 7 == 5)
+            sp = (loom_span){s_empty, 0};
+        items[i] = (loom_wire_item){UINT64_MAX - (uint64_t)i * 977, (uint32_t)i * 3, sp, 0, NULL};
+        results[i] = (loom_wire_result){
+            .index = (uint64_t)i << 40, .attempt = (uint32_t)i, .status = -i, .data = sp};
+    }
+    for (size_t n = 0; n <= N; n += (n < 3 ? 1 : 9)) {
+        loom_msg m = {.type = LOOM_MSG_TASK_BATCH};
+        m.u.task_batch = (loom_wire_task_batch){BIG64 + n, n % 2 == 1, n, n ? items : NULL};
+        s_fast_roundtrip(&m);
+        loom_msg r = {.type = LOOM_MSG_RESULT_BATCH};
+        r.u.result_batch = (loom_wire_result_batch){
+            .map = BIG64 - n,
+            .elapsed_us = 1000 + n,
+            .nresults = n,
+            .results = n ? results : NULL,
+            .has_partial = n % 2 == 0,
+        };
+        s_fast_roundtrip(&r);
+    }
+}
+
+static void
+test_fast_path_reads_back_in_flatc(void **state)
+{
+    (void)state;
+    static const uint8_t d[3] = {7, 8, 9};
+    loom_wire_item items[2] = {{5, 2, {d, 3}, 0, NULL}, {6, 0, {NULL, 0}, 0, NULL}};
+    loom_msg m = {.type = LOOM_MSG_TASK_BATCH};
+    m.u.task_batch = (loom_wire_task_batch){42, false, 2, items};
+    void *buf;
+    size_t len;
+    assert_int_equal(loom_wire_encode(&m, &buf, &len), 0);
+    char *json = s_flatc_json("fast-batch", buf, len);
+    s_assert_contains(json, "\"body_type\":\"TaskBatch\"");
+    s_assert_contains(json, "\"map\":42");
+    s_assert_contains(json, "{\"index\":5,\"attempt\":2,\"data\":[7,8,9]}");
+    s_assert_contains(json, "{\"index\":6,\"attempt\":0}");
+    free(json);
+    free(buf);
+
+    loom_wire_result res[1] = {{.index = 9, .attempt = 1, .status = -3, .data = {d, 2}}};
+    loom_msg r = {.type = LOOM_MSG_RESULT_BATCH};
+    r.u.result_batch = (loom_wire_result_batch){.map = 11, .elapsed_us = 77, .nresults = 1,
+                                                .results = res};
+    assert_int_equal(loom_wire_encode(&r, &buf, &len), 0);
+    json = s_flatc_json("fast-results", buf, len);
+    s_assert_contains(json, "\"body_type\":\"ResultBatch\"");
+    s_assert_contains(json, "\"elapsed_us\":77");
+    s_assert_contains(json, "{\"index\":9,\"attempt\":1,\"status\":-3,\"data\":[7,8]}");
+    free(json);
+    free(buf);
+}
+
+//  --------------------------------------------------------------------------
 //  Speed (printed, not asserted)
 
 static double
@@ -1427,6 +1531,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_flatc_batch_over_the_limit_is_refused, s_tmp_open,
                                         s_tmp_close),
         cmocka_unit_test_setup_teardown(test_our_encoding_reads_back_in_flatc, s_tmp_open,
+                                        s_tmp_close),
+        cmocka_unit_test(test_fast_path_shapes_roundtrip),
+        cmocka_unit_test_setup_teardown(test_fast_path_reads_back_in_flatc, s_tmp_open,
                                         s_tmp_close),
         cmocka_unit_test(test_batch_speed),
     };
