@@ -119,6 +119,7 @@ typedef struct {
     uint32_t liveness;
     uint32_t max_batch;
     uint32_t max_frame;
+    const char *blob_endpoint; //  NULL when absent
 } loom_wire_welcome;
 
 typedef struct {
@@ -138,6 +139,8 @@ typedef struct {
     uint32_t chunk;
     int32_t retries;
     uint32_t timeout_ms;
+    size_t nshares; //  the pipeline's shares
+    const loom_wire_file *shares;
 } loom_wire_map_open;
 
 typedef struct {
