@@ -439,6 +439,8 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
     mo->chunk = (uint32_t)opts->chunk;
     mo->retries = opts->retries;
     mo->timeout_ms = (uint32_t)opts->timeout_ms;
+    mo->shares = p->shares;
+    mo->nshares = p->nshares;
     int rc = loom__client_send(c, &m);
     self->next = c->maps;
     c->maps = self;
