@@ -23,7 +23,11 @@
 #include <loom/loom.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,6 +43,15 @@ typedef struct {
     void *state;          //  What init stored
 } s_plugin;
 
+//  A pipeline share as a task sees it: a read-only mapping of a file in
+//  the host's blob cache.
+typedef struct {
+    char *name;
+    char *path;
+    void *addr; //  mmap'd, or NULL for an empty share
+    size_t len;
+} s_share;
+
 //  An open map.
 typedef struct {
     uint64_t id;               //  The worker's map id
@@ -47,6 +60,8 @@ typedef struct {
     void *args;                //  Owned copy of the map's args, or NULL
     size_t args_len;
     bool reduce; //  The map reduces
+    s_share *shares; //  The pipeline's shares (loom_executor_set_shares)
+    size_t nshares;
 } s_map;
 
 struct loom_executor {
@@ -207,23 +222,32 @@ s_index(loom_task *t)
     return s_ctx_of(t)->index;
 }
 
-//  Shares and files come with the blob channel; until then there are none.
+static const s_share *
+s_share_find(s_map *map, const char *name)
+{
+    for (size_t i = 0; name && i < map->nshares; i++)
+        if (!strcmp(map->shares[i].name, name))
+            return &map->shares[i];
+    return NULL;
+}
+
+//  A share's bytes (read-only mapping), NULL if the pipeline has no such share.
 static const void *
 s_shared(loom_task *t, const char *name, size_t *len)
 {
-    (void)s_ctx_of(t);
-    (void)name;
+    const s_share *sh = s_share_find(s_ctx_of(t)->map, name);
     if (len)
-        *len = 0;
-    return NULL;
+        *len = sh ? sh->len : 0;
+    if (!sh)
+        return NULL;
+    return sh->addr ? sh->addr : "";
 }
 
 static const char *
 s_shared_path(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
-    return NULL;
+    const s_share *sh = s_share_find(s_ctx_of(t)->map, name);
+    return sh ? sh->path : NULL;
 }
 
 static const char *
@@ -284,11 +308,26 @@ loom_executor_new(const char *plugin_path, uint32_t worker_id)
 }
 
 static void
+s_shares_clear(s_map *map)
+{
+    for (size_t i = 0; i < map->nshares; i++) {
+        if (map->shares[i].addr)
+            munmap(map->shares[i].addr, map->shares[i].len);
+        free(map->shares[i].name);
+        free(map->shares[i].path);
+    }
+    free(map->shares);
+    map->shares = NULL;
+    map->nshares = 0;
+}
+
+static void
 s_map_destroy(s_map **map_p)
 {
     s_map *map = *map_p;
     if (!map)
         return;
+    s_shares_clear(map);
     free(map->args);
     free(map);
     *map_p = NULL;
@@ -714,4 +753,49 @@ loom_executor_set_max_output(loom_executor *self, size_t max)
 {
     LOOM_ASSERT(self);
     self->max_output = max;
+}
+
+int
+loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const *names,
+                         const char *const *paths, size_t n, char **reason)
+{
+    *reason = NULL;
+    s_map *map = NULL;
+    for (size_t i = 0; i < self->nmaps && !map; i++)
+        if (self->maps[i]->id == map_id)
+            map = self->maps[i];
+    if (!map)
+        return LOOM_ENOENT;
+    s_shares_clear(map);
+    map->shares = loom_xcalloc(n ? n : 1, sizeof *map->shares);
+    for (size_t i = 0; i < n; i++) {
+        s_share *sh = &map->shares[map->nshares];
+        int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+        struct stat sb;
+        if (fd < 0 || fstat(fd, &sb) != 0) {
+            *reason = s_format("share '%s': cannot open %s: %s", names[i], paths[i],
+                               strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            s_shares_clear(map);
+            return LOOM_EIO;
+        }
+        sh->len = (size_t)sb.st_size;
+        if (sh->len) {
+            sh->addr = mmap(NULL, sh->len, PROT_READ, MAP_SHARED, fd, 0);
+            if (sh->addr == MAP_FAILED) {
+                sh->addr = NULL;
+                *reason = s_format("share '%s': cannot map %s: %s", names[i], paths[i],
+                                   strerror(errno));
+                close(fd);
+                s_shares_clear(map);
+                return LOOM_EIO;
+            }
+        }
+        close(fd);
+        sh->name = loom_xstrdup(names[i]);
+        sh->path = loom_xstrdup(paths[i]);
+        map->nshares++;
+    }
+    return 0;
 }

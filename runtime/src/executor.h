@@ -51,6 +51,15 @@ int loom_executor_open_map(loom_executor *self, uint64_t map_id, const char *plu
                            const char *version, const char *task, const void *args, size_t args_len,
                            bool reduce, char **reason);
 
+//  Give map_id its pipeline's shares: n names and the local paths of
+//  their files (the host's blob cache), mapped read-only now and unmapped
+//  when the map closes; replaces any shares it had. loom_task_shared and
+//  loom_task_shared_path answer from them (NULL for any other name).
+//  Returns 0; LOOM_ENOENT for an unknown map; LOOM_EIO with *reason
+//  (malloc'd) when a file cannot be opened or mapped (no share is set).
+int loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const *names,
+                             const char *const *paths, size_t n, char **reason);
+
 //  Forget map_id. Does nothing for an unknown id.
 void loom_executor_close_map(loom_executor *self, uint64_t map_id);
 

@@ -23,6 +23,7 @@
 #include "base.h"
 #include "executor.h"
 #include "wire.h"
+#include "worker_blobs.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -48,7 +49,8 @@ typedef struct {
     int kind;
     uint32_t gen;       //  connection generation this belongs to
     uint32_t worker_id; //  S_CMD_WELCOME
-    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd)
+    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd);
+                        //  S_CMD_WELCOME: the blob endpoint (malloc'd) or NULL
     size_t len;         //  S_CMD_SEND: bytes at ptr
 } s_cmd;
 
@@ -75,6 +77,8 @@ typedef struct {
     uint32_t timeout_ms;
     int status;  //  0, or why the map could not be opened
     char *error; //  owned; the reason when status != 0
+    loom_file_list *shares; //  the pipeline's shares, fetched at the first batch
+    bool shares_ready;      //  fetched and given to the executor
 } s_map;
 
 typedef struct {
@@ -109,6 +113,7 @@ typedef struct {
     zactor_t *io;
     void *pipe;
     loom_executor *exec;
+    loom_worker_blobs *blobs; //  blob channel and host cache
     uint32_t worker_id;
     uint32_t gen; //  generation of the maps below
     s_map *maps;
@@ -293,7 +298,10 @@ s_io_on_message(s_io *self, loom_msg **msg_p)
         self->liveness = w->liveness ? w->liveness : self->liveness;
         loom_log_info("worker %d: welcome as worker %u, heartbeat %u ms", (int)getpid(),
                       w->worker_id, self->hb_ms);
-        s_cmd cmd = {.kind = S_CMD_WELCOME, .gen = self->gen, .worker_id = w->worker_id};
+        s_cmd cmd = {.kind = S_CMD_WELCOME,
+                     .gen = self->gen,
+                     .worker_id = w->worker_id,
+                     .ptr = w->blob_endpoint ? loom_xstrdup(w->blob_endpoint) : NULL};
         s_io_to_main(self, &cmd);
         break;
     }
@@ -520,6 +528,7 @@ s_map_forget(s_worker *self, uint64_t id)
     for (size_t i = 0; i < self->nmaps; i++)
         if (self->maps[i].id == id) {
             free(self->maps[i].error);
+            loom_file_list_free(&self->maps[i].shares);
             loom_executor_close_map(self->exec, id);
             memmove(&self->maps[i], &self->maps[i + 1],
                     (self->nmaps - i - 1) * sizeof self->maps[0]);
@@ -795,6 +804,29 @@ s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
     self->has_partial = false;
 }
 
+//  Fetch the map's shares (once per host) before its first item. On
+//  failure every item of the batch fails with the reason and 1 is returned.
+static int
+s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
+{
+    if (!mp->shares || mp->shares_ready)
+        return 0;
+    char *reason = NULL;
+    int rc = loom_worker_blobs_open_shares(self->blobs, self->exec, mp->id, mp->shares, &reason);
+    if (rc == 0) {
+        mp->shares_ready = true;
+        return 0;
+    }
+    loom_log_warning("worker %d: map %" PRIu64 ": %s", (int)getpid(), mp->id,
+                     reason ? reason : loom_strerror(rc));
+    for (size_t i = 0; i < tb->nitems; i++)
+        s_out_add(self, &tb->items[i], rc, NULL, 0,
+                  loom_xstrdup(reason ? reason : loom_strerror(rc)));
+    s_out_flush(self, true);
+    free(reason);
+    return 1;
+}
+
 static void
 s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
 {
@@ -806,6 +838,8 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
     }
     if (s_cancelled(self, tb->map))
         return;
+    if (mp && !mp->status && s_shares_open(self, mp, tb) != 0)
+        return; //  every item failed with the reason; the map may fetch again next batch
     if (!mp || mp->status) {
         int status = mp ? mp->status : LOOM_EPROTO;
         for (size_t i = 0; i < tb->nitems; i++) {
@@ -863,8 +897,11 @@ s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
         loom_log_warning("worker %d: map %" PRIu64 " (%s/%s): %s", (int)getpid(), mo->map,
                          mo->plugin ? mo->plugin : "?", mo->task ? mo->task : "?", mp->error);
         s_send_error(self, rc, mo->map, mp->error);
-    } else
+    } else {
         free(reason);
+        if (mo->nshares)
+            mp->shares = loom_file_list_copy(mo->shares, mo->nshares);
+    }
 }
 
 //  A message from the broker, passed on by the I/O thread.
@@ -925,6 +962,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     self.io = zactor_new(s_io_actor, &args);
     LOOM_ASSERT(self.io);
     self.pipe = zsock_resolve(self.io);
+    self.blobs = loom_worker_blobs_new(opts->cache_dir, opts->cache_size);
     int status = 0;
 
     while (!s_stop) {
@@ -945,6 +983,8 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
             continue;
         if (cmd.kind == S_CMD_WELCOME) {
             self.worker_id = cmd.worker_id;
+            loom_worker_blobs_set_endpoint(self.blobs, cmd.ptr, opts->endpoint);
+            free(cmd.ptr);
             if (!self.exec) {
                 self.exec = loom_executor_new(opts->plugin_path, cmd.worker_id);
                 if (!self.exec) {
@@ -971,6 +1011,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     free(self.maps);
     free(self.partial);
     loom_executor_destroy(&self.exec);
+    loom_worker_blobs_destroy(&self.blobs);
     pthread_mutex_destroy(&self.shared.lock);
     return status;
 }
