@@ -166,6 +166,33 @@ s_shared(loom_task *t)
     return loom_task_output(t, buf, (size_t)k);
 }
 
+//  Input: a share name. Output: "LEN SUM" (the bytes' sum mod 2^32), or
+//  "null" when the pipeline has no such share.
+static int
+s_shared_sum(loom_task *t)
+{
+    size_t n;
+    const char *in = loom_task_input(t, &n);
+    char name[256];
+    if (n >= sizeof name)
+        return loom_task_fail(t, "shared_sum: name too long");
+    memcpy(name, in, n);
+    name[n] = 0;
+    size_t len = 0;
+    const unsigned char *p = loom_task_shared(t, name, &len);
+    char buf[64];
+    int k;
+    if (!p)
+        k = snprintf(buf, sizeof buf, "null");
+    else {
+        unsigned sum = 0;
+        for (size_t i = 0; i < len; i++)
+            sum += p[i];
+        k = snprintf(buf, sizeof buf, "%zu %u", len, sum);
+    }
+    return loom_task_output(t, buf, (size_t)k);
+}
+
 static int
 s_sum(loom_task *t)
 {
@@ -231,6 +258,7 @@ static const loom_task_def s_tasks[] = {
     {.name = "log", .run = s_log, .doc = "logs the input, then echoes it"},
     {.name = "shared", .run = s_shared, .doc = "reports what the share/file calls give"},
     {.name = "sum", .run = s_sum, .reduce = s_sum_reduce, .doc = "decimal text; reduce: sum"},
+    {.name = "shared_sum", .run = s_shared_sum, .doc = "'LEN SUM' of the share named by the input"},
     {0},
 };
 

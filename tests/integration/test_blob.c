@@ -1,0 +1,201 @@
+/*  test_blob: pipeline shares end to end on the embedded cluster (a broker
+    in this process, one supervisor with two worker processes sharing one
+    blob cache), checked through the tasks' outputs and the broker's
+    counters (Stats, asked over the task channel as `loom status` does).
+
+    The key figure: a 64 MiB share read by 200 items on 2 worker processes
+    of one host moves about twice its size (client -> broker once, broker
+    -> host once), not 200 times.  */
+
+#include "loom_test.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <czmq.h>
+#include <loom/loom.h>
+
+#include "client_priv.h"
+#include "cluster.h"
+#include "wire.h"
+
+#define S_BIG (64u << 20)
+#define S_ITEMS 200
+
+static loom_client *s_client;
+
+static int
+s_setup(void **state)
+{
+    (void)state;
+    loom_client_opts o = {.local_workers = 2};
+    s_client = loom_client_new(NULL, &o);
+    return s_client ? 0 : -1;
+}
+
+static int
+s_teardown(void **state)
+{
+    (void)state;
+    loom_client_destroy(&s_client);
+    return 0;
+}
+
+//  The broker's counters.
+static loom_wire_stats
+s_stats(void)
+{
+    const char *ep = loom__cluster_endpoint(loom__client_cluster(s_client));
+    zsock_t *d = zsock_new_dealer(ep);
+    assert_non_null(d);
+    loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
+    assert_int_equal(loom_wire_send(zsock_resolve(d), NULL, 0, &req, 0), 0);
+    loom_wire_stats st;
+    memset(&st, 0, sizeof st);
+    zpoller_t *p = zpoller_new(d, NULL);
+    for (int i = 0; i < 20; i++) {
+        if (!zpoller_wait(p, 500))
+            continue;
+        loom_msg *m = NULL;
+        if (loom_wire_recv(zsock_resolve(d), NULL, 0, NULL, &m, 0) == 0 &&
+            m->type == LOOM_MSG_STATS) {
+            st = m->u.stats;
+            loom_msg_destroy(&m);
+            break;
+        }
+        loom_msg_destroy(&m);
+    }
+    zpoller_destroy(&p);
+    zsock_destroy(&d);
+    assert_true(st.epoch != 0);
+    return st;
+}
+
+//  Run `task` over n inputs (all `input`) and check every output equals want.
+static void
+s_run(loom_pipeline *p, const char *task, const char *input, size_t n, const char *want)
+{
+    loom_map *m = loom_map_new(p, "testkit", task, NULL);
+    assert_non_null(m);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(loom_map_submit(m, input, strlen(input)), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    size_t got = 0;
+    int rc;
+    while ((rc = loom_map_next(m, &r, 60000)) == 1) {
+        if (r.status)
+            fail_msg("item %llu failed: %s", (unsigned long long)r.index, r.error);
+        char out[128];
+        snprintf(out, sizeof out, "%.*s", (int)r.len, (const char *)r.data);
+        assert_string_equal(out, want);
+        got++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, n);
+    loom_map_destroy(&m);
+}
+
+static void
+test_share_is_read_by_tasks_and_absent_names_give_null(void **state)
+{
+    (void)state;
+    loom_pipeline *p = loom_pipeline_new(s_client, "small");
+    assert_non_null(p);
+    const char data[] = "hello blob";
+    assert_int_equal(loom_pipeline_share(p, "greeting", data, 10), 0);
+    char want[64];
+    unsigned sum = 0;
+    for (size_t i = 0; i < 10; i++)
+        sum += (unsigned char)data[i];
+    snprintf(want, sizeof want, "10 %u", sum);
+    s_run(p, "shared_sum", "greeting", 4, want);
+    s_run(p, "shared_sum", "nothing", 4, "null");
+    //  testkit "shared" asks for share "x": absent, so NULL with length 0.
+    s_run(p, "shared", "", 2, "null 0 null null null");
+    assert_int_equal(loom_pipeline_share(p, "x", "", 0), 0); //  an empty share exists
+    s_run(p, "shared", "", 2, "p 0 p null null");
+    loom_pipeline_destroy(&p);
+}
+
+static void
+test_share_file_refuses_missing_and_non_regular_paths(void **state)
+{
+    (void)state;
+    loom_pipeline *p = loom_pipeline_new(s_client, "files");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share_file(p, "a", "/nonexistent/loom-test-file"), LOOM_ENOENT);
+    assert_int_equal(loom_pipeline_share_file(p, "a", "/tmp"), LOOM_EINVAL);
+    assert_int_equal(loom_pipeline_share_file(p, "a", NULL), LOOM_EINVAL);
+    assert_int_equal(loom_pipeline_share(p, "../x", "a", 1), LOOM_EINVAL);
+    assert_int_equal(loom_pipeline_share(p, "a/b", "a", 1), LOOM_EINVAL);
+    loom_pipeline_destroy(&p);
+}
+
+//  64 MiB, 200 items, 2 worker processes on one host: bytes moved ~2x.
+static void
+test_share_moves_once_per_pipeline_not_per_task(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/loom-test-share-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    uint8_t *buf = malloc(1 << 20);
+    unsigned sum = 0;
+    uint32_t x = 12345;
+    for (size_t mb = 0; mb < S_BIG >> 20; mb++) {
+        for (size_t i = 0; i < (1u << 20); i++) {
+            x = x * 1103515245u + 12345u;
+            buf[i] = (uint8_t)(x >> 24);
+            sum += buf[i];
+        }
+        assert_int_equal(write(fd, buf, 1 << 20), 1 << 20);
+    }
+    free(buf);
+    close(fd);
+
+    loom_wire_stats before = s_stats();
+    loom_pipeline *p = loom_pipeline_new(s_client, "big");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share_file(p, "data", path), 0);
+    loom_wire_stats uploaded = s_stats();
+    char want[64];
+    snprintf(want, sizeof want, "%u %u", S_BIG, sum);
+    s_run(p, "shared_sum", "data", S_ITEMS, want);
+    loom_wire_stats after = s_stats();
+    uint64_t in = after.blob_bytes_in - before.blob_bytes_in;
+    uint64_t out = after.blob_bytes_out - before.blob_bytes_out;
+    printf("# share %u bytes, %d items, 2 worker processes: client->broker %llu bytes, "
+           "broker->host %llu bytes (%.2fx the size in all)\n",
+           S_BIG, S_ITEMS, (unsigned long long)in, (unsigned long long)out,
+           (double)(in + out) / S_BIG);
+    assert_int_equal(uploaded.blob_bytes_in - before.blob_bytes_in, S_BIG);
+    assert_int_equal(in, S_BIG);
+    //  One fetch for the host: the size, plus at most a few re-sent chunks.
+    assert_true(out >= S_BIG);
+    assert_true(out < S_BIG + S_BIG / 4);
+
+    //  The same bytes again, in another pipeline: no upload, no fetch.
+    loom_pipeline *p2 = loom_pipeline_new(s_client, "again");
+    assert_non_null(p2);
+    assert_int_equal(loom_pipeline_share_file(p2, "same", path), 0);
+    s_run(p2, "shared_sum", "same", 20, want);
+    loom_wire_stats again = s_stats();
+    assert_int_equal(again.blob_bytes_in, after.blob_bytes_in);
+    assert_int_equal(again.blob_bytes_out, after.blob_bytes_out);
+    assert_true(again.blobs_stored >= 1);
+    loom_pipeline_destroy(&p2);
+    loom_pipeline_destroy(&p);
+    unlink(path);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_share_is_read_by_tasks_and_absent_names_give_null),
+        cmocka_unit_test(test_share_file_refuses_missing_and_non_regular_paths),
+        cmocka_unit_test(test_share_moves_once_per_pipeline_not_per_task),
+    };
+    return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
+}
