@@ -356,6 +356,14 @@ loom_blob_channel_set_shares(loom_blob_channel *self, const char *owner,
     zhashx_update(self->shares, owner, s);
 }
 
+void
+loom_blob_channel_ref(loom_blob_channel *self, const char *owner, const uint8_t *hash)
+{
+    loom_blob_store *st = s_store(self);
+    if (st)
+        loom_blob_store_ref(st, owner, hash);
+}
+
 const loom_wire_file *
 loom_blob_channel_shares(loom_blob_channel *self, const char *owner, size_t *n)
 {
@@ -381,6 +389,8 @@ loom_blob_channel_release_prefix(loom_blob_channel *self, const char *prefix)
         if (!strncmp(k, prefix, len))
             loom_blob_channel_release(self, k);
     zlistx_destroy(&keys);
+    if (self->store)
+        loom_blob_store_release_prefix(self->store, prefix);
 }
 
 void

@@ -42,6 +42,9 @@ void loom_blob_channel_on_readable(loom_blob_channel *self, int budget);
 void loom_blob_channel_set_shares(loom_blob_channel *self, const char *owner,
                                   const loom_wire_file *shares, size_t n);
 
+//  owner (a pipeline) references blob hash: kept while it lives (item files).
+void loom_blob_channel_ref(loom_blob_channel *self, const char *owner, const uint8_t *hash);
+
 //  The shares of owner (borrowed until the next set/release), *n count.
 const loom_wire_file *loom_blob_channel_shares(loom_blob_channel *self, const char *owner,
                                                size_t *n);

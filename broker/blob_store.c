@@ -425,6 +425,17 @@ loom_blob_store_release(loom_blob_store *self, const char *owner)
     zhashx_delete(self->owners, owner);
 }
 
+void
+loom_blob_store_release_prefix(loom_blob_store *self, const char *prefix)
+{
+    size_t len = strlen(prefix);
+    zlistx_t *keys = zhashx_keys(self->owners);
+    for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys))
+        if (!strncmp(k, prefix, len))
+            loom_blob_store_release(self, k);
+    zlistx_destroy(&keys);
+}
+
 static void
 s_remove(loom_blob_store *self, const char *hex, s_blob *b)
 {

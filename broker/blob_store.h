@@ -72,6 +72,7 @@ bool loom_blob_store_ref(loom_blob_store *self, const char *owner, const uint8_t
 
 //  Drop every reference of owner; its blobs start their time-to-live.
 void loom_blob_store_release(loom_blob_store *self, const char *owner);
+void loom_blob_store_release_prefix(loom_blob_store *self, const char *prefix);
 
 //  Remove idle uploads, blobs past their time-to-live, and unreferenced
 //  blobs while over the cap. now_ms from loom_now_ms().

@@ -571,8 +571,12 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
         return;
     }
     bool too_far = false;
+    char owner[48];
+    s_owner_key(c->id, loom_sched_map_def(map)->pipeline, owner, sizeof owner);
     for (size_t i = 0; i < tb->nitems; i++) {
         const loom_wire_item *it = &tb->items[i];
+        for (size_t f = 0; f < it->nfiles; f++) //  kept while the pipeline lives
+            loom_blob_channel_ref(self->bc, owner, it->files[f].hash.data);
         loom_sched_file files[16];
         loom_sched_file *fp = it->nfiles <= 16 ? files : loom_xcalloc(it->nfiles, sizeof *fp);
         for (size_t f = 0; f < it->nfiles; f++) {

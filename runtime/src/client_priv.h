@@ -110,6 +110,11 @@ struct loom_map {
     size_t ready_cap, ready_head, ready_count;
     //  The result last returned by next, alive until the next call
     loom__rref cur;
+    //  Files (map_files.c): the next item's FileRefs during submit_files,
+    //  and the results' output files, downloaded, alive until destroy
+    const loom_wire_file *next_files;
+    size_t next_nfiles;
+    struct loom__map_files *files;
 };
 
 //  Encode m and hand it to the I/O thread. While the pipe is full, keeps
@@ -138,8 +143,14 @@ void loom__client_blob_close(loom_client *c);
 //  Upload a hashed source to the broker (share.c). `what` names it in
 //  the error logged on failure. Returns 0 once the broker holds it.
 #include "blob_transfer.h"
+void *loom__client_blob(loom_client *c); //  the blob DEALER, NULL if none
 int loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
                    loom_blob_reader rd, void *ctx);
+
+//  Fill r's output files from res, downloading them into the map's
+//  directory; a failed download turns r into a failure (map_files.c).
+void loom__map_result_files(loom_map *m, const loom_wire_result *res, loom_result *r);
+void loom__map_files_free(loom_map *m);
 
 //  Destroy every map of pipeline p (NULL: all of the client's).
 void loom__maps_destroy(loom_client *c, loom_pipeline *p);

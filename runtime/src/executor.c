@@ -73,6 +73,14 @@ struct loom_executor {
     size_t nplugins;
     s_map **maps; //  Open maps
     size_t nmaps;
+    //  The next item's files (loom_executor_set_item_files), borrowed
+    const char *const *in_names;
+    const char *const *in_paths;
+    size_t nin;
+    char *out_dir;    //  where loom_task_output_file paths go, NULL: none
+    char **out_names; //  output files asked for by the last run (owned)
+    char **out_paths;
+    size_t nout;
 };
 
 //  The context of one run or fold; plugins see only its first member.
@@ -250,20 +258,49 @@ s_shared_path(loom_task *t, const char *name)
     return sh ? sh->path : NULL;
 }
 
+//  Local read-only path of a file attached to the running item, or NULL.
 static const char *
 s_file(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
+    loom_executor *exec = s_ctx_of(t)->exec;
+    for (size_t i = 0; name && i < exec->nin; i++)
+        if (!strcmp(exec->in_names[i], name))
+            return exec->in_paths[i];
     return NULL;
 }
 
+//  Output file names: 1-255 bytes, no '/', '\\' or control characters,
+//  not "." or "..".
+static bool
+s_out_name_valid(const char *name)
+{
+    if (!name || !*name || strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
+        return false;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c == '/' || *c == '\\' || *c < 0x20 || *c == 0x7f)
+            return false;
+    return true;
+}
+
+//  A writable path for output file `name` of the running item; NULL for an
+//  invalid name, in a fold, or when this executor has no output dir.
 static const char *
 s_output_file(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
-    return NULL;
+    s_ctx *ctx = s_ctx_of(t);
+    loom_executor *exec = ctx->exec;
+    if (!exec->out_dir || ctx->index == UINT64_MAX || !s_out_name_valid(name))
+        return NULL;
+    for (size_t i = 0; i < exec->nout; i++)
+        if (!strcmp(exec->out_names[i], name))
+            return exec->out_paths[i];
+    if (exec->nout >= 1024)
+        return NULL;
+    exec->out_names = loom_xrealloc(exec->out_names, (exec->nout + 1) * sizeof(char *));
+    exec->out_paths = loom_xrealloc(exec->out_paths, (exec->nout + 1) * sizeof(char *));
+    exec->out_names[exec->nout] = loom_xstrdup(name);
+    exec->out_paths[exec->nout] = s_format("%s/%s", exec->out_dir, name);
+    return exec->out_paths[exec->nout++];
 }
 
 static const loom_host s_host = {
@@ -354,6 +391,7 @@ loom_executor_destroy(loom_executor **self_p)
         free(p);
     }
     free(self->plugins);
+    loom_executor_set_item_files(self, NULL, NULL, 0, NULL);
     free(self->path);
     free(self);
     *self_p = NULL;
@@ -798,4 +836,32 @@ loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const
         map->nshares++;
     }
     return 0;
+}
+
+void
+loom_executor_set_item_files(loom_executor *self, const char *const *names,
+                             const char *const *paths, size_t n, const char *out_dir)
+{
+    self->in_names = names;
+    self->in_paths = paths;
+    self->nin = n;
+    for (size_t i = 0; i < self->nout; i++) {
+        free(self->out_names[i]);
+        free(self->out_paths[i]);
+    }
+    free(self->out_names);
+    free(self->out_paths);
+    self->out_names = self->out_paths = NULL;
+    self->nout = 0;
+    free(self->out_dir);
+    self->out_dir = out_dir ? loom_xstrdup(out_dir) : NULL;
+}
+
+size_t
+loom_executor_output_files(loom_executor *self, const char *const **names,
+                           const char *const **paths)
+{
+    *names = (const char *const *)self->out_names;
+    *paths = (const char *const *)self->out_paths;
+    return self->nout;
 }

@@ -60,6 +60,19 @@ int loom_executor_open_map(loom_executor *self, uint64_t map_id, const char *plu
 int loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const *names,
                              const char *const *paths, size_t n, char **reason);
 
+//  The files of the next item(s) run: n names and local read-only paths
+//  (borrowed until the next call), answered by loom_task_file; and the
+//  directory where loom_task_output_file makes its paths (NULL: that call
+//  gives NULL). Clears the output files of the previous run. Call with
+//  zeros to clear.
+void loom_executor_set_item_files(loom_executor *self, const char *const *names,
+                                  const char *const *paths, size_t n, const char *out_dir);
+
+//  The output files the last run asked for (names and paths, borrowed
+//  until the next set_item_files): the caller checks which exist.
+size_t loom_executor_output_files(loom_executor *self, const char *const **names,
+                                  const char *const **paths);
+
 //  Forget map_id. Does nothing for an unknown id.
 void loom_executor_close_map(loom_executor *self, uint64_t map_id);
 

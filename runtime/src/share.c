@@ -51,8 +51,8 @@ loom__client_blob_close(loom_client *c)
 }
 
 //  The client's DEALER to the blob channel, made now if needed.
-static void *
-s_blob(loom_client *c)
+void *
+loom__client_blob(loom_client *c)
 {
     if (!c->blob && c->blob_ep)
         c->blob = loom__blob_dealer(zsys_init(), c->blob_ep);
@@ -82,7 +82,7 @@ int
 loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
                loom_blob_reader rd, void *ctx)
 {
-    void *sock = s_blob(c);
+    void *sock = loom__client_blob(c);
     if (!sock) {
         loom_log_error("loom: %s: the broker has no blob channel", what);
         return LOOM_ENOTSUP;

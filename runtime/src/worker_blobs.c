@@ -10,12 +10,16 @@
 #include "blob_transfer.h"
 
 #include <loom/loom.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct loom_worker_blobs {
     loom_blob_cache *cache; //  NULL: no cache
+    char *cache_dir;
+    char *out_dir; //  output files of the running item, made at first use
     char *endpoint;         //  blob endpoint, NULL until welcomed
     void *dealer;           //  to it, made at the first fetch
 };
@@ -57,6 +61,8 @@ loom_worker_blobs_new(const char *cache_dir, uint64_t cache_size)
     loom_worker_blobs *self = loom_xcalloc(1, sizeof *self);
     if (cache_dir)
         self->cache = loom_blob_cache_new(cache_dir, cache_size);
+    if (self->cache)
+        self->cache_dir = loom_xstrdup(cache_dir);
     return self;
 }
 
@@ -79,6 +85,10 @@ loom_worker_blobs_destroy(loom_worker_blobs **self_p)
     if (self->dealer)
         zmq_close(self->dealer);
     loom_blob_cache_destroy(&self->cache);
+    if (self->out_dir)
+        rmdir(self->out_dir);
+    free(self->out_dir);
+    free(self->cache_dir);
     free(self->endpoint);
     free(self);
     *self_p = NULL;
@@ -161,4 +171,89 @@ loom_worker_blobs_open_shares(loom_worker_blobs *self, loom_executor *exec, uint
     free(paths);
     free(names);
     return rc;
+}
+
+void
+loom_wire_files_free(loom_wire_file *files, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free((char *)files[i].name);
+        free((void *)files[i].hash.data);
+    }
+    free(files);
+}
+
+const char *
+loom_worker_blobs_out_dir(loom_worker_blobs *self)
+{
+    if (!self->out_dir && self->cache_dir) {
+        size_t n = strlen(self->cache_dir) + 32;
+        char *dir = loom_xmalloc(n);
+        snprintf(dir, n, "%s/out-%d", self->cache_dir, (int)getpid());
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+            loom_log_error("worker %d: cannot create %s: %s", (int)getpid(), dir, strerror(errno));
+            free(dir);
+            return NULL;
+        }
+        self->out_dir = dir;
+    }
+    return self->out_dir;
+}
+
+int
+loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
+                              const char *const *paths, size_t n, loom_wire_file **files_p,
+                              size_t *n_p, char **reason)
+{
+    *files_p = NULL;
+    *n_p = 0;
+    *reason = NULL;
+    loom_wire_file *files = loom_xcalloc(n ? n : 1, sizeof *files);
+    size_t k = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct stat sb;
+        if (lstat(paths[i], &sb) != 0)
+            continue; //  asked for a path, wrote nothing there
+        char what[320];
+        snprintf(what, sizeof what, "output file '%s'", names[i]);
+        int fd = -1;
+        uint64_t size = 0;
+        uint8_t hash[LOOM_HASH_SIZE];
+        if (rc == 0 && !S_ISREG(sb.st_mode)) {
+            *reason = s_reason("%s: %s is not a regular file", what, paths[i]);
+            rc = LOOM_EINVAL;
+        }
+        if (rc == 0 && (rc = loom__blob_open_file(what, paths[i], &fd, &size)) != 0)
+            *reason = s_reason("%s: cannot read %s", what, paths[i]);
+        if (rc == 0 && (rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash)) != 0)
+            *reason = s_reason("%s: cannot read %s", what, paths[i]);
+        if (rc == 0) {
+            if (!self->dealer && self->endpoint)
+                self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
+            rc = self->dealer ? loom__blob_upload(self->dealer, hash, size, loom__blob_read_fd,
+                                                  &fd, 30000, NULL)
+                              : LOOM_ENOTSUP;
+            if (rc)
+                *reason = s_reason("%s: upload failed: %s", what, loom_strerror(rc));
+        }
+        if (fd >= 0)
+            close(fd);
+        unlink(paths[i]);
+        if (rc == 0) {
+            files[k].name = loom_xstrdup(names[i]);
+            uint8_t *h = loom_xmalloc(LOOM_HASH_SIZE);
+            memcpy(h, hash, LOOM_HASH_SIZE);
+            files[k].hash = (loom_span){h, LOOM_HASH_SIZE};
+            files[k].size = size;
+            k++;
+        }
+    }
+    if (rc) {
+        loom_wire_files_free(files, k);
+        return rc;
+    }
+    *files_p = files;
+    *n_p = k;
+    return 0;
 }

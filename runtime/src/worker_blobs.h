@@ -42,4 +42,18 @@ int loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loo
 int loom_worker_blobs_open_shares(loom_worker_blobs *self, loom_executor *exec, uint64_t map,
                                   const loom_file_list *shares, char **reason);
 
+//  Free n FileRefs whose names and hashes are malloc'd.
+void loom_wire_files_free(loom_wire_file *files, size_t n);
+
+//  This process's directory for output files (made at the first call,
+//  under the cache dir), or NULL when there is no cache.
+const char *loom_worker_blobs_out_dir(loom_worker_blobs *self);
+
+//  Upload the output files of an item that exist (regular files) and
+//  remove them; *files_p (malloc'd, loom_wire_files_free) and *n_p the
+//  FileRefs to put in its Result. Returns 0 or a code with *reason.
+int loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
+                                  const char *const *paths, size_t n, loom_wire_file **files_p,
+                                  size_t *n_p, char **reason);
+
 #endif

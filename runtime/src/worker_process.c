@@ -617,6 +617,7 @@ s_out_clear(s_worker *self)
         if (self->res_off[i] == SIZE_MAX)
             free((void *)self->res[i].data.data);
         free((void *)self->res[i].error);
+        loom_wire_files_free((loom_wire_file *)self->res[i].files, self->res[i].nfiles);
     }
     self->nres = 0;
     self->res_bytes = 0;
@@ -804,6 +805,80 @@ s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
     self->has_partial = false;
 }
 
+//  Fetch an item's files (once per host) and give them, with the output
+//  directory, to the executor. Returns 0, or a code with *error set.
+static int
+s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, char **error)
+{
+    *paths_p = NULL;
+    *error = NULL;
+    size_t n = item->nfiles;
+    if (n == 0) {
+        loom_executor_set_item_files(self->exec, NULL, NULL, 0,
+                                     loom_worker_blobs_out_dir(self->blobs));
+        return 0;
+    }
+    const char **names = loom_xcalloc(n, sizeof *names);
+    char **paths = loom_xcalloc(n, sizeof *paths);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char what[320];
+        snprintf(what, sizeof what, "file '%s'", item->files[i].name);
+        names[i] = item->files[i].name;
+        rc = loom_worker_blobs_fetch(self->blobs, what, &item->files[i], &paths[i], error);
+    }
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            free(paths[i]);
+        free(paths);
+        free(names);
+        return rc;
+    }
+    //  names borrow from the item; the array itself rides after the paths.
+    paths = loom_xrealloc(paths, (2 * n + 1) * sizeof *paths);
+    memcpy(paths + n + 1, names, n * sizeof *names);
+    paths[n] = NULL;
+    free(names);
+    loom_executor_set_item_files(self->exec, (const char *const *)(paths + n + 1),
+                                 (const char *const *)paths, n,
+                                 loom_worker_blobs_out_dir(self->blobs));
+    *paths_p = paths;
+    return 0;
+}
+
+//  After the run: upload its output files (a failure fails the item),
+//  free the input paths, clear the executor's item files.
+static void
+s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *rc,
+                 loom_exec_out *out, loom_wire_file **files, size_t *nfiles)
+{
+    const char *const *names, *const *opaths;
+    size_t n = loom_executor_output_files(self->exec, &names, &opaths);
+    if (n) {
+        char *reason = NULL;
+        int urc = loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles,
+                                                &reason);
+        if (urc && *rc == 0) {
+            *rc = urc;
+            free(out->data);
+            out->data = NULL;
+            out->len = 0;
+            free(out->error);
+            out->error = reason;
+            reason = NULL;
+        }
+        free(reason);
+        if (*files && *nfiles == 0) {
+            free(*files);
+            *files = NULL;
+        }
+    }
+    loom_executor_set_item_files(self->exec, NULL, NULL, 0, NULL);
+    for (size_t i = 0; paths && i < item->nfiles; i++)
+        free(paths[i]);
+    free(paths);
+}
+
 //  Fetch the map's shares (once per host) before its first item. On
 //  failure every item of the batch fails with the reason and 1 is returned.
 static int
@@ -863,12 +938,26 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         }
         loom_exec_out out;
         memset(&out, 0, sizeof out);
+        char **fpaths = NULL;
+        char *ferr = NULL;
+        int frc = s_item_files_begin(self, item, &fpaths, &ferr);
+        if (frc) {
+            s_out_add(self, item, frc, NULL, 0, ferr);
+            continue;
+        }
         s_publish(self, true, tb->map, item, mp->timeout_ms);
         int rc = loom_executor_run(self->exec, tb->map, item->index, item->data.data,
                                    item->data.len, &out);
         s_publish(self, false, 0, NULL, 0);
         self->items_run++;
-        if (rc == 0 && mp->reduce) {
+        loom_wire_file *ofiles = NULL;
+        size_t nofiles = 0;
+        s_item_files_end(self, item, fpaths, &rc, &out, &ofiles, &nofiles);
+        if (ofiles) {
+            s_out_add(self, item, rc, out.data, out.len, out.error);
+            self->res[self->nres - 1].files = ofiles;
+            self->res[self->nres - 1].nfiles = nofiles;
+        } else if (rc == 0 && mp->reduce) {
             char *error = NULL;
             rc = s_fold(self, tb->map, out.data, out.len, &error);
             out.data = NULL;

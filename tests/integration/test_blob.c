@@ -112,9 +112,9 @@ test_share_is_read_by_tasks_and_absent_names_give_null(void **state)
     s_run(p, "shared_sum", "greeting", 4, want);
     s_run(p, "shared_sum", "nothing", 4, "null");
     //  testkit "shared" asks for share "x": absent, so NULL with length 0.
-    s_run(p, "shared", "", 2, "null 0 null null null");
+    s_run(p, "shared", "", 2, "null 0 null null p"); //  p: an output file path
     assert_int_equal(loom_pipeline_share(p, "x", "", 0), 0); //  an empty share exists
-    s_run(p, "shared", "", 2, "p 0 p null null");
+    s_run(p, "shared", "", 2, "p 0 p null p");
     loom_pipeline_destroy(&p);
 }
 
@@ -189,6 +189,71 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
     unlink(path);
 }
 
+static void
+test_files_go_in_and_come_back_as_local_paths(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/loom-test-in-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "hello file\n", 11), 11);
+    close(fd);
+    loom_pipeline *p = loom_pipeline_new(s_client, "files-io");
+    assert_non_null(p);
+    loom_map *m = loom_map_new(p, "testkit", "file_copy", NULL);
+    assert_non_null(m);
+    const char *names[] = {"in"};
+    const char *paths[] = {path};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(loom_map_submit_files(m, "", 0, names, paths, 1), 0);
+    const char *bad[] = {"/nonexistent/loom-x"};
+    assert_int_equal(loom_map_submit_files(m, "", 0, names, bad, 1), LOOM_ENOENT);
+    const char *dir[] = {"/tmp"};
+    assert_int_equal(loom_map_submit_files(m, "", 0, names, dir, 1), LOOM_EINVAL);
+    const char *badname[] = {"../in"};
+    assert_int_equal(loom_map_submit_files(m, "", 0, badname, paths, 1), LOOM_EINVAL);
+    assert_int_equal(loom_map_submit(m, "names", 5), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int got = 0, rc;
+    const char *kept = NULL;
+    char kept_buf[512] = "";
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        if (r.status)
+            fail_msg("item %llu: %s", (unsigned long long)r.index, r.error);
+        char out[64];
+        snprintf(out, sizeof out, "%.*s", (int)r.len, (const char *)r.data);
+        if (r.index == 3) {
+            assert_string_equal(out, "null null"); //  ../x and a/b refused
+            assert_int_equal(r.nfiles, 0);
+        } else {
+            assert_string_equal(out, "11");
+            assert_int_equal(r.nfiles, 1);
+            assert_string_equal(r.file_names[0], "out");
+            FILE *f = fopen(r.file_paths[0], "r");
+            assert_non_null(f);
+            char line[64] = "";
+            assert_non_null(fgets(line, sizeof line, f));
+            fclose(f);
+            assert_string_equal(line, "HELLO FILE\n");
+            struct stat sb;
+            assert_int_equal(stat(r.file_paths[0], &sb), 0);
+            assert_int_equal(sb.st_mode & 0222, 0); //  read-only
+            snprintf(kept_buf, sizeof kept_buf, "%s", r.file_paths[0]);
+            kept = kept_buf;
+        }
+        got++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, 4);
+    assert_non_null(kept);
+    assert_int_equal(access(kept, R_OK), 0); //  still there until destroy
+    loom_map_destroy(&m);
+    assert_int_equal(access(kept, F_OK), -1);
+    loom_pipeline_destroy(&p);
+    unlink(path);
+}
+
 int
 main(void)
 {
@@ -196,6 +261,7 @@ main(void)
         cmocka_unit_test(test_share_is_read_by_tasks_and_absent_names_give_null),
         cmocka_unit_test(test_share_file_refuses_missing_and_non_regular_paths),
         cmocka_unit_test(test_share_moves_once_per_pipeline_not_per_task),
+        cmocka_unit_test(test_files_go_in_and_come_back_as_local_paths),
     };
     return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
 }
