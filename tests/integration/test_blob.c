@@ -254,6 +254,57 @@ test_files_go_in_and_come_back_as_local_paths(void **state)
     unlink(path);
 }
 
+//  A worker whose cache cannot take a share fails those items with the
+//  reason and keeps serving: other maps, smaller shares.
+static void
+test_full_cache_fails_items_clearly_and_the_worker_keeps_serving(void **state)
+{
+    (void)state;
+    setenv("LOOM_CACHE_SIZE", "1000", 1); //  inherited by the embedded supervisor
+    loom_client_opts o = {.local_workers = 1};
+    loom_client *c = loom_client_new(NULL, &o);
+    unsetenv("LOOM_CACHE_SIZE");
+    assert_non_null(c);
+    loom_pipeline *p = loom_pipeline_new(c, "tight");
+    assert_non_null(p);
+    char *big = calloc(1, 5000);
+    assert_int_equal(loom_pipeline_share(p, "big", big, 5000), 0);
+    free(big);
+    loom_map *m = loom_map_new(p, "testkit", "shared_sum", NULL);
+    assert_non_null(m);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(loom_map_submit(m, "big", 3), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int failed = 0, rc;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        assert_int_not_equal(r.status, 0);
+        assert_non_null(r.error);
+        assert_non_null(strstr(r.error, "share 'big'"));
+        assert_non_null(strstr(r.error, "larger than the cache"));
+        failed++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(failed, 5);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    //  The same worker process still runs other pipelines' items.
+    p = loom_pipeline_new(c, "small");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share(p, "s", "ab", 2), 0);
+    m = loom_map_new(p, "testkit", "shared_sum", NULL);
+    assert_non_null(m);
+    assert_int_equal(loom_map_submit(m, "s", 1), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    assert_int_equal(loom_map_next(m, &r, 30000), 1);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.len, 5);
+    assert_memory_equal(r.data, "2 195", 5);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&c);
+}
+
 int
 main(void)
 {
@@ -262,6 +313,7 @@ main(void)
         cmocka_unit_test(test_share_file_refuses_missing_and_non_regular_paths),
         cmocka_unit_test(test_share_moves_once_per_pipeline_not_per_task),
         cmocka_unit_test(test_files_go_in_and_come_back_as_local_paths),
+        cmocka_unit_test(test_full_cache_fails_items_clearly_and_the_worker_keeps_serving),
     };
     return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
 }
