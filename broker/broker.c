@@ -26,6 +26,7 @@
 #define LOOM_BROKER_MAX_FRAME (64 * 1024 * 1024)
 #define LOOM_BROKER_HWM 100000
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
+#define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
 
 typedef struct {
@@ -853,7 +854,9 @@ s_on_blobs(zloop_t *loop, zsock_t *reader, void *arg)
     (void)loop;
     (void)reader;
     s_broker *self = arg;
-    loom_blob_channel_on_readable(self->bc, LOOM_BROKER_DRAIN);
+    //  A few chunks per wake-up (each is a disk write or read of up to
+    //  256 KiB), so heartbeats and task messages are never kept waiting.
+    loom_blob_channel_on_readable(self->bc, LOOM_BROKER_BLOB_DRAIN);
     return 0;
 }
 
