@@ -608,6 +608,8 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
 static void
 s_on_result_batch(s_broker *self, s_session *w, const loom_wire_result_batch *rb)
 {
+    self->st.workers_blob_bytes_in += rb->blob_bytes_in;
+    self->st.workers_blob_bytes_out += rb->blob_bytes_out;
     loom_sched_map *map = loom_sched_map_find(self->sched, rb->map);
     if (!map) {
         self->st.results_dropped += rb->nresults ? rb->nresults : 1;

@@ -349,7 +349,8 @@ s_put_result_batch(fb::FlatBufferBuilder &b, const loom_wire_result_batch *r)
         results = b.CreateVector(offs.data(), offs.size());
     }
     auto partial = s_put_bytes(b, r->partial);
-    return lw::CreateResultBatch(b, r->map, results, r->elapsed_us, r->has_partial, partial)
+    return lw::CreateResultBatch(b, r->map, results, r->elapsed_us, r->has_partial, partial,
+                                 r->blob_bytes_in, r->blob_bytes_out)
         .Union();
 }
 
@@ -360,7 +361,8 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->maps, s->pipelines, s->items_queued, s->items_in_flight,
                            s->items_done, s->items_failed, s->items_retried, s->results_dropped,
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
-                           s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes)
+                           s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
+                           s->workers_blob_bytes_in, s->workers_blob_bytes_out)
         .Union();
 }
 
@@ -893,6 +895,8 @@ s_get_result_batch(const lw::ResultBatch *r, loom_msg *m)
     out->elapsed_us = r->elapsed_us();
     out->has_partial = r->has_partial();
     out->partial = s_get_bytes(r->partial());
+    out->blob_bytes_in = r->blob_bytes_in();
+    out->blob_bytes_out = r->blob_bytes_out();
     const fb::Vector<fb::Offset<lw::Result>> *results = r->results();
     size_t n = results ? results->size() : 0;
     if (n > LOOM_WIRE_MAX_ITEMS)
@@ -944,6 +948,8 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->blob_bytes_out = s->blob_bytes_out();
     out->blobs_stored = s->blobs_stored();
     out->blob_store_bytes = s->blob_store_bytes();
+    out->workers_blob_bytes_in = s->workers_blob_bytes_in();
+    out->workers_blob_bytes_out = s->workers_blob_bytes_out();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_

@@ -22,6 +22,8 @@ struct loom_worker_blobs {
     char *out_dir; //  output files of the running item, made at first use
     char *endpoint;         //  blob endpoint, NULL until welcomed
     void *dealer;           //  to it, made at the first fetch
+    uint64_t reported_in;   //  cache bytes_in already reported
+    uint64_t out_bytes;     //  output file bytes sent, not yet reported
 };
 
 loom_file_list *
@@ -231,9 +233,11 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
         if (rc == 0) {
             if (!self->dealer && self->endpoint)
                 self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
+            uint64_t sent = 0;
             rc = self->dealer ? loom__blob_upload(self->dealer, hash, size, loom__blob_read_fd,
-                                                  &fd, 30000, NULL)
+                                                  &fd, 30000, &sent)
                               : LOOM_ENOTSUP;
+            self->out_bytes += sent;
             if (rc)
                 *reason = s_reason("%s: upload failed: %s", what, loom_strerror(rc));
         }
@@ -256,4 +260,18 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
     *files_p = files;
     *n_p = k;
     return 0;
+}
+
+void
+loom_worker_blobs_take_counts(loom_worker_blobs *self, uint64_t *in, uint64_t *out)
+{
+    *in = *out = 0;
+    if (self->cache) {
+        loom_blob_cache_stats st;
+        loom_blob_cache_get_stats(self->cache, &st);
+        *in = st.bytes_in - self->reported_in;
+        self->reported_in = st.bytes_in;
+    }
+    *out = self->out_bytes;
+    self->out_bytes = 0;
 }

@@ -42,6 +42,9 @@ int loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loo
 int loom_worker_blobs_open_shares(loom_worker_blobs *self, loom_executor *exec, uint64_t map,
                                   const loom_file_list *shares, char **reason);
 
+//  Blob bytes received and sent since the last call (for ResultBatch).
+void loom_worker_blobs_take_counts(loom_worker_blobs *self, uint64_t *in, uint64_t *out);
+
 //  Free n FileRefs whose names and hashes are malloc'd.
 void loom_wire_files_free(loom_wire_file *files, size_t n);
 

@@ -698,6 +698,8 @@ s_out_flush(s_worker *self, bool final)
         m.u.result_batch.partial.data = (const uint8_t *)self->partial;
         m.u.result_batch.partial.len = self->partial_len;
     }
+    loom_worker_blobs_take_counts(self->blobs, &m.u.result_batch.blob_bytes_in,
+                                  &m.u.result_batch.blob_bytes_out);
     if (!s_stale(self, self->out_gen))
         s_to_io(self, self->out_gen, &m);
     s_out_clear(self);

@@ -170,6 +170,10 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
            "broker->host %llu bytes (%.2fx the size in all)\n",
            S_BIG, S_ITEMS, (unsigned long long)in, (unsigned long long)out,
            (double)(in + out) / S_BIG);
+    uint64_t win = after.workers_blob_bytes_in - before.workers_blob_bytes_in;
+    printf("# worker processes report %llu blob bytes received (one host cache)\n",
+           (unsigned long long)win);
+    assert_int_equal(win, out); //  what the broker sent is what the host received
     assert_int_equal(uploaded.blob_bytes_in - before.blob_bytes_in, S_BIG);
     assert_int_equal(in, S_BIG);
     //  One fetch for the host: the size, plus at most a few re-sent chunks.
