@@ -403,12 +403,20 @@ test_memory_stays_bounded_while_sharing_a_big_file(void **state)
     printf("# %ld MiB share: upload %.2f s; client RSS %ld MiB before, peak %ld MiB\n", mb,
            (double)(t1 - t0) / 1000, before / 1024, peak / 1024);
     assert_true(before > 0 && peak > 0);
-    assert_true(peak - before < 64 * 1024);
+#if defined(__SANITIZE_ADDRESS__)
+    //  ASan keeps freed blocks in quarantine (256 MiB): RSS says nothing here.
+    printf("# address sanitizer: peak RSS not checked\n");
+    bool check = false;
+#else
+    bool check = true;
+#endif
+    if (check)
+        assert_true(peak - before < 64 * 1024);
     for (size_t i = 0; i < nw; i++) {
         long wpeak = s_status_kb(pids[i], "VmHWM");
         printf("# worker %d: RSS %ld MiB before, peak %ld MiB\n", pids[i], wbefore[i] / 1024,
                wpeak / 1024);
-        if (wpeak > 0) //  the process may have been recycled meanwhile
+        if (check && wpeak > 0) //  the process may have been recycled meanwhile
             assert_true(wpeak - wbefore[i] < 64 * 1024);
     }
     unlink(path);
