@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <loom/loom.h>
@@ -328,10 +329,6 @@ s_parse(int argc, char **argv, s_opts *o)
     }
     if (o->serial && o->connect) {
         fprintf(stderr, "loom map: --serial runs in this process: it takes no --connect\n");
-        return 2;
-    }
-    if (o->serial && (o->nfiles || o->nshares)) {
-        fprintf(stderr, "loom map: --files and --share need a broker: not with --serial\n");
         return 2;
     }
     if (o->nfiles && o->input) {
@@ -756,6 +753,30 @@ s_serial_idle(void *arg)
     fflush(s_out);
 }
 
+//  --share in serial mode: the files are mapped where they are.
+static int
+s_serial_shares(const s_opts *o, loom_executor *ex)
+{
+    const char **names = loom_xcalloc(o->nshares, sizeof *names);
+    const char **paths = loom_xcalloc(o->nshares, sizeof *paths);
+    for (size_t i = 0; i < o->nshares; i++) {
+        const char *eq = strchr(o->shares[i], '=');
+        names[i] = loom_xstrdup(o->shares[i]);
+        ((char *)names[i])[eq - o->shares[i]] = 0;
+        paths[i] = eq + 1;
+    }
+    char *why = NULL;
+    int rc = loom_executor_set_shares(ex, 1, names, paths, o->nshares, &why);
+    if (rc)
+        fprintf(stderr, "loom map: --share: %s\n", why ? why : loom_strerror(rc));
+    free(why);
+    for (size_t i = 0; i < o->nshares; i++)
+        free((char *)names[i]);
+    free(names);
+    free(paths);
+    return rc;
+}
+
 static int
 s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
 {
@@ -777,14 +798,37 @@ s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
     char *reason = NULL;
     int open_rc = loom_executor_open_map(ex, 1, name, version, o->task, o->args,
                                          o->args ? strlen(o->args) : 0, o->reduce, &reason);
+    if (open_rc == 0 && o->nshares && s_serial_shares(o, ex) != 0) {
+        free(reason);
+        free(name);
+        loom_executor_destroy(&ex);
+        return 1;
+    }
 
     loom_exec_out acc = {0}; //  reduce: the fold so far
     bool have_acc = false;
     int status = 0;
-    const char *data;
-    size_t len;
+    const char *data = NULL;
+    size_t len = 0;
     int rc = 0;
-    while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
+    size_t next_file = 0;
+    while (!s_interrupted && !run->write_failed &&
+           (rc = o->nfiles ? (next_file < o->nfiles) : s_reader_next(rd, &data, &len)) > 0) {
+        const char *in_name = "in", *in_path = NULL;
+        if (o->nfiles) {
+            //  As on the cluster: the path is the input, the file is "in"
+            //  (read in place: serial mode copies nothing).
+            in_path = data = o->files[next_file++];
+            len = strlen(in_path);
+            struct stat sb;
+            if (stat(in_path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+                fprintf(stderr, "loom map: file 'in': %s is missing or not a regular file\n",
+                        in_path);
+                status = 1;
+                break;
+            }
+            loom_executor_set_item_files(ex, &in_name, &in_path, 1, NULL);
+        }
         uint64_t index = run->submitted++;
         run->processed++;
         if (open_rc < 0) {

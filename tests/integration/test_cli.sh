@@ -137,7 +137,7 @@ map squares square_text --procs 0
 map squares square_text --window -3
 map squares square_text --timeout
 map Bad/Name square_text
-map squares square_text --serial --files a.txt
+map squares square_text --input x.txt --files a.txt
 map squares square_text --share noequals
 map squares square_text --journal j.db
 map squares square_text --serial --connect tcp://127.0.0.1:1
@@ -257,6 +257,8 @@ case_files_wordcount() {
     out=$(lm map wordcount count_file --procs 2 --reduce --files "$TMP/a.txt" "$TMP/b.txt") || rc=$?
     expect_eq "exit status" "$rc" "0"
     expect_eq "counts" "$out" "$(printf 'a 2\nand 1\ncat 2\ndog 2\nend 1\nthe 3')"
+    out=$(lm map wordcount count_file --serial --reduce --files "$TMP/a.txt" "$TMP/b.txt")
+    expect_eq "serial counts" "$out" "$(printf 'a 2\nand 1\ncat 2\ndog 2\nend 1\nthe 3')"
     rc=0
     lm map wordcount count_file --procs 1 --files "$TMP/missing.txt" 2>"$TMP/err" || rc=$?
     expect_eq "missing file exit status" "$rc" "1"
