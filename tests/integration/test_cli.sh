@@ -249,6 +249,35 @@ case_progress_bar_only_on_a_terminal() {
     if grep -q $'\r' "$TMP/bar.err"; then fail "progress bar drawn on a pipe"; fi
 }
 
+# A real broker (its store in --store) and a real worker host (its cache in
+# --cache): a share and attached files go through the blob channel.
+case_remote_share_and_files() {
+    local dir ep out rc=0
+    dir=$(mktemp -d "/tmp/loom-test-$$-rblob-XXXXXX")
+    ep="ipc://$dir/task"
+    "$LOOM" broker --bind "$ep" --blob-bind "ipc://$dir/blob" --store "$dir/store" \
+        2>"$TMP/rbroker.err" &
+    local broker=$!
+    "$LOOM" worker --connect "$ep" --procs 2 --cache "$dir/cache" 2>"$TMP/rworker.err" &
+    local worker=$!
+    printf 'abc' >"$TMP/r.bin"
+    printf 'one two two\n' >"$TMP/r.txt"
+    out=$(printf 'x\n' | lm map testkit shared_sum --connect "$ep" --share "x=$TMP/r.bin") || rc=$?
+    local out2
+    out2=$(lm map wordcount count_file --connect "$ep" --files "$TMP/r.txt") || rc=$?
+    local stored cached
+    stored=$(find "$dir/store" -type f | wc -l)
+    cached=$(find "$dir/cache" -type f -name '????????????????????????????????????????????????????????????????' | wc -l)
+    kill "$worker" "$broker" 2>/dev/null || true
+    wait "$worker" "$broker" 2>/dev/null || true
+    rm -rf "$dir"
+    expect_eq "exit status" "$rc" "0"
+    expect_eq "share" "$out" "3 294"
+    expect_eq "file" "$out2" "$(printf 'one 1\ntwo 2')"
+    expect_eq "blobs in the store" "$stored" "2"
+    expect_eq "blobs in the host cache" "$cached" "2"
+}
+
 # --files: one item per file, attached as "in"; wordcount counts each file.
 case_files_wordcount() {
     local out rc=0
