@@ -15,6 +15,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,6 +48,50 @@ s_mkdir(const char *dir)
     return mkdir(dir, 0700) == 0 || errno == EEXIST ? 0 : -1;
 }
 
+//  True if the process of a pid in a name is gone (so its files are litter).
+static bool
+s_pid_gone(const char *digits)
+{
+    long pid = strtol(digits, NULL, 10);
+    return pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+//  Remove what processes killed mid-way left: fetch temp files
+//  (ab/<hex>.<pid>.tmp) and output dirs (out-<pid>) of dead pids.
+static void
+s_sweep_dead(const char *dir)
+{
+    DIR *top = opendir(dir);
+    if (!top)
+        return;
+    struct dirent *e;
+    while ((e = readdir(top))) {
+        char sub[4096];
+        snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
+        bool out_dir = !strncmp(e->d_name, "out-", 4) && s_pid_gone(e->d_name + 4);
+        if (strlen(e->d_name) != 2 && !out_dir)
+            continue;
+        DIR *d = opendir(sub);
+        if (!d)
+            continue;
+        struct dirent *f;
+        while ((f = readdir(d))) {
+            const char *dot = strchr(f->d_name, '.');
+            bool tmp = dot && dot != f->d_name && strstr(f->d_name, ".tmp") &&
+                       s_pid_gone(dot + 1);
+            if (f->d_name[0] != '.' && (out_dir || tmp)) {
+                char path[4096 + 512];
+                snprintf(path, sizeof path, "%s/%s", sub, f->d_name);
+                unlink(path);
+            }
+        }
+        closedir(d);
+        if (out_dir)
+            rmdir(sub);
+    }
+    closedir(top);
+}
+
 loom_blob_cache *
 loom_blob_cache_new(const char *dir, uint64_t cap)
 {
@@ -53,6 +100,7 @@ loom_blob_cache_new(const char *dir, uint64_t cap)
         loom_log_error("blob cache: cannot create %s: %s", dir, strerror(errno));
         return NULL;
     }
+    s_sweep_dead(dir);
     loom_blob_cache *self = loom_xcalloc(1, sizeof *self);
     self->dir = loom_xstrdup(dir);
     self->cap = cap ? cap : LOOM_BLOB_CACHE_DEFAULT_SIZE;

@@ -341,6 +341,32 @@ test_least_recently_used_blobs_are_evicted(void **state)
     loom_blob_cache_destroy(&c);
 }
 
+static void
+test_litter_of_dead_processes_is_swept(void **state)
+{
+    (void)state;
+    //  A pid that cannot be alive (beyond pid_max) and this process's own.
+    char sub[256], dead_tmp[512], live_tmp[512], out[256], out_file[512];
+    snprintf(sub, sizeof sub, "%s/ab", s_dir);
+    mkdir(sub, 0700);
+    snprintf(dead_tmp, sizeof dead_tmp, "%s/ab%062d.99999999.tmp", sub, 0);
+    snprintf(live_tmp, sizeof live_tmp, "%s/ab%062d.%d.tmp", sub, 0, (int)getpid());
+    snprintf(out, sizeof out, "%s/out-99999999", s_dir);
+    mkdir(out, 0700);
+    snprintf(out_file, sizeof out_file, "%s/result.txt", out);
+    const char *files[] = {dead_tmp, live_tmp, out_file};
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(files[i], "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    loom_blob_cache *c = loom_blob_cache_new(s_dir, 0);
+    assert_int_equal(access(dead_tmp, F_OK), -1);
+    assert_int_equal(access(live_tmp, F_OK), 0);
+    assert_int_equal(access(out, F_OK), -1);
+    loom_blob_cache_destroy(&c);
+}
+
 //  The broker's store: verified uploads only, refs and time-to-live.
 static void
 test_store_keeps_only_verified_uploads(void **state)
@@ -420,6 +446,8 @@ main(void)
                                         s_each_setup, s_each_teardown),
         cmocka_unit_test_setup_teardown(test_least_recently_used_blobs_are_evicted,
                                         s_each_setup, s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_litter_of_dead_processes_is_swept, s_each_setup,
+                                        s_each_teardown),
         cmocka_unit_test_setup_teardown(test_store_keeps_only_verified_uploads, s_each_setup,
                                         s_each_teardown),
     };
