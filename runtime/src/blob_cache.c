@@ -77,8 +77,7 @@ s_sweep_dead(const char *dir)
         struct dirent *f;
         while ((f = readdir(d))) {
             const char *dot = strchr(f->d_name, '.');
-            bool tmp = dot && dot != f->d_name && strstr(f->d_name, ".tmp") &&
-                       s_pid_gone(dot + 1);
+            bool tmp = dot && dot != f->d_name && strstr(f->d_name, ".tmp") && s_pid_gone(dot + 1);
             if (f->d_name[0] != '.' && (out_dir || tmp)) {
                 char path[4096 + 512];
                 snprintf(path, sizeof path, "%s/%s", sub, f->d_name);
@@ -268,7 +267,8 @@ loom_blob_cache_get(loom_blob_cache *self, void *dealer, const uint8_t *hash, ui
         return 0;
     }
     if (size > self->cap) {
-        snprintf(err, errcap, "blob cache: blob of %llu bytes is larger than the cache (%llu bytes)",
+        snprintf(err, errcap,
+                 "blob cache: blob of %llu bytes is larger than the cache (%llu bytes)",
                  (unsigned long long)size, (unsigned long long)self->cap);
         free(path);
         return LOOM_ETOOBIG;

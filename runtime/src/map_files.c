@@ -84,9 +84,8 @@ loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *co
                 rc = loom__blob_put(m->client, what, hash, size, loom__blob_read_fd, &fd);
             close(fd);
         }
-        files[k] = (loom_wire_file){.name = loom_xstrdup(names[k]),
-                                    .hash = {hash, LOOM_HASH_SIZE},
-                                    .size = size};
+        files[k] = (loom_wire_file){
+            .name = loom_xstrdup(names[k]), .hash = {hash, LOOM_HASH_SIZE}, .size = size};
     }
     if (rc == 0) {
         m->next_files = files;
@@ -137,8 +136,8 @@ s_download(loom_client *c, const loom_wire_file *wf, const char *path)
     if (rc == LOOM_EPROTO) {
         //  Refused: the bytes did not match; fetch once more from the start.
         if (ftruncate(fd, 0) == 0)
-            rc = loom__blob_download(sock, wf->hash.data, wf->size, fd, S_DOWNLOAD_TIMEOUT_MS,
-                                     NULL);
+            rc =
+                loom__blob_download(sock, wf->hash.data, wf->size, fd, S_DOWNLOAD_TIMEOUT_MS, NULL);
     }
     if (close(fd) != 0 && rc == 0)
         rc = LOOM_EIO;

@@ -19,11 +19,11 @@
 struct loom_worker_blobs {
     loom_blob_cache *cache; //  NULL: no cache
     char *cache_dir;
-    char *out_dir; //  output files of the running item, made at first use
-    char *endpoint;         //  blob endpoint, NULL until welcomed
-    void *dealer;           //  to it, made at the first fetch
-    uint64_t reported_in;   //  cache bytes_in already reported
-    uint64_t out_bytes;     //  output file bytes sent, not yet reported
+    char *out_dir;        //  output files of the running item, made at first use
+    char *endpoint;       //  blob endpoint, NULL until welcomed
+    void *dealer;         //  to it, made at the first fetch
+    uint64_t reported_in; //  cache bytes_in already reported
+    uint64_t out_bytes;   //  output file bytes sent, not yet reported
 };
 
 loom_file_list *
@@ -97,8 +97,7 @@ loom_worker_blobs_destroy(loom_worker_blobs **self_p)
 }
 
 void
-loom_worker_blobs_set_endpoint(loom_worker_blobs *self, const char *welcome_ep,
-                               const char *task_ep)
+loom_worker_blobs_set_endpoint(loom_worker_blobs *self, const char *welcome_ep, const char *task_ep)
 {
     char *ep = loom__blob_endpoint(welcome_ep, task_ep);
     if (self->endpoint && ep && !strcmp(ep, self->endpoint)) {
@@ -234,8 +233,8 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
             if (!self->dealer && self->endpoint)
                 self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
             uint64_t sent = 0;
-            rc = self->dealer ? loom__blob_upload(self->dealer, hash, size, loom__blob_read_fd,
-                                                  &fd, 30000, &sent)
+            rc = self->dealer ? loom__blob_upload(self->dealer, hash, size, loom__blob_read_fd, &fd,
+                                                  30000, &sent)
                               : LOOM_ENOTSUP;
             self->out_bytes += sent;
             if (rc)

@@ -113,7 +113,7 @@ test_share_is_read_by_tasks_and_absent_names_give_null(void **state)
     s_run(p, "shared_sum", "greeting", 4, want);
     s_run(p, "shared_sum", "nothing", 4, "null");
     //  testkit "shared" asks for share "x": absent, so NULL with length 0.
-    s_run(p, "shared", "", 2, "null 0 null null p"); //  p: an output file path
+    s_run(p, "shared", "", 2, "null 0 null null p");         //  p: an output file path
     assert_int_equal(loom_pipeline_share(p, "x", "", 0), 0); //  an empty share exists
     s_run(p, "shared", "", 2, "p 0 p null p");
     loom_pipeline_destroy(&p);

@@ -388,9 +388,8 @@ test_store_keeps_only_verified_uploads(void **state)
     memcpy(bad, s_data, S_SIZE);
     bad[5] ^= 1;
     assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done), 0);
-    assert_int_equal(
-        loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL),
-        LOOM_EPROTO);
+    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL),
+                     LOOM_EPROTO);
     free(bad);
     assert_false(loom_blob_store_has(st, s_hash, NULL));
     //  Too big for the cap, or past the end: refused.
@@ -436,16 +435,15 @@ main(void)
                                         s_each_setup, s_each_teardown),
         cmocka_unit_test_setup_teardown(test_always_corrupted_blob_never_becomes_visible,
                                         s_each_setup, s_each_teardown),
-        cmocka_unit_test_setup_teardown(test_missing_blob_is_named, s_each_setup,
-                                        s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_missing_blob_is_named, s_each_setup, s_each_teardown),
         cmocka_unit_test_setup_teardown(test_many_asking_at_once_fetch_once, s_each_setup,
                                         s_each_teardown),
         cmocka_unit_test_setup_teardown(test_full_disk_fails_with_a_clear_error, s_each_setup,
                                         s_each_teardown),
-        cmocka_unit_test_setup_teardown(test_blob_larger_than_the_cache_is_refused,
-                                        s_each_setup, s_each_teardown),
-        cmocka_unit_test_setup_teardown(test_least_recently_used_blobs_are_evicted,
-                                        s_each_setup, s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_blob_larger_than_the_cache_is_refused, s_each_setup,
+                                        s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_least_recently_used_blobs_are_evicted, s_each_setup,
+                                        s_each_teardown),
         cmocka_unit_test_setup_teardown(test_litter_of_dead_processes_is_swept, s_each_setup,
                                         s_each_teardown),
         cmocka_unit_test_setup_teardown(test_store_keeps_only_verified_uploads, s_each_setup,
