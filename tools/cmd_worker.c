@@ -25,9 +25,10 @@
 static void
 s_usage(void)
 {
-    fprintf(stderr, "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
-                    "                   [--cache DIR] [--cache-size BYTES] [--max-tasks N] [--parent PID]\n"
-                    "                   [--cert FILE --server-key KEY] [--quiet]\n");
+    fprintf(stderr,
+            "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
+            "                   [--cache DIR] [--cache-size BYTES] [--max-tasks N] [--parent PID]\n"
+            "                   [--cert FILE --server-key KEY] [--quiet]\n");
 }
 
 //  Parse a whole decimal number in [min, max]. Returns 0 or -1.

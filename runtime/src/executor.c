@@ -811,8 +811,8 @@ loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const
         int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
         struct stat sb;
         if (fd < 0 || fstat(fd, &sb) != 0) {
-            *reason = s_format("share '%s': cannot open %s: %s", names[i], paths[i],
-                               strerror(errno));
+            *reason =
+                s_format("share '%s': cannot open %s: %s", names[i], paths[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
             s_shares_clear(map);
@@ -823,8 +823,8 @@ loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const
             sh->addr = mmap(NULL, sh->len, PROT_READ, MAP_SHARED, fd, 0);
             if (sh->addr == MAP_FAILED) {
                 sh->addr = NULL;
-                *reason = s_format("share '%s': cannot map %s: %s", names[i], paths[i],
-                                   strerror(errno));
+                *reason =
+                    s_format("share '%s': cannot map %s: %s", names[i], paths[i], strerror(errno));
                 close(fd);
                 s_shares_clear(map);
                 return LOOM_EIO;

@@ -858,8 +858,8 @@ s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *
     size_t n = loom_executor_output_files(self->exec, &names, &opaths);
     if (n) {
         char *reason = NULL;
-        int urc = loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles,
-                                                &reason);
+        int urc =
+            loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles, &reason);
         if (urc && *rc == 0) {
             *rc = urc;
             free(out->data);
