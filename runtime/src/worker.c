@@ -68,7 +68,44 @@ typedef struct {
 
 static volatile sig_atomic_t s_stop;
 
-//  The host's blob cache: --cache, else a private temp dir of ours.
+//  mkdir dir if missing; true if it is then a directory owned by us that
+//  no one else can write.
+static bool
+s_own_dir(const char *dir)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return false;
+    struct stat sb;
+    return lstat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) && sb.st_uid == geteuid() &&
+           !(sb.st_mode & 022);
+}
+
+//  $XDG_CACHE_HOME/loom/blobs or $HOME/.cache/loom/blobs, made if needed;
+//  NULL when neither is set or the path is not safely ours.
+static char *
+s_user_cache_dir(void)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    char base[1024];
+    if (xdg && *xdg && strlen(xdg) < 900)
+        snprintf(base, sizeof base, "%s", xdg);
+    else if (home && *home && strlen(home) < 900)
+        snprintf(base, sizeof base, "%s/.cache", home);
+    else
+        return NULL;
+    if (mkdir(base, 0700) != 0 && errno != EEXIST)
+        return NULL;
+    char loom[1100], blobs[1200];
+    snprintf(loom, sizeof loom, "%s/loom", base);
+    snprintf(blobs, sizeof blobs, "%s/blobs", loom);
+    if (!s_own_dir(loom) || !s_own_dir(blobs))
+        return NULL;
+    return loom_xstrdup(blobs);
+}
+
+//  The host's blob cache: --cache, else the user's cache dir, else a
+//  private temp dir of ours (removed at exit).
 static int
 s_cache_setup(s_super *self)
 {
@@ -86,6 +123,10 @@ s_cache_setup(s_super *self)
         }
         return 0;
     }
+    //  The user's cache ($XDG_CACHE_HOME/loom/blobs, ~/.cache/loom/blobs),
+    //  shared by every supervisor of this user on the host, if it is ours.
+    if ((self->cache_dir = s_user_cache_dir()))
+        return 0;
     const char *base = getenv("TMPDIR");
     if (!base || !*base)
         base = "/tmp";
