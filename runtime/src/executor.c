@@ -845,14 +845,19 @@ loom_executor_set_item_files(loom_executor *self, const char *const *names,
     self->in_names = names;
     self->in_paths = paths;
     self->nin = n;
-    for (size_t i = 0; i < self->nout; i++) {
-        free(self->out_names[i]);
-        free(self->out_paths[i]);
+    if (self->nout) {
+        for (size_t i = 0; i < self->nout; i++) {
+            free(self->out_names[i]);
+            free(self->out_paths[i]);
+        }
+        free(self->out_names);
+        free(self->out_paths);
+        self->out_names = self->out_paths = NULL;
+        self->nout = 0;
     }
-    free(self->out_names);
-    free(self->out_paths);
-    self->out_names = self->out_paths = NULL;
-    self->nout = 0;
+    //  Called around every item: copy the dir only when it changes.
+    if (out_dir && self->out_dir && !strcmp(out_dir, self->out_dir))
+        return;
     free(self->out_dir);
     self->out_dir = out_dir ? loom_xstrdup(out_dir) : NULL;
 }

@@ -875,7 +875,9 @@ s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *
             *files = NULL;
         }
     }
-    loom_executor_set_item_files(self->exec, NULL, NULL, 0, NULL);
+    if (n || item->nfiles) //  the output dir stays: it is the same for every item
+        loom_executor_set_item_files(self->exec, NULL, NULL, 0,
+                                     loom_worker_blobs_out_dir(self->blobs));
     for (size_t i = 0; paths && i < item->nfiles; i++)
         free(paths[i]);
     free(paths);
