@@ -114,6 +114,7 @@ typedef struct {
     void *pipe;
     loom_executor *exec;
     loom_worker_blobs *blobs; //  blob channel and host cache
+    bool out_dir_set;         //  the executor has its output dir
     uint32_t worker_id;
     uint32_t gen; //  generation of the maps below
     s_map *maps;
@@ -816,8 +817,11 @@ s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, 
     *error = NULL;
     size_t n = item->nfiles;
     if (n == 0) {
-        loom_executor_set_item_files(self->exec, NULL, NULL, 0,
-                                     loom_worker_blobs_out_dir(self->blobs));
+        //  Once: the dir stays set (s_item_files_end passes it again).
+        if (!self->out_dir_set)
+            loom_executor_set_item_files(self->exec, NULL, NULL, 0,
+                                         loom_worker_blobs_out_dir(self->blobs));
+        self->out_dir_set = true;
         return 0;
     }
     const char **names = loom_xcalloc(n, sizeof *names);
