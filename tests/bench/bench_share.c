@@ -242,5 +242,12 @@ main(int argc, char **argv)
     printf("BLAKE2b-256 alone (memory, one core): %8.3f s  %6.2f GB/s\n", hash, gb / hash);
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
+    if (getenv("LOOM_BENCH_MACHINE")) {
+        //  For tests/bench/suite.sh: one "key value" per line.
+        printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\n", share_mb, read_mb, readers);
+        printf("share_upload_gbs %.4f\nshare_fetch_gbs %.4f\nshare_raw_gbs %.4f\n", gb / upload,
+               gb / fetch, gb / raw);
+        printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
+    }
     return 0;
 }
