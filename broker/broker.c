@@ -12,6 +12,7 @@
 #include "broker.h"
 
 #include "base.h"
+#include "blob_channel.h"
 #include "scheduler.h"
 #include "wire.h"
 
@@ -25,6 +26,7 @@
 #define LOOM_BROKER_MAX_FRAME (64 * 1024 * 1024)
 #define LOOM_BROKER_HWM 100000
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
+#define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
 
 typedef struct {
@@ -61,7 +63,16 @@ typedef struct {
     size_t ndead;
     loom_wire_stats st; //  counters kept here; the rest is computed
     bool verbose;
+    loom_blob_channel *bc; //  the blob ROUTER's side (blob_channel.c)
+    char *blob_ep;         //  bound blob endpoint, told to peers in Welcome
 } s_broker;
+
+//  The blob channel's name of a client's pipeline ("session/pipeline").
+static void
+s_owner_key(uint64_t session, uint64_t pipeline, char *key, size_t cap)
+{
+    snprintf(key, cap, "%llu/%llu", (unsigned long long)session, (unsigned long long)pipeline);
+}
 
 static void s_settle(s_broker *self);
 
@@ -192,6 +203,9 @@ s_session_end(s_broker *self, s_session *s)
         for (loom_sched_map *map = zlistx_first(maps); map; map = zlistx_next(maps))
             s_map_cancel(self, map);
         zlistx_destroy(&maps);
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "%llu/", (unsigned long long)s->id);
+        loom_blob_channel_release_prefix(self->bc, prefix);
     } else if (s->role == LOOM_ROLE_SUPERVISOR && s->host && *s->host) {
         char text[256];
         snprintf(text, sizeof text, "supervisor of host %s lost (%s)", s->host, reason);
@@ -311,6 +325,9 @@ s_send_map_open(s_broker *self, s_session *w, loom_sched_map *map)
     o->chunk = d->chunk;
     o->retries = d->retries;
     o->timeout_ms = d->timeout_ms;
+    char owner[48];
+    s_owner_key(((s_session *)loom_sched_map_owner(map))->id, d->pipeline, owner, sizeof owner);
+    o->shares = loom_blob_channel_shares(self->bc, owner, &o->nshares);
     return s_send(self, w, &m);
 }
 
@@ -403,6 +420,7 @@ s_stats_fill(s_broker *self, loom_wire_stats *st)
     st->items_queued = loom_sched_queued(self->sched);
     st->items_in_flight = loom_sched_in_flight(self->sched);
     st->items_retried = loom_sched_retried(self->sched);
+    loom_blob_channel_stats(self->bc, st);
 }
 
 static void
@@ -472,7 +490,8 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
                                       .heartbeat_ms = (uint32_t)self->hb_ms,
                                       .liveness = LOOM_BROKER_LIVENESS,
                                       .max_batch = LOOM_BROKER_MAX_BATCH,
-                                      .max_frame = LOOM_BROKER_MAX_FRAME};
+                                      .max_frame = LOOM_BROKER_MAX_FRAME,
+                                      .blob_endpoint = self->blob_ep};
     s_send(self, s, &m);
 }
 
@@ -533,6 +552,11 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
                           .chunk = o->chunk,
                           .retries = o->retries,
                           .timeout_ms = o->timeout_ms};
+    if (o->nshares) {
+        char owner[48];
+        s_owner_key(c->id, o->pipeline, owner, sizeof owner);
+        loom_blob_channel_set_shares(self->bc, owner, o->shares, o->nshares);
+    }
     loom_sched_map *map = loom_sched_map_new(self->sched, &def, c, o->map);
     char key[32];
     s_map_key(o->map, key, sizeof key);
@@ -548,8 +572,12 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
         return;
     }
     bool too_far = false;
+    char owner[48];
+    s_owner_key(c->id, loom_sched_map_def(map)->pipeline, owner, sizeof owner);
     for (size_t i = 0; i < tb->nitems; i++) {
         const loom_wire_item *it = &tb->items[i];
+        for (size_t f = 0; f < it->nfiles; f++) //  kept while the pipeline lives
+            loom_blob_channel_ref(self->bc, owner, it->files[f].hash.data);
         loom_sched_file files[16];
         loom_sched_file *fp = it->nfiles <= 16 ? files : loom_xcalloc(it->nfiles, sizeof *fp);
         for (size_t f = 0; f < it->nfiles; f++) {
@@ -580,6 +608,8 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
 static void
 s_on_result_batch(s_broker *self, s_session *w, const loom_wire_result_batch *rb)
 {
+    self->st.workers_blob_bytes_in += rb->blob_bytes_in;
+    self->st.workers_blob_bytes_out += rb->blob_bytes_out;
     loom_sched_map *map = loom_sched_map_find(self->sched, rb->map);
     if (!map) {
         self->st.results_dropped += rb->nresults ? rb->nresults : 1;
@@ -681,6 +711,11 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
         ok = s->role == LOOM_ROLE_CLIENT;
         if (ok && s->pipelines)
             s->pipelines--;
+        if (ok) {
+            char owner[48];
+            s_owner_key(s->id, msg->u.pipeline_close.pipeline, owner, sizeof owner);
+            loom_blob_channel_release(self->bc, owner);
+        }
         break;
     case LOOM_MSG_MAP_OPEN:
         if ((ok = s->role == LOOM_ROLE_CLIENT))
@@ -819,15 +854,11 @@ static int
 s_on_blobs(zloop_t *loop, zsock_t *reader, void *arg)
 {
     (void)loop;
+    (void)reader;
     s_broker *self = arg;
-    for (int n = 0; n < LOOM_BROKER_DRAIN && (zsock_events(reader) & ZMQ_POLLIN); n++) {
-        zmsg_t *msg = zmsg_recv(reader);
-        if (!msg)
-            break;
-        self->st.msgs_in++;
-        self->st.blob_bytes_in += zmsg_content_size(msg);
-        zmsg_destroy(&msg);
-    }
+    //  A few chunks per wake-up (each is a disk write or read of up to
+    //  256 KiB), so heartbeats and task messages are never kept waiting.
+    loom_blob_channel_on_readable(self->bc, LOOM_BROKER_BLOB_DRAIN);
     return 0;
 }
 
@@ -866,6 +897,7 @@ s_on_tick(zloop_t *loop, int timer_id, void *arg)
         }
         zlistx_destroy(&keys);
     }
+    loom_blob_channel_tick(self->bc, now);
     s_settle(self);
     return 0;
 }
@@ -920,6 +952,8 @@ s_on_bind(s_broker *self, zmsg_t *msg)
         self->bound = true;
         if (*bound_blob) {
             self->blobs_bound = true;
+            free(self->blob_ep);
+            self->blob_ep = loom_xstrdup(bound_blob);
             zloop_reader(self->loop, self->blobs, s_on_blobs, self);
             zloop_reader_set_tolerant(self->loop, self->blobs);
         }
@@ -930,6 +964,24 @@ s_on_bind(s_broker *self, zmsg_t *msg)
     zstr_free(&bound_blob);
     zstr_free(&task_ep);
     zstr_free(&blob_ep);
+}
+
+//  STORE dir cap ttl_ms [temp]: where and how the blob store lives.
+static void
+s_on_store(s_broker *self, zmsg_t *msg)
+{
+    char *dir = zmsg_popstr(msg);
+    char *cap = zmsg_popstr(msg);
+    char *ttl = zmsg_popstr(msg);
+    char *temp = zmsg_popstr(msg);
+    int rc = loom_blob_channel_set_store(
+        self->bc, dir && *dir ? dir : NULL, cap ? strtoull(cap, NULL, 10) : 0,
+        ttl ? strtoll(ttl, NULL, 10) : 0, temp && streq(temp, "temp"));
+    zstr_send(self->pipe, rc == 0 ? "OK" : "ERROR");
+    zstr_free(&dir);
+    zstr_free(&cap);
+    zstr_free(&ttl);
+    zstr_free(&temp);
 }
 
 static int
@@ -961,6 +1013,8 @@ s_on_pipe(zloop_t *loop, zsock_t *reader, void *arg)
             zstr_send(self->pipe, "");
     } else if (streq(cmd, "VERBOSE"))
         self->verbose = true;
+    else if (streq(cmd, "STORE"))
+        s_on_store(self, msg);
     else
         loom_log_warning("broker: unknown pipe command '%s'", cmd);
     zstr_free(&cmd);
@@ -991,6 +1045,8 @@ s_broker_destroy(s_broker **self_p)
     }
     loom_sched_destroy(&self->sched);
     zhashx_destroy(&self->strangers);
+    loom_blob_channel_destroy(&self->bc);
+    free(self->blob_ep);
     zsock_destroy(&self->tasks);
     zsock_destroy(&self->blobs);
     free(self);
@@ -1026,6 +1082,7 @@ s_broker_new(zsock_t *pipe)
     LOOM_ASSERT(self->tasks && self->blobs);
     s_router_setup(self->tasks);
     s_router_setup(self->blobs);
+    self->bc = loom_blob_channel_new(self->blobs);
     self->loop = zloop_new();
     zloop_set_nonstop(self->loop, true);
     zloop_reader(self->loop, pipe, s_on_pipe, self);
@@ -1083,4 +1140,18 @@ loom_broker_start(const char *task_ep, const char *blob_ep, char **bound_task, c
     zstr_free(&a);
     zstr_free(&b);
     return actor;
+}
+
+int
+loom_broker_set_store(zactor_t *broker, const char *dir, uint64_t cap, int64_t ttl_ms,
+                      bool temporary)
+{
+    char caps[32], ttls[32];
+    snprintf(caps, sizeof caps, "%llu", (unsigned long long)cap);
+    snprintf(ttls, sizeof ttls, "%lld", (long long)ttl_ms);
+    zstr_sendx(broker, "STORE", dir ? dir : "", caps, ttls, temporary ? "temp" : "", NULL);
+    char *reply = zstr_recv(broker);
+    int rc = reply && streq(reply, "OK") ? 0 : LOOM_EIO;
+    zstr_free(&reply);
+    return rc;
 }

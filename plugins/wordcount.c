@@ -1,5 +1,7 @@
 /*  wordcount: counts words; reduce merges counts.
 
+    "count_file" does the same for the file attached to the item as "in"
+    (`loom map wordcount count_file --files PATH...`).
     "count" reads a text item and writes one line per distinct word,
     "word count\n", sorted by word (byte order). A word is a maximal run of
     ASCII letters, digits and apostrophes, lowercased; bytes >= 0x80 count as
@@ -10,9 +12,13 @@
 
 #include <loom/plugin.h>
 
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     const char *word; //  Into the lowercased copy of the input; NULL: empty slot
@@ -122,10 +128,8 @@ s_put_line(char *p, const char *word, size_t len, uint64_t count)
 }
 
 static int
-s_count(loom_task *t)
+s_count_bytes(loom_task *t, const char *in, size_t n)
 {
-    size_t n;
-    const char *in = loom_task_input(t, &n);
     if (n == 0)
         return 0;
     char *low = malloc(n);
@@ -180,6 +184,40 @@ done:
     free(sorted);
     free(tab.slots);
     free(low);
+    return rc;
+}
+
+static int
+s_count(loom_task *t)
+{
+    size_t n;
+    const char *in = loom_task_input(t, &n);
+    return s_count_bytes(t, in, n);
+}
+
+//  The words of the file attached to the item as "in" (loom map --files),
+//  read through a read-only mapping.
+static int
+s_count_file(loom_task *t)
+{
+    const char *path = loom_task_file(t, "in");
+    if (!path)
+        return loom_task_fail(t, "count_file: no file attached as 'in'");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return loom_task_fail(t, "count_file: cannot open %s", path);
+    }
+    size_t n = (size_t)sb.st_size;
+    void *p = n ? mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (p == MAP_FAILED)
+        return loom_task_fail(t, "count_file: cannot map %s", path);
+    int rc = s_count_bytes(t, p, n);
+    if (p)
+        munmap(p, n);
     return rc;
 }
 
@@ -354,6 +392,10 @@ static const loom_task_def s_tasks[] = {
      .run = s_count,
      .reduce = s_merge,
      .doc = "text -> sorted 'word count' lines; reduce: merge and sum"},
+    {.name = "count_file",
+     .run = s_count_file,
+     .reduce = s_merge,
+     .doc = "the attached file 'in' -> sorted 'word count' lines; reduce: merge and sum"},
     {0},
 };
 

@@ -18,6 +18,7 @@ static void
 s_usage(void)
 {
     fprintf(stderr, "usage: loom broker [--bind EP] [--blob-bind EP] [--store DIR]\n"
+                    "                   [--store-size BYTES] [--store-ttl SECONDS]\n"
                     "                   [--curve-dir DIR | --insecure] [--verbose]\n");
 }
 
@@ -60,7 +61,7 @@ loom_cmd_broker(int argc, char **argv)
 {
     const char *bind = "tcp://127.0.0.1:5555";
     const char *blob_bind = "tcp://127.0.0.1:5556";
-    const char *store = NULL, *curve_dir = NULL;
+    const char *store = NULL, *curve_dir = NULL, *store_size = "0", *store_ttl = "0";
     bool insecure = false, verbose = false;
     for (int i = 1; i < argc; i++) {
         bool missing = false;
@@ -71,6 +72,10 @@ loom_cmd_broker(int argc, char **argv)
             blob_bind = v;
         else if ((v = s_opt(argc, argv, &i, "--store", &missing)))
             store = v;
+        else if ((v = s_opt(argc, argv, &i, "--store-size", &missing)))
+            store_size = v;
+        else if ((v = s_opt(argc, argv, &i, "--store-ttl", &missing)))
+            store_ttl = v;
         else if ((v = s_opt(argc, argv, &i, "--curve-dir", &missing)))
             curve_dir = v;
         else if (missing) {
@@ -108,7 +113,15 @@ loom_cmd_broker(int argc, char **argv)
                 return 2;
             }
     }
-    (void)store; //  the blob store comes with the blob channel
+    char *end = NULL;
+    unsigned long long cap = strtoull(store_size, &end, 10);
+    long long ttl_s = 0;
+    if (*end == 0)
+        ttl_s = strtoll(store_ttl, &end, 10);
+    if (*end != 0 || ttl_s < 0 || ttl_s > 100LL * 365 * 86400) {
+        fprintf(stderr, "loom broker: --store-size and --store-ttl take a number\n");
+        return 2;
+    }
 
     zsys_init();
     zsys_set_logident("loom-broker");
@@ -117,6 +130,11 @@ loom_cmd_broker(int argc, char **argv)
     if (!broker) {
         fprintf(stderr, "loom broker: %s\n", error ? error : "cannot start");
         free(error);
+        return 1;
+    }
+    if (loom_broker_set_store(broker, store, cap, ttl_s * 1000, false) != 0) {
+        fprintf(stderr, "loom broker: cannot use blob store %s\n", store ? store : "(temp)");
+        zactor_destroy(&broker);
         return 1;
     }
     if (verbose)

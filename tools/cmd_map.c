@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <loom/loom.h>
@@ -54,6 +55,10 @@ typedef struct {
     int timeout_ms;
     int retries;
     int procs;
+    const char **files; //  --files: one item per path, attached as "in"
+    size_t nfiles;
+    const char **shares; //  --share NAME=FILE
+    size_t nshares;
 } s_opts;
 
 //  What the run prints and counts, shared by the cluster and serial modes.
@@ -127,7 +132,9 @@ s_usage(FILE *out)
         "  --plugin-path DIR   where plugins are found (':'-separated)\n"
         "  --args STRING       bytes every task reads with loom_task_args\n"
         "  --stats             print a summary line on stderr at the end\n"
-        "  --files PATH... | --share NAME=FILE | --journal FILE | --cert FILE --server-key KEY\n"
+        "  --files PATH...     one item per file, attached as 'in' (after PLUGIN TASK)\n"
+        "  --share NAME=FILE   share FILE with every task as NAME (repeatable)\n"
+        "  --journal FILE | --cert FILE --server-key KEY\n"
         "                      not implemented yet\n");
 }
 
@@ -260,10 +267,19 @@ s_parse(int argc, char **argv, s_opts *o)
                 return 2;
             break;
         case S_OPT_FILES:
-            later = "--files (shared files are issue 3)";
+            //  --files takes every argument up to the next option.
+            o->files = loom_xrealloc(o->files, (size_t)argc * sizeof *o->files);
+            o->files[o->nfiles++] = optarg;
+            while (optind < argc && argv[optind][0] != '-')
+                o->files[o->nfiles++] = argv[optind++];
             break;
         case S_OPT_SHARE:
-            later = "--share (shared objects are issue 3)";
+            if (!strchr(optarg, '=') || optarg[0] == '=') {
+                fprintf(stderr, "loom map: --share wants NAME=FILE, not '%s'\n", optarg);
+                return 2;
+            }
+            o->shares = loom_xrealloc(o->shares, (size_t)argc * sizeof *o->shares);
+            o->shares[o->nshares++] = optarg;
             break;
         case S_OPT_JOURNAL:
             later = "--journal (the journal is issue 6)";
@@ -313,6 +329,10 @@ s_parse(int argc, char **argv, s_opts *o)
     }
     if (o->serial && o->connect) {
         fprintf(stderr, "loom map: --serial runs in this process: it takes no --connect\n");
+        return 2;
+    }
+    if (o->nfiles && o->input) {
+        fprintf(stderr, "loom map: --files makes the items: it takes no --input\n");
         return 2;
     }
     return 0;
@@ -600,6 +620,17 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
         status = 1;
         goto done;
     }
+    for (size_t i = 0; i < o->nshares; i++) {
+        char name[256];
+        const char *eq = strchr(o->shares[i], '=');
+        snprintf(name, sizeof name, "%.*s", (int)(eq - o->shares[i]), o->shares[i]);
+        int src = loom_pipeline_share_file(pipeline, name, eq + 1);
+        if (src < 0) {
+            fprintf(stderr, "loom map: --share %s: %s\n", o->shares[i], loom_strerror(src));
+            status = 1;
+            goto done;
+        }
+    }
     loom_map_opts mopts = {
         .args = o->args,
         .args_len = o->args ? strlen(o->args) : 0,
@@ -625,10 +656,12 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
     run->pumping = true;
     rd->idle = s_cluster_idle;
     rd->idle_arg = run;
-    const char *data;
-    size_t len;
+    const char *data = NULL;
+    size_t len = 0;
     int rc = 0;
-    while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
+    size_t next_file = 0;
+    while (!s_interrupted && !run->write_failed &&
+           (rc = o->nfiles ? (next_file < o->nfiles) : s_reader_next(rd, &data, &len)) > 0) {
         //  Wait for room in the window here rather than inside submit, so
         //  Ctrl-C and the progress bar keep working while tasks are slow.
         while (run->pumping && !s_interrupted) {
@@ -642,7 +675,14 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
         }
         if (s_interrupted)
             break;
-        int src = loom_map_submit(m, data, len);
+        int src;
+        if (o->nfiles) {
+            //  One item per file: its path as the input, the file as "in".
+            const char *path = o->files[next_file++];
+            const char *in_name[] = {"in"};
+            src = loom_map_submit_files(m, path, strlen(path), in_name, &path, 1);
+        } else
+            src = loom_map_submit(m, data, len);
         if (src < 0) {
             s_bar_erase(run);
             fprintf(stderr, "loom map: submit: %s\n", loom_strerror(src));
@@ -713,6 +753,30 @@ s_serial_idle(void *arg)
     fflush(s_out);
 }
 
+//  --share in serial mode: the files are mapped where they are.
+static int
+s_serial_shares(const s_opts *o, loom_executor *ex)
+{
+    const char **names = loom_xcalloc(o->nshares, sizeof *names);
+    const char **paths = loom_xcalloc(o->nshares, sizeof *paths);
+    for (size_t i = 0; i < o->nshares; i++) {
+        const char *eq = strchr(o->shares[i], '=');
+        names[i] = loom_xstrdup(o->shares[i]);
+        ((char *)names[i])[eq - o->shares[i]] = 0;
+        paths[i] = eq + 1;
+    }
+    char *why = NULL;
+    int rc = loom_executor_set_shares(ex, 1, names, paths, o->nshares, &why);
+    if (rc)
+        fprintf(stderr, "loom map: --share: %s\n", why ? why : loom_strerror(rc));
+    free(why);
+    for (size_t i = 0; i < o->nshares; i++)
+        free((char *)names[i]);
+    free(names);
+    free(paths);
+    return rc;
+}
+
 static int
 s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
 {
@@ -734,14 +798,37 @@ s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
     char *reason = NULL;
     int open_rc = loom_executor_open_map(ex, 1, name, version, o->task, o->args,
                                          o->args ? strlen(o->args) : 0, o->reduce, &reason);
+    if (open_rc == 0 && o->nshares && s_serial_shares(o, ex) != 0) {
+        free(reason);
+        free(name);
+        loom_executor_destroy(&ex);
+        return 1;
+    }
 
     loom_exec_out acc = {0}; //  reduce: the fold so far
     bool have_acc = false;
     int status = 0;
-    const char *data;
-    size_t len;
+    const char *data = NULL;
+    size_t len = 0;
     int rc = 0;
-    while (!s_interrupted && !run->write_failed && (rc = s_reader_next(rd, &data, &len)) > 0) {
+    size_t next_file = 0;
+    while (!s_interrupted && !run->write_failed &&
+           (rc = o->nfiles ? (next_file < o->nfiles) : s_reader_next(rd, &data, &len)) > 0) {
+        const char *in_name = "in", *in_path = NULL;
+        if (o->nfiles) {
+            //  As on the cluster: the path is the input, the file is "in"
+            //  (read in place: serial mode copies nothing).
+            in_path = data = o->files[next_file++];
+            len = strlen(in_path);
+            struct stat sb;
+            if (stat(in_path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+                fprintf(stderr, "loom map: file 'in': %s is missing or not a regular file\n",
+                        in_path);
+                status = 1;
+                break;
+            }
+            loom_executor_set_item_files(ex, &in_name, &in_path, 1, NULL);
+        }
         uint64_t index = run->submitted++;
         run->processed++;
         if (open_rc < 0) {
@@ -799,8 +886,11 @@ loom_cmd_map(int argc, char **argv)
     int prc = s_parse(argc, argv, &o);
     if (prc == 1)
         return 0;
-    if (prc)
+    if (prc) {
+        free(o.files);
+        free(o.shares);
         return prc;
+    }
 
     s_reader rd;
     if (s_reader_open(&rd, o.input) < 0)
@@ -829,6 +919,8 @@ loom_cmd_map(int argc, char **argv)
     run.bar_us = run.start_us;
 
     int status = o.serial ? s_run_serial(&o, &rd, &run) : s_run_cluster(&o, &rd, &run);
+    free(o.files);
+    free(o.shares);
     s_finish_report(&run, o.stats);
     if (!run.write_failed && (fflush(s_out) != 0 || ferror(s_out))) {
         run.write_failed = true;

@@ -37,6 +37,8 @@ s_print(const loom_wire_stats *st)
     U(blob_bytes_out);
     U(blobs_stored);
     U(blob_store_bytes);
+    U(workers_blob_bytes_in);
+    U(workers_blob_bytes_out);
 #undef U
 }
 

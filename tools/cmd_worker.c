@@ -25,9 +25,10 @@
 static void
 s_usage(void)
 {
-    fprintf(stderr, "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
-                    "                   [--cache DIR] [--max-tasks N] [--parent PID]\n"
-                    "                   [--cert FILE --server-key KEY] [--quiet]\n");
+    fprintf(stderr,
+            "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
+            "                   [--cache DIR] [--cache-size BYTES] [--max-tasks N] [--parent PID]\n"
+            "                   [--cert FILE --server-key KEY] [--quiet]\n");
 }
 
 //  Parse a whole decimal number in [min, max]. Returns 0 or -1.
@@ -51,7 +52,7 @@ loom_cmd_worker(int argc, char **argv)
 {
     const char *endpoint = NULL, *plugin_path = NULL, *cache = NULL, *host = NULL;
     const char *cert = NULL, *server_key = NULL;
-    long procs = 0, max_tasks = 0, parent = 0, credit = 0;
+    long procs = 0, max_tasks = 0, parent = 0, credit = 0, cache_size = 0;
     bool child = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -88,6 +89,8 @@ loom_cmd_worker(int argc, char **argv)
             plugin_path = v;
         else if (!strcmp(a, "--cache"))
             cache = v;
+        else if (!strcmp(a, "--cache-size"))
+            rc = s_number(a, v, 0, LONG_MAX, &cache_size);
         else if (!strcmp(a, "--max-tasks"))
             rc = s_number(a, v, 1, LONG_MAX, &max_tasks);
         else if (!strcmp(a, "--parent"))
@@ -126,17 +129,19 @@ loom_cmd_worker(int argc, char **argv)
                                        .host = host,
                                        .plugin_path = plugin_path,
                                        .max_tasks = max_tasks,
-                                       .credit = (uint32_t)credit};
+                                       .credit = (uint32_t)credit,
+                                       .cache_dir = cache,
+                                       .cache_size = (uint64_t)cache_size};
         return loom_worker_process_run(&po);
     }
-    (void)cache; //  the shared blob cache comes with the blob channel
     loom_worker_opts o = {.endpoint = endpoint,
                           .procs = (int)procs,
                           .plugin_path = plugin_path,
                           .cache_dir = cache,
                           .max_tasks = max_tasks,
                           .credit = (uint32_t)credit,
-                          .parent = (pid_t)parent};
+                          .parent = (pid_t)parent,
+                          .cache_size = (uint64_t)cache_size};
     int rc = loom_worker_run(&o);
     if (rc < 0) {
         fprintf(stderr, "loom worker: cannot start: %s\n", loom_strerror(rc));

@@ -10,6 +10,7 @@
     See runtime/wire/PROTOCOL.md.  */
 
 #include "client_priv.h"
+#include "blob_transfer.h"
 #include "cluster.h"
 
 #include <errno.h>
@@ -59,6 +60,7 @@ typedef struct {
     int timeout_ms;            //  handshake
     loom_wire_welcome welcome; //  out: the broker's Welcome
     int status;                //  out: 0, or a negative code
+    char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
 } s_io_args;
 
 //  The union type of an encoded Message, read without decoding (the API
@@ -137,6 +139,9 @@ s_io_handshake(void *dealer, s_io_args *a)
                 return rc;
             if (msg->type == LOOM_MSG_WELCOME) {
                 a->welcome = msg->u.welcome;
+                snprintf(a->blob_ep, sizeof a->blob_ep, "%s",
+                         a->welcome.blob_endpoint ? a->welcome.blob_endpoint : "");
+                a->welcome.blob_endpoint = NULL; //  freed with msg
                 if (a->welcome.heartbeat_ms == 0)
                     a->welcome.heartbeat_ms = 1000;
                 if (a->welcome.liveness == 0)
@@ -382,6 +387,7 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
         goto fail;
 
     self->welcome = args.welcome;
+    self->blob_ep = loom__blob_endpoint(args.blob_ep, self->endpoint);
     if (self->welcome.heartbeat_ms == 0)
         self->welcome.heartbeat_ms = 1000;
     if (self->welcome.liveness == 0)
@@ -409,6 +415,7 @@ loom_client_destroy(loom_client **self_p)
         loom_pipeline_destroy(&p);
     }
     loom__maps_destroy(self, NULL);
+    loom__client_blob_close(self);
     zactor_destroy(&self->io);
     zsock_destroy(&self->data);
     loom__cluster_destroy(&self->cluster);
@@ -462,20 +469,6 @@ loom_pipeline_new(loom_client *c, const char *name)
     return self;
 }
 
-int
-loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t len)
-{
-    (void)p, (void)name, (void)data, (void)len;
-    return LOOM_ENOTSUP;
-}
-
-int
-loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
-{
-    (void)p, (void)name, (void)path;
-    return LOOM_ENOTSUP;
-}
-
 void
 loom_pipeline_destroy(loom_pipeline **self_p)
 {
@@ -496,6 +489,7 @@ loom_pipeline_destroy(loom_pipeline **self_p)
             break;
         }
     }
+    loom__pipeline_shares_free(self);
     free(self->name);
     free(self);
     *self_p = NULL;

@@ -53,6 +53,8 @@ struct loom_client {
     loom_map *maps;            //  every open map (list), for dispatch
     loom_map *last_map;        //  dispatch cache
     bool in_callback;          //  on_result is running: no reentrant calls
+    char *blob_ep;             //  blob channel endpoint (Welcome), NULL if none
+    void *blob;                //  DEALER to it, made at the first share (share.c)
 };
 
 struct loom_pipeline {
@@ -60,6 +62,8 @@ struct loom_pipeline {
     uint64_t id;
     char *name;
     loom_pipeline *next;
+    loom_wire_file *shares; //  name -> blob, sent in every MapOpen (share.c)
+    size_t nshares;
 };
 
 struct loom_map {
@@ -106,6 +110,11 @@ struct loom_map {
     size_t ready_cap, ready_head, ready_count;
     //  The result last returned by next, alive until the next call
     loom__rref cur;
+    //  Files (map_files.c): the next item's FileRefs during submit_files,
+    //  and the results' output files, downloaded, alive until destroy
+    const loom_wire_file *next_files;
+    size_t next_nfiles;
+    struct loom__map_files *files;
 };
 
 //  Encode m and hand it to the I/O thread. While the pipe is full, keeps
@@ -126,6 +135,22 @@ void loom__map_end(loom_map *m, uint64_t count);
 void loom__map_error(loom_map *m, int code, const char *message);
 
 void loom__rmsg_unref(loom__rmsg **rm_p);
+
+//  Free a pipeline's share list / the client's blob socket (share.c).
+void loom__pipeline_shares_free(loom_pipeline *p);
+void loom__client_blob_close(loom_client *c);
+
+//  Upload a hashed source to the broker (share.c). `what` names it in
+//  the error logged on failure. Returns 0 once the broker holds it.
+#include "blob_transfer.h"
+void *loom__client_blob(loom_client *c); //  the blob DEALER, NULL if none
+int loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
+                   loom_blob_reader rd, void *ctx);
+
+//  Fill r's output files from res, downloading them into the map's
+//  directory; a failed download turns r into a failure (map_files.c).
+void loom__map_result_files(loom_map *m, const loom_wire_result *res, loom_result *r);
+void loom__map_files_free(loom_map *m);
 
 //  Destroy every map of pipeline p (NULL: all of the client's).
 void loom__maps_destroy(loom_client *c, loom_pipeline *p);

@@ -53,8 +53,9 @@ s_make_dir(void)
     return NULL;
 }
 
+//  Remove dir and its contents, down to the blob cache's two levels.
 static void
-s_remove_dir(const char *dir)
+s_remove_dir_depth(const char *dir, int depth)
 {
     DIR *d = opendir(dir);
     if (d) {
@@ -62,12 +63,24 @@ s_remove_dir(const char *dir)
         while ((e = readdir(d))) {
             if (streq(e->d_name, ".") || streq(e->d_name, ".."))
                 continue;
-            char path[512];
+            char path[1024];
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
+            struct stat sb;
+            if (depth > 0 && lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+                s_remove_dir_depth(path, depth - 1);
+            else
+                unlink(path);
         }
         closedir(d);
     }
+    if (depth < 3)
+        rmdir(dir);
+}
+
+static void
+s_remove_dir(const char *dir)
+{
+    s_remove_dir_depth(dir, 3);
     if (rmdir(dir) != 0)
         loom_log_warning("loom: cannot remove %s: %s", dir, strerror(errno));
 }
@@ -85,9 +98,12 @@ s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
     char procs[16], parent[16];
     snprintf(procs, sizeof procs, "%d", workers);
     snprintf(parent, sizeof parent, "%d", (int)getpid());
+    char cache[S_IPC_MAX + 16];
+    snprintf(cache, sizeof cache, "%s/cache", self->dir);
     char *argv[] = {(char *)exe, "worker", "--connect",     self->task_ep,
                     "--procs",   procs,    "--plugin-path", (char *)plugin_path,
-                    "--parent",  parent,   "--quiet",       NULL};
+                    "--parent",  parent,   "--quiet",       "--cache",
+                    cache,       NULL};
 
     //  The supervisor starts with default dispositions and an empty mask,
     //  whatever this program does with its signals.
@@ -136,6 +152,14 @@ loom__cluster_new(int workers, const char *plugin_path)
         goto fail;
     }
     free(error);
+    char *store = loom_xmalloc(strlen(self->dir) + 16);
+    sprintf(store, "%s/store", self->dir);
+    int src = loom_broker_set_store(self->broker, store, 0, 0, true);
+    free(store);
+    if (src != 0) {
+        loom_log_error("loom: cannot create the embedded blob store in %s", self->dir);
+        goto fail;
+    }
     if (s_spawn_supervisor(self, workers, plugin_path) != 0)
         goto fail;
     return self;

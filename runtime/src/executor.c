@@ -23,7 +23,11 @@
 #include <loom/loom.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,6 +43,15 @@ typedef struct {
     void *state;          //  What init stored
 } s_plugin;
 
+//  A pipeline share as a task sees it: a read-only mapping of a file in
+//  the host's blob cache.
+typedef struct {
+    char *name;
+    char *path;
+    void *addr; //  mmap'd, or NULL for an empty share
+    size_t len;
+} s_share;
+
 //  An open map.
 typedef struct {
     uint64_t id;               //  The worker's map id
@@ -47,6 +60,8 @@ typedef struct {
     void *args;                //  Owned copy of the map's args, or NULL
     size_t args_len;
     bool reduce; //  The map reduces
+    s_share *shares; //  The pipeline's shares (loom_executor_set_shares)
+    size_t nshares;
 } s_map;
 
 struct loom_executor {
@@ -58,6 +73,14 @@ struct loom_executor {
     size_t nplugins;
     s_map **maps; //  Open maps
     size_t nmaps;
+    //  The next item's files (loom_executor_set_item_files), borrowed
+    const char *const *in_names;
+    const char *const *in_paths;
+    size_t nin;
+    char *out_dir;    //  where loom_task_output_file paths go, NULL: none
+    char **out_names; //  output files asked for by the last run (owned)
+    char **out_paths;
+    size_t nout;
 };
 
 //  The context of one run or fold; plugins see only its first member.
@@ -207,39 +230,77 @@ s_index(loom_task *t)
     return s_ctx_of(t)->index;
 }
 
-//  Shares and files come with the blob channel; until then there are none.
+static const s_share *
+s_share_find(s_map *map, const char *name)
+{
+    for (size_t i = 0; name && i < map->nshares; i++)
+        if (!strcmp(map->shares[i].name, name))
+            return &map->shares[i];
+    return NULL;
+}
+
+//  A share's bytes (read-only mapping), NULL if the pipeline has no such share.
 static const void *
 s_shared(loom_task *t, const char *name, size_t *len)
 {
-    (void)s_ctx_of(t);
-    (void)name;
+    const s_share *sh = s_share_find(s_ctx_of(t)->map, name);
     if (len)
-        *len = 0;
-    return NULL;
+        *len = sh ? sh->len : 0;
+    if (!sh)
+        return NULL;
+    return sh->addr ? sh->addr : "";
 }
 
 static const char *
 s_shared_path(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
-    return NULL;
+    const s_share *sh = s_share_find(s_ctx_of(t)->map, name);
+    return sh ? sh->path : NULL;
 }
 
+//  Local read-only path of a file attached to the running item, or NULL.
 static const char *
 s_file(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
+    loom_executor *exec = s_ctx_of(t)->exec;
+    for (size_t i = 0; name && i < exec->nin; i++)
+        if (!strcmp(exec->in_names[i], name))
+            return exec->in_paths[i];
     return NULL;
 }
 
+//  Output file names: 1-255 bytes, no '/', '\\' or control characters,
+//  not "." or "..".
+static bool
+s_out_name_valid(const char *name)
+{
+    if (!name || !*name || strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
+        return false;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c == '/' || *c == '\\' || *c < 0x20 || *c == 0x7f)
+            return false;
+    return true;
+}
+
+//  A writable path for output file `name` of the running item; NULL for an
+//  invalid name, in a fold, or when this executor has no output dir.
 static const char *
 s_output_file(loom_task *t, const char *name)
 {
-    (void)s_ctx_of(t);
-    (void)name;
-    return NULL;
+    s_ctx *ctx = s_ctx_of(t);
+    loom_executor *exec = ctx->exec;
+    if (!exec->out_dir || ctx->index == UINT64_MAX || !s_out_name_valid(name))
+        return NULL;
+    for (size_t i = 0; i < exec->nout; i++)
+        if (!strcmp(exec->out_names[i], name))
+            return exec->out_paths[i];
+    if (exec->nout >= 1024)
+        return NULL;
+    exec->out_names = loom_xrealloc(exec->out_names, (exec->nout + 1) * sizeof(char *));
+    exec->out_paths = loom_xrealloc(exec->out_paths, (exec->nout + 1) * sizeof(char *));
+    exec->out_names[exec->nout] = loom_xstrdup(name);
+    exec->out_paths[exec->nout] = s_format("%s/%s", exec->out_dir, name);
+    return exec->out_paths[exec->nout++];
 }
 
 static const loom_host s_host = {
@@ -284,11 +345,26 @@ loom_executor_new(const char *plugin_path, uint32_t worker_id)
 }
 
 static void
+s_shares_clear(s_map *map)
+{
+    for (size_t i = 0; i < map->nshares; i++) {
+        if (map->shares[i].addr)
+            munmap(map->shares[i].addr, map->shares[i].len);
+        free(map->shares[i].name);
+        free(map->shares[i].path);
+    }
+    free(map->shares);
+    map->shares = NULL;
+    map->nshares = 0;
+}
+
+static void
 s_map_destroy(s_map **map_p)
 {
     s_map *map = *map_p;
     if (!map)
         return;
+    s_shares_clear(map);
     free(map->args);
     free(map);
     *map_p = NULL;
@@ -315,6 +391,7 @@ loom_executor_destroy(loom_executor **self_p)
         free(p);
     }
     free(self->plugins);
+    loom_executor_set_item_files(self, NULL, NULL, 0, NULL);
     free(self->path);
     free(self);
     *self_p = NULL;
@@ -714,4 +791,82 @@ loom_executor_set_max_output(loom_executor *self, size_t max)
 {
     LOOM_ASSERT(self);
     self->max_output = max;
+}
+
+int
+loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const *names,
+                         const char *const *paths, size_t n, char **reason)
+{
+    *reason = NULL;
+    s_map *map = NULL;
+    for (size_t i = 0; i < self->nmaps && !map; i++)
+        if (self->maps[i]->id == map_id)
+            map = self->maps[i];
+    if (!map)
+        return LOOM_ENOENT;
+    s_shares_clear(map);
+    map->shares = loom_xcalloc(n ? n : 1, sizeof *map->shares);
+    for (size_t i = 0; i < n; i++) {
+        s_share *sh = &map->shares[map->nshares];
+        int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+        struct stat sb;
+        if (fd < 0 || fstat(fd, &sb) != 0) {
+            *reason =
+                s_format("share '%s': cannot open %s: %s", names[i], paths[i], strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            s_shares_clear(map);
+            return LOOM_EIO;
+        }
+        sh->len = (size_t)sb.st_size;
+        if (sh->len) {
+            sh->addr = mmap(NULL, sh->len, PROT_READ, MAP_SHARED, fd, 0);
+            if (sh->addr == MAP_FAILED) {
+                sh->addr = NULL;
+                *reason =
+                    s_format("share '%s': cannot map %s: %s", names[i], paths[i], strerror(errno));
+                close(fd);
+                s_shares_clear(map);
+                return LOOM_EIO;
+            }
+        }
+        close(fd);
+        sh->name = loom_xstrdup(names[i]);
+        sh->path = loom_xstrdup(paths[i]);
+        map->nshares++;
+    }
+    return 0;
+}
+
+void
+loom_executor_set_item_files(loom_executor *self, const char *const *names,
+                             const char *const *paths, size_t n, const char *out_dir)
+{
+    self->in_names = names;
+    self->in_paths = paths;
+    self->nin = n;
+    if (self->nout) {
+        for (size_t i = 0; i < self->nout; i++) {
+            free(self->out_names[i]);
+            free(self->out_paths[i]);
+        }
+        free(self->out_names);
+        free(self->out_paths);
+        self->out_names = self->out_paths = NULL;
+        self->nout = 0;
+    }
+    //  Called around every item: copy the dir only when it changes.
+    if (out_dir && self->out_dir && !strcmp(out_dir, self->out_dir))
+        return;
+    free(self->out_dir);
+    self->out_dir = out_dir ? loom_xstrdup(out_dir) : NULL;
+}
+
+size_t
+loom_executor_output_files(loom_executor *self, const char *const **names,
+                           const char *const **paths)
+{
+    *names = (const char *const *)self->out_names;
+    *paths = (const char *const *)self->out_paths;
+    return self->nout;
 }

@@ -51,6 +51,28 @@ int loom_executor_open_map(loom_executor *self, uint64_t map_id, const char *plu
                            const char *version, const char *task, const void *args, size_t args_len,
                            bool reduce, char **reason);
 
+//  Give map_id its pipeline's shares: n names and the local paths of
+//  their files (the host's blob cache), mapped read-only now and unmapped
+//  when the map closes; replaces any shares it had. loom_task_shared and
+//  loom_task_shared_path answer from them (NULL for any other name).
+//  Returns 0; LOOM_ENOENT for an unknown map; LOOM_EIO with *reason
+//  (malloc'd) when a file cannot be opened or mapped (no share is set).
+int loom_executor_set_shares(loom_executor *self, uint64_t map_id, const char *const *names,
+                             const char *const *paths, size_t n, char **reason);
+
+//  The files of the next item(s) run: n names and local read-only paths
+//  (borrowed until the next call), answered by loom_task_file; and the
+//  directory where loom_task_output_file makes its paths (NULL: that call
+//  gives NULL). Clears the output files of the previous run. Call with
+//  zeros to clear.
+void loom_executor_set_item_files(loom_executor *self, const char *const *names,
+                                  const char *const *paths, size_t n, const char *out_dir);
+
+//  The output files the last run asked for (names and paths, borrowed
+//  until the next set_item_files): the caller checks which exist.
+size_t loom_executor_output_files(loom_executor *self, const char *const **names,
+                                  const char *const **paths);
+
 //  Forget map_id. Does nothing for an unknown id.
 void loom_executor_close_map(loom_executor *self, uint64_t map_id);
 

@@ -200,6 +200,7 @@ s_deliver(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
     if (m->on_result) {
         loom_result r;
         s_fill(&r, res);
+        loom__map_result_files(m, res, &r);
         s_count(m, res);
         m->client->in_callback = true;
         m->on_result(&r, m->user);
@@ -439,6 +440,8 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
     mo->chunk = (uint32_t)opts->chunk;
     mo->retries = opts->retries;
     mo->timeout_ms = (uint32_t)opts->timeout_ms;
+    mo->shares = p->shares;
+    mo->nshares = p->nshares;
     int rc = loom__client_send(c, &m);
     self->next = c->maps;
     c->maps = self;
@@ -487,10 +490,14 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
     uint8_t *copy = loom__block_alloc(len);
     loom_copy(copy, input, len);
     s_inputs_put(m, index, copy, len);
-    m->pending[m->npending++] = (loom_wire_item){.index = index, .data = {len ? copy : NULL, len}};
+    m->pending[m->npending++] = (loom_wire_item){.index = index,
+                                                 .data = {len ? copy : NULL, len},
+                                                 .files = m->next_files,
+                                                 .nfiles = m->next_nfiles};
     m->pending_bytes += len + S_ITEM_OVERHEAD;
     m->submitted++;
-    if (m->npending == m->batch_items || m->pending_bytes >= m->batch_bytes) {
+    //  An item with files goes at once: its FileRefs are the caller's.
+    if (m->npending == m->batch_items || m->pending_bytes >= m->batch_bytes || m->next_nfiles) {
         int rc = s_flush(m);
         if (rc < 0)
             return rc;
@@ -500,14 +507,6 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
             return rc;
     }
     return 0;
-}
-
-int
-loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *const names[],
-                      const char *const paths[], size_t n)
-{
-    (void)m, (void)input, (void)len, (void)names, (void)paths, (void)n;
-    return LOOM_ENOTSUP;
 }
 
 int
@@ -551,6 +550,7 @@ loom_map_next(loom_map *m, loom_result *r, int timeout_ms)
         if (m->ready_count) {
             m->cur = s_ready_pop(m);
             s_fill(r, m->cur.res);
+            loom__map_result_files(m, m->cur.res, r);
             s_count(m, m->cur.res);
             return 1;
         }
@@ -622,6 +622,7 @@ loom_map_destroy(loom_map **self_p)
     free(self->seen);
     free(self->pending);
     free(self->error_text);
+    loom__map_files_free(self);
     free(self);
     *self_p = NULL;
 }

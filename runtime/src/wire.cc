@@ -148,6 +148,10 @@ s_bound(const loom_msg *m)
         total = s_add(total, s_str_bound(m->u.map_open.version));
         total = s_add(total, s_str_bound(m->u.map_open.task));
         total = s_add(total, s_span_bound(m->u.map_open.args));
+        total = s_add(total, s_files_bound(m->u.map_open.shares, m->u.map_open.nshares));
+        break;
+    case LOOM_MSG_WELCOME:
+        total = s_add(total, s_str_bound(m->u.welcome.blob_endpoint));
         break;
     case LOOM_MSG_TASK_BATCH: {
         const loom_wire_task_batch *t = &m->u.task_batch;
@@ -229,7 +233,10 @@ s_check(const loom_msg *m)
         return s_enum_value(&m->u.hello.role) <= LOOM_ROLE_SUPERVISOR ? 0 : LOOM_EINVAL;
     case LOOM_MSG_MAP_OPEN: {
         const loom_wire_map_open *o = &m->u.map_open;
-        return o->plugin && o->task && s_span_ok(o->args) ? 0 : LOOM_EINVAL;
+        return o->plugin && o->task && s_span_ok(o->args) &&
+                       s_files_ok(o->shares, o->nshares, &nfiles)
+                   ? 0
+                   : LOOM_EINVAL;
     }
     case LOOM_MSG_TASK_BATCH: {
         const loom_wire_task_batch *t = &m->u.task_batch;
@@ -342,7 +349,8 @@ s_put_result_batch(fb::FlatBufferBuilder &b, const loom_wire_result_batch *r)
         results = b.CreateVector(offs.data(), offs.size());
     }
     auto partial = s_put_bytes(b, r->partial);
-    return lw::CreateResultBatch(b, r->map, results, r->elapsed_us, r->has_partial, partial)
+    return lw::CreateResultBatch(b, r->map, results, r->elapsed_us, r->has_partial, partial,
+                                 r->blob_bytes_in, r->blob_bytes_out)
         .Union();
 }
 
@@ -353,7 +361,8 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->maps, s->pipelines, s->items_queued, s->items_in_flight,
                            s->items_done, s->items_failed, s->items_retried, s->results_dropped,
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
-                           s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes)
+                           s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
+                           s->workers_blob_bytes_in, s->workers_blob_bytes_out)
         .Union();
 }
 
@@ -371,8 +380,9 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
     }
     case LOOM_MSG_WELCOME: {
         const loom_wire_welcome *w = &m->u.welcome;
+        auto blob_ep = s_put_str(b, w->blob_endpoint);
         return lw::CreateWelcome(b, w->epoch, w->session, w->worker_id, w->heartbeat_ms,
-                                 w->liveness, w->max_batch, w->max_frame)
+                                 w->liveness, w->max_batch, w->max_frame, blob_ep)
             .Union();
     }
     case LOOM_MSG_PIPELINE_OPEN: {
@@ -387,8 +397,9 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
         auto version = s_put_str(b, o->version);
         auto task = b.CreateString(o->task);
         auto args = s_put_bytes(b, o->args);
+        auto shares = s_put_files(b, o->shares, o->nshares);
         return lw::CreateMapOpen(b, o->map, o->pipeline, plugin, version, task, args, o->ordered,
-                                 o->reduce, o->chunk, o->retries, o->timeout_ms)
+                                 o->reduce, o->chunk, o->retries, o->timeout_ms, shares)
             .Union();
     }
     case LOOM_MSG_TASK_BATCH:
@@ -559,8 +570,8 @@ s_fw_task_batch_ok(const loom_wire_task_batch *t)
 static bool
 s_fw_result_batch_ok(const loom_wire_result_batch *r)
 {
-    if (r->partial.data)
-        return false;
+    if (r->partial.data || r->blob_bytes_in || r->blob_bytes_out)
+        return false; //  blob counters are rare: the builder writes them
     for (size_t i = 0; i < r->nresults; i++)
         if (r->results[i].error || r->results[i].nfiles)
             return false;
@@ -884,6 +895,8 @@ s_get_result_batch(const lw::ResultBatch *r, loom_msg *m)
     out->elapsed_us = r->elapsed_us();
     out->has_partial = r->has_partial();
     out->partial = s_get_bytes(r->partial());
+    out->blob_bytes_in = r->blob_bytes_in();
+    out->blob_bytes_out = r->blob_bytes_out();
     const fb::Vector<fb::Offset<lw::Result>> *results = r->results();
     size_t n = results ? results->size() : 0;
     if (n > LOOM_WIRE_MAX_ITEMS)
@@ -935,6 +948,8 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->blob_bytes_out = s->blob_bytes_out();
     out->blobs_stored = s->blobs_stored();
     out->blob_store_bytes = s->blob_store_bytes();
+    out->workers_blob_bytes_in = s->workers_blob_bytes_in();
+    out->workers_blob_bytes_out = s->workers_blob_bytes_out();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_
@@ -976,6 +991,7 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         m->u.welcome.liveness = w->liveness();
         m->u.welcome.max_batch = w->max_batch();
         m->u.welcome.max_frame = w->max_frame();
+        m->u.welcome.blob_endpoint = s_get_str(w->blob_endpoint());
         return 0;
     }
     case lw::Body_PipelineOpen: {
@@ -1001,7 +1017,16 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         out->chunk = o->chunk();
         out->retries = o->retries();
         out->timeout_ms = o->timeout_ms();
-        return out->plugin && out->task ? 0 : LOOM_EPROTO;
+        if (!out->plugin || !out->task)
+            return LOOM_EPROTO;
+        size_t nshares = 0;
+        if (!s_count_files(o->shares(), &nshares))
+            return LOOM_EPROTO;
+        loom_wire_file *cursor;
+        int rc = s_arena(m, 0, 1, nshares, &cursor);
+        if (rc)
+            return rc;
+        return s_get_files(o->shares(), &cursor, &out->nshares, &out->shares) ? 0 : LOOM_EPROTO;
     }
     case lw::Body_TaskBatch:
         return s_get_task_batch(msg->body_as_TaskBatch(), m);

@@ -119,6 +119,7 @@ typedef struct {
     uint32_t liveness;
     uint32_t max_batch;
     uint32_t max_frame;
+    const char *blob_endpoint; //  NULL when absent
 } loom_wire_welcome;
 
 typedef struct {
@@ -138,6 +139,8 @@ typedef struct {
     uint32_t chunk;
     int32_t retries;
     uint32_t timeout_ms;
+    size_t nshares; //  the pipeline's shares
+    const loom_wire_file *shares;
 } loom_wire_map_open;
 
 typedef struct {
@@ -159,6 +162,7 @@ typedef struct {
     const loom_wire_result *results;
     bool has_partial;
     loom_span partial;
+    uint64_t blob_bytes_in, blob_bytes_out; //  the worker's blob bytes since its last batch
 } loom_wire_result_batch;
 
 typedef struct {
@@ -174,6 +178,7 @@ typedef struct {
     uint64_t items_queued, items_in_flight, items_done, items_failed, items_retried;
     uint64_t results_dropped, msgs_in, msgs_out, msgs_rejected;
     uint64_t blob_bytes_in, blob_bytes_out, blobs_stored, blob_store_bytes;
+    uint64_t workers_blob_bytes_in, workers_blob_bytes_out; //  sums of the workers' reports
 } loom_wire_stats;
 
 typedef struct {

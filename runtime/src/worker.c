@@ -13,6 +13,7 @@
 #include "worker.h"
 
 #include "base.h"
+#include "blob_cache.h"
 #include "paths.h"
 #include "plugin_loader.h"
 #include "wire.h"
@@ -25,7 +26,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,9 +61,84 @@ typedef struct {
     int64_t last_rx, last_tx, hello_at;
     loom_wire_worker_exit unsent[S_UNSENT]; //  exits not reported yet (no session)
     size_t nunsent;
+    char *cache_dir;     //  the host's blob cache, passed to every child
+    bool cache_temp;     //  ours: removed at exit
+    char cache_size[32]; //  its cap in bytes, "0": default
 } s_super;
 
 static volatile sig_atomic_t s_stop;
+
+//  mkdir dir if missing; true if it is then a directory owned by us that
+//  no one else can write.
+static bool
+s_own_dir(const char *dir)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return false;
+    struct stat sb;
+    return lstat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) && sb.st_uid == geteuid() &&
+           !(sb.st_mode & 022);
+}
+
+//  $XDG_CACHE_HOME/loom/blobs or $HOME/.cache/loom/blobs, made if needed;
+//  NULL when neither is set or the path is not safely ours.
+static char *
+s_user_cache_dir(void)
+{
+    const char *xdg = getenv("XDG_CACHE_HOME");
+    const char *home = getenv("HOME");
+    char base[1024];
+    if (xdg && *xdg && strlen(xdg) < 900)
+        snprintf(base, sizeof base, "%s", xdg);
+    else if (home && *home && strlen(home) < 900)
+        snprintf(base, sizeof base, "%s/.cache", home);
+    else
+        return NULL;
+    if (mkdir(base, 0700) != 0 && errno != EEXIST)
+        return NULL;
+    char loom[1100], blobs[1200];
+    snprintf(loom, sizeof loom, "%s/loom", base);
+    snprintf(blobs, sizeof blobs, "%s/blobs", loom);
+    if (!s_own_dir(loom) || !s_own_dir(blobs))
+        return NULL;
+    return loom_xstrdup(blobs);
+}
+
+//  The host's blob cache: --cache, else the user's cache dir, else a
+//  private temp dir of ours (removed at exit).
+static int
+s_cache_setup(s_super *self)
+{
+    const loom_worker_opts *o = self->opts;
+    uint64_t size = o->cache_size;
+    if (!size)
+        size = (uint64_t)loom_env_long("LOOM_CACHE_SIZE", 0, 0, LONG_MAX);
+    snprintf(self->cache_size, sizeof self->cache_size, "%llu", (unsigned long long)size);
+    if (o->cache_dir && *o->cache_dir) {
+        self->cache_dir = loom_xstrdup(o->cache_dir);
+        if (mkdir(self->cache_dir, 0700) != 0 && errno != EEXIST) {
+            loom_log_error("supervisor: cannot create the blob cache %s: %s", self->cache_dir,
+                           strerror(errno));
+            return LOOM_EIO;
+        }
+        return 0;
+    }
+    //  The user's cache ($XDG_CACHE_HOME/loom/blobs, ~/.cache/loom/blobs),
+    //  shared by every supervisor of this user on the host, if it is ours.
+    if ((self->cache_dir = s_user_cache_dir()))
+        return 0;
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    self->cache_dir = loom_xmalloc(strlen(base) + 40);
+    sprintf(self->cache_dir, "%s/loom-cache-%d-XXXXXX", base, (int)getpid());
+    if (!mkdtemp(self->cache_dir)) {
+        loom_log_error("supervisor: cannot create a blob cache in %s: %s", base, strerror(errno));
+        return LOOM_EIO;
+    }
+    self->cache_temp = true;
+    return 0;
+}
 
 static void
 s_on_signal(int sig)
@@ -78,7 +156,7 @@ s_spawn(s_super *self, int i)
     snprintf(max_tasks, sizeof max_tasks, "%ld", o->max_tasks);
     snprintf(credit, sizeof credit, "%u", o->credit);
     const char *exe = loom__exe_path();
-    const char *argv[16];
+    const char *argv[24];
     int n = 0;
     argv[n++] = exe;
     argv[n++] = "worker";
@@ -97,6 +175,10 @@ s_spawn(s_super *self, int i)
         argv[n++] = "--credit";
         argv[n++] = credit;
     }
+    argv[n++] = "--cache";
+    argv[n++] = self->cache_dir;
+    argv[n++] = "--cache-size";
+    argv[n++] = self->cache_size;
     argv[n] = NULL;
     pid_t me = getpid();
     //  The child starts with SIGTERM/SIGINT blocked: one sent before it has
@@ -398,6 +480,10 @@ loom_worker_run(const loom_worker_opts *opts)
     loom_log_info("supervisor: host %s, %d worker processes, broker %s, plugins %s", self.host,
                   self.nchildren, opts->endpoint, self.plugin_path);
 
+    if (s_cache_setup(&self) != 0) {
+        free(self.children);
+        return LOOM_EIO;
+    }
     for (int i = 0; i < self.nchildren; i++)
         s_spawn(&self, i);
     s_connect(&self);
@@ -419,5 +505,8 @@ loom_worker_run(const loom_worker_opts *opts)
     zmq_setsockopt(self.dealer, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(self.dealer);
     free(self.children);
+    if (self.cache_temp)
+        loom_blob_cache_remove_dir(self.cache_dir);
+    free(self.cache_dir);
     return 0;
 }

@@ -18,10 +18,12 @@ typedef struct {
     const char *endpoint;    //  broker task endpoint (required)
     int procs;               //  worker processes; 0: one per core
     const char *plugin_path; //  ':'-separated; NULL: loom_plugin_default_path()
-    const char *cache_dir;   //  shared blob cache (not used yet)
+    const char *cache_dir;   //  shared blob cache; NULL: $XDG_CACHE_HOME/loom/blobs or
+                             //  ~/.cache/loom/blobs, else a temp dir removed at exit
     long max_tasks;          //  each process exits after this many items; 0: never
     uint32_t credit;         //  per process; 0: the default
     pid_t parent;            //  stop when this process is gone; 0: none
+    uint64_t cache_size;     //  blob cache cap in bytes; 0: $LOOM_CACHE_SIZE, else 8 GiB
 } loom_worker_opts;
 
 //  Run the supervisor until interrupted or the parent is gone. Returns 0,

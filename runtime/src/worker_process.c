@@ -23,6 +23,7 @@
 #include "base.h"
 #include "executor.h"
 #include "wire.h"
+#include "worker_blobs.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -48,7 +49,8 @@ typedef struct {
     int kind;
     uint32_t gen;       //  connection generation this belongs to
     uint32_t worker_id; //  S_CMD_WELCOME
-    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd)
+    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd);
+                        //  S_CMD_WELCOME: the blob endpoint (malloc'd) or NULL
     size_t len;         //  S_CMD_SEND: bytes at ptr
 } s_cmd;
 
@@ -75,6 +77,8 @@ typedef struct {
     uint32_t timeout_ms;
     int status;  //  0, or why the map could not be opened
     char *error; //  owned; the reason when status != 0
+    loom_file_list *shares; //  the pipeline's shares, fetched at the first batch
+    bool shares_ready;      //  fetched and given to the executor
 } s_map;
 
 typedef struct {
@@ -109,6 +113,8 @@ typedef struct {
     zactor_t *io;
     void *pipe;
     loom_executor *exec;
+    loom_worker_blobs *blobs; //  blob channel and host cache
+    bool out_dir_set;         //  the executor has its output dir
     uint32_t worker_id;
     uint32_t gen; //  generation of the maps below
     s_map *maps;
@@ -293,7 +299,10 @@ s_io_on_message(s_io *self, loom_msg **msg_p)
         self->liveness = w->liveness ? w->liveness : self->liveness;
         loom_log_info("worker %d: welcome as worker %u, heartbeat %u ms", (int)getpid(),
                       w->worker_id, self->hb_ms);
-        s_cmd cmd = {.kind = S_CMD_WELCOME, .gen = self->gen, .worker_id = w->worker_id};
+        s_cmd cmd = {.kind = S_CMD_WELCOME,
+                     .gen = self->gen,
+                     .worker_id = w->worker_id,
+                     .ptr = w->blob_endpoint ? loom_xstrdup(w->blob_endpoint) : NULL};
         s_io_to_main(self, &cmd);
         break;
     }
@@ -520,6 +529,7 @@ s_map_forget(s_worker *self, uint64_t id)
     for (size_t i = 0; i < self->nmaps; i++)
         if (self->maps[i].id == id) {
             free(self->maps[i].error);
+            loom_file_list_free(&self->maps[i].shares);
             loom_executor_close_map(self->exec, id);
             memmove(&self->maps[i], &self->maps[i + 1],
                     (self->nmaps - i - 1) * sizeof self->maps[0]);
@@ -608,6 +618,7 @@ s_out_clear(s_worker *self)
         if (self->res_off[i] == SIZE_MAX)
             free((void *)self->res[i].data.data);
         free((void *)self->res[i].error);
+        loom_wire_files_free((loom_wire_file *)self->res[i].files, self->res[i].nfiles);
     }
     self->nres = 0;
     self->res_bytes = 0;
@@ -688,6 +699,8 @@ s_out_flush(s_worker *self, bool final)
         m.u.result_batch.partial.data = (const uint8_t *)self->partial;
         m.u.result_batch.partial.len = self->partial_len;
     }
+    loom_worker_blobs_take_counts(self->blobs, &m.u.result_batch.blob_bytes_in,
+                                  &m.u.result_batch.blob_bytes_out);
     if (!s_stale(self, self->out_gen))
         s_to_io(self, self->out_gen, &m);
     s_out_clear(self);
@@ -795,6 +808,108 @@ s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
     self->has_partial = false;
 }
 
+//  Fetch an item's files (once per host) and give them, with the output
+//  directory, to the executor. Returns 0, or a code with *error set.
+static int
+s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, char **error)
+{
+    *paths_p = NULL;
+    *error = NULL;
+    size_t n = item->nfiles;
+    if (n == 0) {
+        //  Once: the dir stays set (s_item_files_end passes it again).
+        if (!self->out_dir_set)
+            loom_executor_set_item_files(self->exec, NULL, NULL, 0,
+                                         loom_worker_blobs_out_dir(self->blobs));
+        self->out_dir_set = true;
+        return 0;
+    }
+    const char **names = loom_xcalloc(n, sizeof *names);
+    char **paths = loom_xcalloc(n, sizeof *paths);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char what[320];
+        snprintf(what, sizeof what, "file '%s'", item->files[i].name);
+        names[i] = item->files[i].name;
+        rc = loom_worker_blobs_fetch(self->blobs, what, &item->files[i], &paths[i], error);
+    }
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            free(paths[i]);
+        free(paths);
+        free(names);
+        return rc;
+    }
+    //  names borrow from the item; the array itself rides after the paths.
+    paths = loom_xrealloc(paths, (2 * n + 1) * sizeof *paths);
+    memcpy(paths + n + 1, names, n * sizeof *names);
+    paths[n] = NULL;
+    free(names);
+    loom_executor_set_item_files(self->exec, (const char *const *)(paths + n + 1),
+                                 (const char *const *)paths, n,
+                                 loom_worker_blobs_out_dir(self->blobs));
+    *paths_p = paths;
+    return 0;
+}
+
+//  After the run: upload its output files (a failure fails the item),
+//  free the input paths, clear the executor's item files.
+static void
+s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *rc,
+                 loom_exec_out *out, loom_wire_file **files, size_t *nfiles)
+{
+    const char *const *names, *const *opaths;
+    size_t n = loom_executor_output_files(self->exec, &names, &opaths);
+    if (n) {
+        char *reason = NULL;
+        int urc =
+            loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles, &reason);
+        if (urc && *rc == 0) {
+            *rc = urc;
+            free(out->data);
+            out->data = NULL;
+            out->len = 0;
+            free(out->error);
+            out->error = reason;
+            reason = NULL;
+        }
+        free(reason);
+        if (*files && *nfiles == 0) {
+            free(*files);
+            *files = NULL;
+        }
+    }
+    if (n || item->nfiles) //  the output dir stays: it is the same for every item
+        loom_executor_set_item_files(self->exec, NULL, NULL, 0,
+                                     loom_worker_blobs_out_dir(self->blobs));
+    for (size_t i = 0; paths && i < item->nfiles; i++)
+        free(paths[i]);
+    free(paths);
+}
+
+//  Fetch the map's shares (once per host) before its first item. On
+//  failure every item of the batch fails with the reason and 1 is returned.
+static int
+s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
+{
+    if (!mp->shares || mp->shares_ready)
+        return 0;
+    char *reason = NULL;
+    int rc = loom_worker_blobs_open_shares(self->blobs, self->exec, mp->id, mp->shares, &reason);
+    if (rc == 0) {
+        mp->shares_ready = true;
+        return 0;
+    }
+    loom_log_warning("worker %d: map %" PRIu64 ": %s", (int)getpid(), mp->id,
+                     reason ? reason : loom_strerror(rc));
+    for (size_t i = 0; i < tb->nitems; i++)
+        s_out_add(self, &tb->items[i], rc, NULL, 0,
+                  loom_xstrdup(reason ? reason : loom_strerror(rc)));
+    s_out_flush(self, true);
+    free(reason);
+    return 1;
+}
+
 static void
 s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
 {
@@ -806,6 +921,8 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
     }
     if (s_cancelled(self, tb->map))
         return;
+    if (mp && !mp->status && s_shares_open(self, mp, tb) != 0)
+        return; //  every item failed with the reason; the map may fetch again next batch
     if (!mp || mp->status) {
         int status = mp ? mp->status : LOOM_EPROTO;
         for (size_t i = 0; i < tb->nitems; i++) {
@@ -829,12 +946,26 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         }
         loom_exec_out out;
         memset(&out, 0, sizeof out);
+        char **fpaths = NULL;
+        char *ferr = NULL;
+        int frc = s_item_files_begin(self, item, &fpaths, &ferr);
+        if (frc) {
+            s_out_add(self, item, frc, NULL, 0, ferr);
+            continue;
+        }
         s_publish(self, true, tb->map, item, mp->timeout_ms);
         int rc = loom_executor_run(self->exec, tb->map, item->index, item->data.data,
                                    item->data.len, &out);
         s_publish(self, false, 0, NULL, 0);
         self->items_run++;
-        if (rc == 0 && mp->reduce) {
+        loom_wire_file *ofiles = NULL;
+        size_t nofiles = 0;
+        s_item_files_end(self, item, fpaths, &rc, &out, &ofiles, &nofiles);
+        if (ofiles) {
+            s_out_add(self, item, rc, out.data, out.len, out.error);
+            self->res[self->nres - 1].files = ofiles;
+            self->res[self->nres - 1].nfiles = nofiles;
+        } else if (rc == 0 && mp->reduce) {
             char *error = NULL;
             rc = s_fold(self, tb->map, out.data, out.len, &error);
             out.data = NULL;
@@ -863,8 +994,11 @@ s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
         loom_log_warning("worker %d: map %" PRIu64 " (%s/%s): %s", (int)getpid(), mo->map,
                          mo->plugin ? mo->plugin : "?", mo->task ? mo->task : "?", mp->error);
         s_send_error(self, rc, mo->map, mp->error);
-    } else
+    } else {
         free(reason);
+        if (mo->nshares)
+            mp->shares = loom_file_list_copy(mo->shares, mo->nshares);
+    }
 }
 
 //  A message from the broker, passed on by the I/O thread.
@@ -925,6 +1059,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     self.io = zactor_new(s_io_actor, &args);
     LOOM_ASSERT(self.io);
     self.pipe = zsock_resolve(self.io);
+    self.blobs = loom_worker_blobs_new(opts->cache_dir, opts->cache_size);
     int status = 0;
 
     while (!s_stop) {
@@ -945,6 +1080,8 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
             continue;
         if (cmd.kind == S_CMD_WELCOME) {
             self.worker_id = cmd.worker_id;
+            loom_worker_blobs_set_endpoint(self.blobs, cmd.ptr, opts->endpoint);
+            free(cmd.ptr);
             if (!self.exec) {
                 self.exec = loom_executor_new(opts->plugin_path, cmd.worker_id);
                 if (!self.exec) {
@@ -971,6 +1108,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     free(self.maps);
     free(self.partial);
     loom_executor_destroy(&self.exec);
+    loom_worker_blobs_destroy(&self.blobs);
     pthread_mutex_destroy(&self.shared.lock);
     return status;
 }

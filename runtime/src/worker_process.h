@@ -25,6 +25,8 @@ typedef struct {
     const char *plugin_path; //  ':'-separated; NULL: the default path
     long max_tasks;          //  exit 0 after this many items; 0: never
     uint32_t credit;         //  Hello.credit; 0: LOOM_WORKER_DEFAULT_CREDIT
+    const char *cache_dir;   //  the host's blob cache; NULL: shares unavailable
+    uint64_t cache_size;     //  its cap in bytes; 0: the default
 } loom_worker_process_opts;
 
 //  Run one worker process until SIGTERM/SIGINT (finishes the batch it is

@@ -10,6 +10,7 @@
 #   LOOM_BENCH_SCALE_ITEMS   CPU-bound items for scaling (default 50, 20 ms each; 3 pairs of runs)
 #   LOOM_BENCH_MEM_ITEMS     items of the memory case (default 1000000; the
 #                            issue's full size is 10000000)
+#   LOOM_BENCH_SHARE_MB      size of the share of the shares case (default 1024)
 #   LOOM_BENCH_REPEAT        runs of the throughput/latency bench (default 3;
 #                            the table shows the run with the median loom
 #                            unordered ratio, every run is printed above it)
@@ -18,9 +19,9 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 [[ -d $BUILD ]] || meson setup "$BUILD" >/dev/null
 ninja -C "$BUILD" tools/loom tests/bench/bench_throughput tests/bench/bench_scaling \
-    plugins/echo.so >/dev/null
+    tests/bench/bench_share plugins/echo.so tests/plugins/testkit.so >/dev/null
 export LOOM_EXE="$PWD/$BUILD/tools/loom"
-export LOOM_PLUGIN_PATH="$PWD/$BUILD/plugins"
+export LOOM_PLUGIN_PATH="$PWD/$BUILD/plugins:$PWD/$BUILD/tests/plugins"
 export LOOM_BENCH_MACHINE=1
 ITEMS=${LOOM_BENCH_ITEMS:-200000}
 WORKERS=${LOOM_BENCH_WORKERS:-2}
@@ -40,7 +41,8 @@ done
 median=$(sort -n "$tmp/ratios" | awk '{f[NR]=$2} END{print f[int((NR+1)/2)]}')
 "$BUILD/tests/bench/bench_scaling" scaling "${LOOM_BENCH_SCALE_ITEMS:-50}" 20 >"$tmp/scale"
 "$BUILD/tests/bench/bench_scaling" memory "${LOOM_BENCH_MEM_ITEMS:-1000000}" >"$tmp/mem"
-cat "$median" "$tmp/scale" "$tmp/mem" >"$tmp/all"
+"$BUILD/tests/bench/bench_share" "${LOOM_BENCH_SHARE_MB:-1024}" 200 20 >"$tmp/share"
+cat "$median" "$tmp/scale" "$tmp/mem" "$tmp/share" >"$tmp/all"
 
 awk -v items="$ITEMS" -v workers="$WORKERS" '
     { v[$1] = $2 }
@@ -66,7 +68,16 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%d KiB", v["memory_client_rss"]), "-", "-")
         row(sprintf("memory: worker peak RSS, %d items", v["memory_items"]),
             sprintf("%d KiB", v["memory_worker_rss"]), "-", "-")
-        row("shares: 1 GiB share, 200 MB x 20 items", "not measured", "(blob channel)", "-")
+        row(sprintf("shares: upload %d MiB (hash, client->broker)", v["share_mb"]),
+            sprintf("%.2f GB/s", v["share_upload_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
+            sprintf("%.3f", v["share_upload_gbs"] / v["share_raw_gbs"]))
+        row(sprintf("shares: fetch %d MiB (broker->host cache)", v["share_mb"]),
+            sprintf("%.2f GB/s", v["share_fetch_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
+            sprintf("%.3f", v["share_fetch_gbs"] / v["share_raw_gbs"]))
+        row(sprintf("shares: %d tasks reading a %d MiB share", v["share_readers"], v["share_read_mb"]),
+            sprintf("%.2f s wall", v["share_read_wall_s"]), "-", "-")
     }' "$tmp/all"
 echo "baselines: raw libzmq relay (DEALER->ROUTER|ROUTER->DEALER, 100 items/msg, 10,000 in flight);"
-echo "raw round trip through the same relay; scaling: the same task on 1 process."
+echo "raw round trip through the same relay; scaling: the same task on 1 process;"
+echo "shares: raw libzmq DEALER->ROUTER of the same bytes, 256 KiB frames, 1 MiB window"
+echo "(a share is hashed with BLAKE2b by client, broker and host: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here)."

@@ -137,15 +137,15 @@ map squares square_text --procs 0
 map squares square_text --window -3
 map squares square_text --timeout
 map Bad/Name square_text
-map squares square_text --files a.txt
-map squares square_text --share x=a.txt
+map squares square_text --input x.txt --files a.txt
+map squares square_text --share noequals
 map squares square_text --journal j.db
 map squares square_text --serial --connect tcp://127.0.0.1:1
 keygen broker
 EOF
     rc=0
-    lm map squares square_text --files a.txt </dev/null 2>"$TMP/err" || rc=$?
-    grep -q "not implemented yet" "$TMP/err" || fail "--files does not say it is not implemented"
+    lm map squares square_text --journal j.db </dev/null 2>"$TMP/err" || rc=$?
+    grep -q "not implemented yet" "$TMP/err" || fail "--journal does not say it is not implemented"
 }
 
 case_stats_line() {
@@ -247,6 +247,65 @@ case_progress_bar_only_on_a_terminal() {
     # Not a terminal: no bar, no carriage return anywhere.
     lm map testkit sleep --procs 2 --input "$TMP/sleeps" >/dev/null 2>"$TMP/bar.err"
     if grep -q $'\r' "$TMP/bar.err"; then fail "progress bar drawn on a pipe"; fi
+}
+
+# A real broker (its store in --store) and a real worker host (its cache in
+# --cache): a share and attached files go through the blob channel.
+case_remote_share_and_files() {
+    local dir ep out rc=0
+    dir=$(mktemp -d "/tmp/loom-test-$$-rblob-XXXXXX")
+    ep="ipc://$dir/task"
+    "$LOOM" broker --bind "$ep" --blob-bind "ipc://$dir/blob" --store "$dir/store" \
+        2>"$TMP/rbroker.err" &
+    local broker=$!
+    "$LOOM" worker --connect "$ep" --procs 2 --cache "$dir/cache" 2>"$TMP/rworker.err" &
+    local worker=$!
+    printf 'abc' >"$TMP/r.bin"
+    printf 'one two two\n' >"$TMP/r.txt"
+    out=$(printf 'x\n' | lm map testkit shared_sum --connect "$ep" --share "x=$TMP/r.bin") || rc=$?
+    local out2
+    out2=$(lm map wordcount count_file --connect "$ep" --files "$TMP/r.txt") || rc=$?
+    local stored cached
+    stored=$(find "$dir/store" -type f | wc -l)
+    cached=$(find "$dir/cache" -type f -name '????????????????????????????????????????????????????????????????' | wc -l)
+    kill "$worker" "$broker" 2>/dev/null || true
+    wait "$worker" "$broker" 2>/dev/null || true
+    rm -rf "$dir"
+    expect_eq "exit status" "$rc" "0"
+    expect_eq "share" "$out" "3 294"
+    expect_eq "file" "$out2" "$(printf 'one 1\ntwo 2')"
+    expect_eq "blobs in the store" "$stored" "2"
+    expect_eq "blobs in the host cache" "$cached" "2"
+}
+
+# --files: one item per file, attached as "in"; wordcount counts each file.
+case_files_wordcount() {
+    local out rc=0
+    printf 'the cat and the dog\nThe end\n' >"$TMP/a.txt"
+    printf 'a dog a cat\n' >"$TMP/b.txt"
+    out=$(lm map wordcount count_file --procs 2 --reduce --files "$TMP/a.txt" "$TMP/b.txt") || rc=$?
+    expect_eq "exit status" "$rc" "0"
+    expect_eq "counts" "$out" "$(printf 'a 2\nand 1\ncat 2\ndog 2\nend 1\nthe 3')"
+    out=$(lm map wordcount count_file --serial --reduce --files "$TMP/a.txt" "$TMP/b.txt")
+    expect_eq "serial counts" "$out" "$(printf 'a 2\nand 1\ncat 2\ndog 2\nend 1\nthe 3')"
+    rc=0
+    lm map wordcount count_file --procs 1 --files "$TMP/missing.txt" 2>"$TMP/err" || rc=$?
+    expect_eq "missing file exit status" "$rc" "1"
+    grep -q "missing.txt" "$TMP/err" || fail "error does not name the file: $(cat "$TMP/err")"
+}
+
+# --share NAME=FILE: every task reads the file as share NAME.
+case_share_file() {
+    local out rc=0
+    printf 'abc' >"$TMP/s.bin"
+    out=$(printf 'x\ny\n' | lm map testkit shared_sum --procs 2 --ordered --share "x=$TMP/s.bin") ||
+        rc=$?
+    expect_eq "exit status" "$rc" "0"
+    expect_eq "outputs" "$out" "$(printf '3 294\nnull')"
+    rc=0
+    lm map testkit shared_sum --procs 1 --share "x=$TMP/nope" </dev/null 2>"$TMP/err" || rc=$?
+    expect_eq "missing share exit status" "$rc" "1"
+    grep -q "nope" "$TMP/err" || fail "error does not name the file: $(cat "$TMP/err")"
 }
 
 for c in $(declare -F | awk '{ print $3 }' | grep '^case_'); do

@@ -166,6 +166,76 @@ s_shared(loom_task *t)
     return loom_task_output(t, buf, (size_t)k);
 }
 
+//  Input: a share name. Output: "LEN SUM" (the bytes' sum mod 2^32), or
+//  "null" when the pipeline has no such share.
+static int
+s_shared_sum(loom_task *t)
+{
+    size_t n;
+    const char *in = loom_task_input(t, &n);
+    char name[256];
+    if (n >= sizeof name)
+        return loom_task_fail(t, "shared_sum: name too long");
+    memcpy(name, in, n);
+    name[n] = 0;
+    size_t len = 0;
+    const unsigned char *p = loom_task_shared(t, name, &len);
+    char buf[64];
+    int k;
+    if (!p)
+        k = snprintf(buf, sizeof buf, "null");
+    else {
+        unsigned sum = 0;
+        for (size_t i = 0; i < len; i++)
+            sum += p[i];
+        k = snprintf(buf, sizeof buf, "%zu %u", len, sum);
+    }
+    return loom_task_output(t, buf, (size_t)k);
+}
+
+//  Copies attached file "in" to output file "out", upper-cased; output:
+//  its size. Input "names": "A B" for output_file("../x") and ("a/b"),
+//  each "null" when refused.
+static int
+s_file_copy(loom_task *t)
+{
+    size_t n;
+    const char *in = loom_task_input(t, &n);
+    if (n == 5 && !memcmp(in, "names", 5)) {
+        const char *a = loom_task_output_file(t, "../x");
+        const char *b = loom_task_output_file(t, "a/b");
+        char buf[32];
+        int k = snprintf(buf, sizeof buf, "%s %s", a ? "p" : "null", b ? "p" : "null");
+        return loom_task_output(t, buf, (size_t)k);
+    }
+    const char *src = loom_task_file(t, "in");
+    if (!src)
+        return loom_task_fail(t, "file_copy: no file 'in'");
+    const char *dst = loom_task_output_file(t, "out");
+    if (!dst)
+        return loom_task_fail(t, "file_copy: no output path");
+    FILE *f = fopen(src, "rb");
+    FILE *g = fopen(dst, "wb");
+    if (!f || !g) {
+        if (f)
+            fclose(f);
+        if (g)
+            fclose(g);
+        return loom_task_fail(t, "file_copy: cannot open %s or %s", src, dst);
+    }
+    long size = 0;
+    int c;
+    while ((c = fgetc(f)) != EOF) {
+        fputc(c >= 'a' && c <= 'z' ? c - 32 : c, g);
+        size++;
+    }
+    fclose(f);
+    fclose(g);
+    char buf[32];
+    int k = snprintf(buf, sizeof buf, "%ld", size);
+    return loom_task_output(t, buf, (size_t)k);
+}
+
 static int
 s_sum(loom_task *t)
 {
@@ -231,6 +301,8 @@ static const loom_task_def s_tasks[] = {
     {.name = "log", .run = s_log, .doc = "logs the input, then echoes it"},
     {.name = "shared", .run = s_shared, .doc = "reports what the share/file calls give"},
     {.name = "sum", .run = s_sum, .reduce = s_sum_reduce, .doc = "decimal text; reduce: sum"},
+    {.name = "file_copy", .run = s_file_copy, .doc = "attached 'in' upper-cased to output 'out'"},
+    {.name = "shared_sum", .run = s_shared_sum, .doc = "'LEN SUM' of the share named by the input"},
     {0},
 };
 

@@ -67,7 +67,8 @@ s_sample(int type, loom_msg *m)
         m->u.hello = (loom_wire_hello){LOOM_ROLE_SUPERVISOR, "host-9f3a", 4242, 512, 8, "0.1.0"};
         break;
     case LOOM_MSG_WELCOME:
-        m->u.welcome = (loom_wire_welcome){BIG64, UINT64_MAX, 17, 1000, 3, 256, 1u << 20};
+        m->u.welcome =
+            (loom_wire_welcome){BIG64, UINT64_MAX, 17, 1000, 3, 256, 1u << 20, "tcp://*:5556"};
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         m->u.pipeline_open = (loom_wire_pipeline){BIG64, "my pipeline"};
@@ -88,6 +89,8 @@ s_sample(int type, loom_msg *m)
             .chunk = 64,
             .retries = -1,
             .timeout_ms = 30000,
+            .nshares = 2,
+            .shares = s_files,
         };
         break;
     case LOOM_MSG_TASK_BATCH:
@@ -210,6 +213,7 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         assert_int_equal(a->u.welcome.liveness, b->u.welcome.liveness);
         assert_int_equal(a->u.welcome.max_batch, b->u.welcome.max_batch);
         assert_int_equal(a->u.welcome.max_frame, b->u.welcome.max_frame);
+        s_assert_str(a->u.welcome.blob_endpoint, b->u.welcome.blob_endpoint);
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         assert_true(a->u.pipeline_open.pipeline == b->u.pipeline_open.pipeline);
@@ -231,6 +235,12 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         assert_int_equal(x->chunk, y->chunk);
         assert_int_equal(x->retries, y->retries);
         assert_int_equal(x->timeout_ms, y->timeout_ms);
+        assert_int_equal(x->nshares, y->nshares);
+        for (size_t i = 0; i < x->nshares; i++) {
+            s_assert_str(x->shares[i].name, y->shares[i].name);
+            s_assert_span(x->shares[i].hash, y->shares[i].hash);
+            assert_true(x->shares[i].size == y->shares[i].size);
+        }
         break;
     }
     case LOOM_MSG_TASK_BATCH: {

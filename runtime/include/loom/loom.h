@@ -54,9 +54,9 @@ typedef struct loom_result {
     const void *data;       //  the task's output
     size_t len;
     const char *error;      //  message naming the cause, or NULL
-    size_t nfiles;          //  output files, as local read-only paths
-    const char *const *file_names;
-    const char *const *file_paths;
+    size_t nfiles;          //  output files (loom_task_output_file), as local read-only
+    const char *const *file_names; //  paths; the files, names and paths stay valid
+    const char *const *file_paths; //  until loom_map_destroy, which removes the files
 } loom_result;
 
 typedef struct loom_map_opts {
@@ -105,9 +105,16 @@ LOOM_EXPORT void loom_client_destroy(loom_client **self_p);
 //  Open a pipeline: a scope for maps and their shares. NULL on failure.
 LOOM_EXPORT loom_pipeline *loom_pipeline_new(loom_client *c, const char *name);
 
-//  Share bytes or a file with every task of the pipeline, under `name`.
-//  Returns once the broker holds them. (Blob channel: not implemented yet,
-//  both return LOOM_ENOTSUP.)
+//  Share bytes or a file with every task of the pipeline, under `name`
+//  (1-255 bytes, no '/'; a name shared again is replaced). Returns once the
+//  broker holds them (uploaded in chunks, or skipped: the broker has those
+//  bytes already), so the caller may free them; a file is streamed, never
+//  read whole. Tasks of maps opened afterwards read it with
+//  loom_task_shared / loom_task_shared_path; each worker host fetches it
+//  once. Returns 0; LOOM_EINVAL (bad name; path not a regular file),
+//  LOOM_ENOENT (no such path), LOOM_EIO, LOOM_ETIMEDOUT, LOOM_ETOOBIG
+//  (over the broker's store cap), LOOM_ENOTSUP (no blob channel); the
+//  error is logged with the name and path.
 LOOM_EXPORT int loom_pipeline_share(loom_pipeline *p, const char *name, const void *data,
                                     size_t len);
 LOOM_EXPORT int loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path);
@@ -129,8 +136,13 @@ LOOM_EXPORT loom_map *loom_map_new(loom_pipeline *p, const char *plugin, const c
 //  broker reported for the map.
 LOOM_EXPORT int loom_map_submit(loom_map *m, const void *input, size_t len);
 
-//  Submit one item with files attached (blob channel: not implemented yet,
-//  returns LOOM_ENOTSUP).
+//  Submit one item with n files attached: names[i] (1-255 bytes, no '/',
+//  distinct) is what the task asks loom_task_file for, paths[i] a regular
+//  file here. Each file is uploaded before the item is submitted (once per
+//  content: bytes the broker holds are not sent again). A missing path, a
+//  directory or an unreadable file is refused (LOOM_ENOENT, LOOM_EINVAL,
+//  LOOM_EIO, logged with the path) and nothing is submitted. Otherwise as
+//  loom_map_submit.
 LOOM_EXPORT int loom_map_submit_files(loom_map *m, const void *input, size_t len,
                                       const char *const names[], const char *const paths[],
                                       size_t n);

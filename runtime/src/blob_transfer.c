@@ -1,0 +1,313 @@
+/*  blob_transfer: uploads and downloads on the blob channel (see
+    blob_transfer.h). Neither side holds more than its credit window:
+    an upload sends only the bytes the broker granted (BlobGet from the
+    broker = "send up to offset + credit"); a download asks for a window
+    and grants one more chunk per chunk it has written to disk.  */
+
+#include "blob_transfer.h"
+
+#include "base.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <czmq.h>
+
+#define S_RETRY_MS 1000 //  a download with no progress this long asks again
+
+int
+loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len)
+{
+    const loom_blob_mem *m = ctx;
+    if (offset > m->len || len > m->len - offset)
+        return LOOM_EINVAL;
+    memcpy(buf, m->data + offset, len);
+    return 0;
+}
+
+int
+loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len)
+{
+    int fd = *(const int *)ctx;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = pread(fd, (uint8_t *)buf + got, len - got, (off_t)(offset + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return LOOM_EIO; //  an error, or the file shrank under us
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+int
+loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash)
+{
+    if (sodium_init() < 0)
+        return LOOM_EIO;
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, LOOM_HASH_SIZE);
+    uint8_t *buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
+    int rc = 0;
+    for (uint64_t off = 0; off < size && rc == 0;) {
+        size_t n = size - off < LOOM_BLOB_XFER_CHUNK ? (size_t)(size - off) : LOOM_BLOB_XFER_CHUNK;
+        rc = rd(ctx, off, buf, n);
+        if (rc == 0)
+            crypto_generichash_update(&st, buf, n);
+        off += n;
+    }
+    free(buf);
+    if (rc == 0)
+        crypto_generichash_final(&st, hash, LOOM_HASH_SIZE);
+    return rc;
+}
+
+void *
+loom__blob_dealer(void *ctx, const char *endpoint)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    if (!s)
+        return NULL;
+    int zero = 0, hwm = 1000, timeout = 30000;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &timeout, sizeof timeout);
+    if (zmq_connect(s, endpoint) != 0) {
+        loom_log_error("loom: cannot connect to the blob channel %s: %s", endpoint,
+                       zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+//  "tcp://HOST:PORT" -> pointer to HOST and its length; false if not tcp.
+static bool
+s_tcp_host(const char *ep, const char **host, size_t *len)
+{
+    if (!ep || strncmp(ep, "tcp://", 6) != 0)
+        return false;
+    *host = ep + 6;
+    const char *colon = strrchr(*host, ':');
+    if (!colon)
+        return false;
+    *len = (size_t)(colon - *host);
+    return true;
+}
+
+char *
+loom__blob_endpoint(const char *welcome_ep, const char *task_ep)
+{
+    if (!welcome_ep || !*welcome_ep)
+        return NULL;
+    const char *h, *th;
+    size_t hl, thl;
+    if (s_tcp_host(welcome_ep, &h, &hl) && s_tcp_host(task_ep, &th, &thl)) {
+        bool wild = (hl == 1 && *h == '*') || (hl == 7 && !strncmp(h, "0.0.0.0", 7)) ||
+                    (hl == 4 && !strncmp(h, "[::]", 4));
+        if (wild) {
+            char *out = loom_xmalloc(strlen(welcome_ep) + thl + 8);
+            sprintf(out, "tcp://%.*s%s", (int)thl, th, h + hl);
+            return out;
+        }
+    }
+    return loom_xstrdup(welcome_ep);
+}
+
+//  Receive one message within timeout_ms: 0 with *m, LOOM_EAGAIN on timeout.
+static int
+s_recv(void *dealer, int timeout_ms, loom_msg **m)
+{
+    zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+    int rc = zmq_poll(&item, 1, timeout_ms);
+    if (rc < 0)
+        return zmq_errno() == EINTR ? LOOM_EAGAIN : LOOM_EIO;
+    if (rc == 0)
+        return LOOM_EAGAIN;
+    rc = loom_wire_recv(dealer, NULL, 0, NULL, m, ZMQ_DONTWAIT);
+    return rc == LOOM_EPROTO ? LOOM_EAGAIN : rc;
+}
+
+static bool
+s_same(loom_span h, const uint8_t *hash)
+{
+    return h.len == LOOM_HASH_SIZE && memcmp(h.data, hash, LOOM_HASH_SIZE) == 0;
+}
+
+int
+loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
+                  int timeout_ms, uint64_t *sent_p)
+{
+    loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
+    m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    m.u.blob_have.size = size;
+    int rc = loom_wire_send(dealer, NULL, 0, &m, 0);
+    if (rc)
+        return rc == LOOM_EAGAIN ? LOOM_ETIMEDOUT : rc;
+    uint8_t *buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
+    uint64_t sent = 0, limit = 0;
+    int64_t last = loom_now_ms();
+    rc = LOOM_ETIMEDOUT;
+    for (;;) {
+        int64_t left = timeout_ms - (loom_now_ms() - last);
+        if (left <= 0)
+            break;
+        loom_msg *in = NULL;
+        int r = s_recv(dealer, (int)left, &in);
+        if (r == LOOM_EAGAIN)
+            continue;
+        if (r) {
+            rc = r;
+            break;
+        }
+        last = loom_now_ms();
+        bool finished = false;
+        if (in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash)) {
+            if (in->u.blob_have.have) {
+                rc = 0;
+                finished = true;
+            }
+        } else if (in->type == LOOM_MSG_BLOB_CHUNK && s_same(in->u.blob_chunk.hash, hash) &&
+                   in->u.blob_chunk.status < 0) {
+            rc = in->u.blob_chunk.status;
+            finished = true;
+        } else if (in->type == LOOM_MSG_BLOB_GET && s_same(in->u.blob_get.hash, hash)) {
+            uint64_t off = in->u.blob_get.offset, credit = in->u.blob_get.credit;
+            if (off <= size && credit <= size - off && off + credit > limit)
+                limit = off + credit;
+            while (sent < limit) {
+                size_t n = limit - sent < LOOM_BLOB_XFER_CHUNK ? (size_t)(limit - sent)
+                                                               : LOOM_BLOB_XFER_CHUNK;
+                int e = rd(ctx, sent, buf, n);
+                if (e == 0) {
+                    loom_msg put = {.type = LOOM_MSG_BLOB_PUT};
+                    put.u.blob_put.hash = (loom_span){hash, LOOM_HASH_SIZE};
+                    put.u.blob_put.offset = sent;
+                    put.u.blob_put.total = size;
+                    put.u.blob_put.data = (loom_span){buf, n};
+                    e = loom_wire_send(dealer, NULL, 0, &put, 0);
+                }
+                if (e) {
+                    rc = e == LOOM_EAGAIN ? LOOM_ETIMEDOUT : e;
+                    finished = true;
+                    break;
+                }
+                sent += n;
+            }
+        }
+        loom_msg_destroy(&in);
+        if (finished)
+            break;
+    }
+    free(buf);
+    if (sent_p)
+        *sent_p = sent;
+    return rc;
+}
+
+static int
+s_ask(void *dealer, const uint8_t *hash, uint64_t offset, uint64_t credit)
+{
+    loom_msg m = {.type = LOOM_MSG_BLOB_GET};
+    m.u.blob_get.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    m.u.blob_get.offset = offset;
+    m.u.blob_get.credit = credit;
+    int rc = loom_wire_send(dealer, NULL, 0, &m, 0);
+    return rc == LOOM_EAGAIN ? LOOM_ETIMEDOUT : rc;
+}
+
+static int
+s_write_all(int fd, const uint8_t *data, size_t len, uint64_t offset)
+{
+    size_t put = 0;
+    while (put < len) {
+        ssize_t w = pwrite(fd, data + put, len - put, (off_t)(offset + put));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return LOOM_EIO;
+        }
+        put += (size_t)w;
+    }
+    return 0;
+}
+
+int
+loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, int timeout_ms,
+                    uint64_t *received_p)
+{
+    if (sodium_init() < 0)
+        return LOOM_EIO;
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, LOOM_HASH_SIZE);
+    uint64_t got = 0;
+    uint64_t asked = size < LOOM_BLOB_XFER_WINDOW ? size : LOOM_BLOB_XFER_WINDOW;
+    int rc = s_ask(dealer, hash, 0, asked);
+    int64_t progress = loom_now_ms(), asked_at = progress;
+    while (rc == 0) {
+        int64_t now = loom_now_ms();
+        if (now - progress >= timeout_ms) {
+            rc = LOOM_ETIMEDOUT;
+            break;
+        }
+        if (now - asked_at >= S_RETRY_MS) {
+            //  A chunk was lost (the broker drops what it cannot send):
+            //  ask again from where we are.
+            asked = size - got < LOOM_BLOB_XFER_WINDOW ? size : got + LOOM_BLOB_XFER_WINDOW;
+            rc = s_ask(dealer, hash, got, asked - got);
+            asked_at = now;
+            if (rc)
+                break;
+        }
+        loom_msg *in = NULL;
+        int r = s_recv(dealer, S_RETRY_MS / 4, &in);
+        if (r == LOOM_EAGAIN)
+            continue;
+        if (r) {
+            rc = r;
+            break;
+        }
+        if (in->type != LOOM_MSG_BLOB_CHUNK || !s_same(in->u.blob_chunk.hash, hash)) {
+            loom_msg_destroy(&in);
+            continue;
+        }
+        const loom_wire_blob_chunk *c = &in->u.blob_chunk;
+        if (c->status < 0) {
+            rc = c->status;
+        } else if (c->total != size) {
+            rc = LOOM_EPROTO;
+        } else if (c->offset == got && c->data.len <= size - got) {
+            rc = s_write_all(fd, c->data.data, c->data.len, got);
+            if (rc == 0) {
+                crypto_generichash_update(&st, c->data.data, c->data.len);
+                got += c->data.len;
+                progress = asked_at = loom_now_ms();
+                if (got == size) {
+                    loom_msg_destroy(&in);
+                    break;
+                }
+                //  One chunk written: grant one more.
+                if (asked < size && c->data.len) {
+                    uint64_t more = size - asked < c->data.len ? size - asked : c->data.len;
+                    rc = s_ask(dealer, hash, asked, more);
+                    asked += more;
+                }
+            }
+        } //  else a duplicate or a chunk after a gap: the retry covers it
+        loom_msg_destroy(&in);
+    }
+    if (received_p)
+        *received_p = got;
+    if (rc)
+        return rc;
+    uint8_t sum[LOOM_HASH_SIZE];
+    crypto_generichash_final(&st, sum, sizeof sum);
+    return sodium_memcmp(sum, hash, sizeof sum) == 0 ? 0 : LOOM_EPROTO;
+}

@@ -1,0 +1,235 @@
+/*  map_files: files in and out of a map on the client side.
+
+    loom_map_submit_files uploads each attached file on the blob channel
+    (once per content: the broker skips bytes it holds) and submits the
+    item with its FileRefs. Output files in results are downloaded when
+    the result is delivered, into the map's private directory
+    ($TMPDIR/loom-files-PID-XXXXXX/<index>/<name>, read-only), where they
+    stay until loom_map_destroy removes them.  */
+
+#include "client_priv.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define S_DOWNLOAD_TIMEOUT_MS 30000
+#define S_MAX_FILES 1024 //  files per item
+
+struct loom__map_files {
+    char *dir;    //  made at the first output file
+    void **owned; //  names/paths arrays and strings handed out in results
+    size_t nowned, capowned;
+};
+
+static void *
+s_keep(struct loom__map_files *f, void *p)
+{
+    if (f->nowned == f->capowned) {
+        f->capowned = f->capowned ? 2 * f->capowned : 64;
+        f->owned = loom_xrealloc(f->owned, f->capowned * sizeof *f->owned);
+    }
+    f->owned[f->nowned++] = p;
+    return p;
+}
+
+static char *
+s_fmt(const char *fmt, const char *a, const char *b)
+{
+    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
+    char *s = loom_xmalloc(n);
+    snprintf(s, n, fmt, a, b);
+    return s;
+}
+
+int
+loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *const names[],
+                      const char *const paths[], size_t n)
+{
+    if (!m || (n && (!names || !paths)) || n > S_MAX_FILES)
+        return LOOM_EINVAL;
+    if (m->client->in_callback || m->closed)
+        return LOOM_ESTATE;
+    for (size_t i = 0; i < n; i++) {
+        if (!loom__blob_name_valid(names[i])) {
+            loom_log_error("loom: file name '%.80s' is invalid (1-255 bytes, no '/')",
+                           names[i] ? names[i] : "(null)");
+            return LOOM_EINVAL;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(names[i], names[j])) {
+                loom_log_error("loom: file name '%s' is given twice", names[i]);
+                return LOOM_EINVAL;
+            }
+    }
+    loom_wire_file *files = loom_xcalloc(n ? n : 1, sizeof *files);
+    int rc = 0;
+    size_t k = 0;
+    for (; k < n && rc == 0; k++) {
+        char what[320];
+        snprintf(what, sizeof what, "file '%s'", names[k]);
+        int fd;
+        uint64_t size = 0;
+        uint8_t *hash = loom_xmalloc(LOOM_HASH_SIZE);
+        rc = loom__blob_open_file(what, paths[k], &fd, &size);
+        if (rc == 0) {
+            rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
+            if (rc)
+                loom_log_error("loom: %s: cannot read %s", what, paths[k]);
+            else
+                rc = loom__blob_put(m->client, what, hash, size, loom__blob_read_fd, &fd);
+            close(fd);
+        }
+        files[k] = (loom_wire_file){
+            .name = loom_xstrdup(names[k]), .hash = {hash, LOOM_HASH_SIZE}, .size = size};
+    }
+    if (rc == 0) {
+        m->next_files = files;
+        m->next_nfiles = n;
+        rc = loom_map_submit(m, input, len);
+        m->next_files = NULL;
+        m->next_nfiles = 0;
+    }
+    for (size_t i = 0; i < k; i++) {
+        free((char *)files[i].name);
+        free((void *)files[i].hash.data);
+    }
+    free(files);
+    return rc;
+}
+
+//  The map's file directory, made now if needed.
+static const char *
+s_dir(struct loom__map_files *f)
+{
+    if (f->dir)
+        return f->dir;
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    char *dir = loom_xmalloc(strlen(base) + 40);
+    sprintf(dir, "%s/loom-files-%d-XXXXXX", base, (int)getpid());
+    if (!mkdtemp(dir)) {
+        loom_log_error("loom: cannot create a directory in %s: %s", base, strerror(errno));
+        free(dir);
+        return NULL;
+    }
+    f->dir = dir;
+    return dir;
+}
+
+//  Download one output file to path. Returns 0 or a code.
+static int
+s_download(loom_client *c, const loom_wire_file *wf, const char *path)
+{
+    void *sock = loom__client_blob(c);
+    if (!sock)
+        return LOOM_ENOTSUP;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return LOOM_EIO;
+    int rc = loom__blob_download(sock, wf->hash.data, wf->size, fd, S_DOWNLOAD_TIMEOUT_MS, NULL);
+    if (rc == LOOM_EPROTO) {
+        //  Refused: the bytes did not match; fetch once more from the start.
+        if (ftruncate(fd, 0) == 0)
+            rc =
+                loom__blob_download(sock, wf->hash.data, wf->size, fd, S_DOWNLOAD_TIMEOUT_MS, NULL);
+    }
+    if (close(fd) != 0 && rc == 0)
+        rc = LOOM_EIO;
+    if (rc == 0)
+        chmod(path, 0444);
+    else
+        unlink(path);
+    return rc;
+}
+
+void
+loom__map_result_files(loom_map *m, const loom_wire_result *res, loom_result *r)
+{
+    if (res->nfiles == 0)
+        return;
+    if (!m->files)
+        m->files = loom_xcalloc(1, sizeof *m->files);
+    struct loom__map_files *f = m->files;
+    size_t n = res->nfiles;
+    const char **names = s_keep(f, loom_xcalloc(n, sizeof *names));
+    const char **paths = s_keep(f, loom_xcalloc(n, sizeof *paths));
+    const char *dir = s_dir(f);
+    char sub[4096];
+    char index[32];
+    snprintf(index, sizeof index, "%llu", (unsigned long long)res->index);
+    snprintf(sub, sizeof sub, "%s/%s", dir ? dir : "", index);
+    int rc = dir && (mkdir(sub, 0700) == 0 || errno == EEXIST) ? 0 : LOOM_EIO;
+    char *error = NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const loom_wire_file *wf = &res->files[i];
+        if (!loom__blob_name_valid(wf->name)) {
+            rc = LOOM_EPROTO;
+            error = s_fmt("output file name '%.80s' is invalid%s", wf->name, "");
+            break;
+        }
+        char *path = s_keep(f, s_fmt("%s/%s", sub, wf->name));
+        rc = s_download(m->client, wf, path);
+        if (rc) {
+            error = s_fmt("output file '%s': download failed: %s", wf->name, loom_strerror(rc));
+            break;
+        }
+        names[k] = s_keep(f, loom_xstrdup(wf->name));
+        paths[k] = path;
+        k++;
+    }
+    if (rc) {
+        r->status = rc;
+        r->error = error ? s_keep(f, error) : "output files: cannot create a directory";
+    }
+    r->nfiles = k;
+    r->file_names = k ? names : NULL;
+    r->file_paths = k ? paths : NULL;
+}
+
+void
+loom__map_files_free(loom_map *m)
+{
+    struct loom__map_files *f = m->files;
+    if (!f)
+        return;
+    if (f->dir) {
+        DIR *top = opendir(f->dir);
+        if (top) {
+            struct dirent *e;
+            while ((e = readdir(top))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                    continue;
+                char sub[4096];
+                snprintf(sub, sizeof sub, "%s/%s", f->dir, e->d_name);
+                DIR *d = opendir(sub);
+                if (d) {
+                    struct dirent *x;
+                    while ((x = readdir(d))) {
+                        char path[4096 + 512];
+                        snprintf(path, sizeof path, "%s/%s", sub, x->d_name);
+                        if (strcmp(x->d_name, ".") && strcmp(x->d_name, ".."))
+                            unlink(path);
+                    }
+                    closedir(d);
+                    rmdir(sub);
+                } else
+                    unlink(sub);
+            }
+            closedir(top);
+        }
+        rmdir(f->dir);
+        free(f->dir);
+    }
+    for (size_t i = 0; i < f->nowned; i++)
+        free(f->owned[i]);
+    free(f->owned);
+    free(f);
+    m->files = NULL;
+}

@@ -1,0 +1,185 @@
+/*  share: pipeline shares on the client side (loom_pipeline_share,
+    loom_pipeline_share_file). A share is hashed (BLAKE2b-256, streamed),
+    uploaded on the blob channel unless the broker already holds that
+    hash, and recorded in the pipeline (name -> hash, size); every MapOpen
+    of the pipeline carries the list, so workers fetch what their tasks
+    may read. Runs on the API thread with its own DEALER to the blob
+    endpoint (the task channel's I/O thread is not involved).  */
+
+#include "blob_transfer.h"
+#include "client_priv.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define S_UPLOAD_TIMEOUT_MS 30000 //  no answer from the broker this long: give up
+
+bool
+loom__blob_name_valid(const char *name)
+{
+    if (!name || !*name || strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
+        return false;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c == '/' || *c == '\\' || *c < 0x20 || *c == 0x7f)
+            return false;
+    return true;
+}
+
+void
+loom__pipeline_shares_free(loom_pipeline *p)
+{
+    for (size_t i = 0; i < p->nshares; i++) {
+        free((char *)p->shares[i].name);
+        free((void *)p->shares[i].hash.data);
+    }
+    free(p->shares);
+    p->shares = NULL;
+    p->nshares = 0;
+}
+
+void
+loom__client_blob_close(loom_client *c)
+{
+    if (c->blob)
+        zmq_close(c->blob);
+    c->blob = NULL;
+    free(c->blob_ep);
+    c->blob_ep = NULL;
+}
+
+//  The client's DEALER to the blob channel, made now if needed.
+void *
+loom__client_blob(loom_client *c)
+{
+    if (!c->blob && c->blob_ep)
+        c->blob = loom__blob_dealer(zsys_init(), c->blob_ep);
+    return c->blob;
+}
+
+static void
+s_record(loom_pipeline *p, const char *name, const uint8_t *hash, uint64_t size)
+{
+    size_t i = 0;
+    while (i < p->nshares && strcmp(p->shares[i].name, name))
+        i++;
+    if (i == p->nshares) {
+        p->shares = loom_xrealloc(p->shares, (p->nshares + 1) * sizeof *p->shares);
+        p->nshares++;
+        p->shares[i].name = loom_xstrdup(name);
+    } else
+        free((void *)p->shares[i].hash.data);
+    uint8_t *h = loom_xmalloc(LOOM_HASH_SIZE);
+    memcpy(h, hash, LOOM_HASH_SIZE);
+    p->shares[i].hash = (loom_span){h, LOOM_HASH_SIZE};
+    p->shares[i].size = size;
+}
+
+//  Upload a source once it is hashed. Returns 0 or a code (logged).
+int
+loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
+               loom_blob_reader rd, void *ctx)
+{
+    void *sock = loom__client_blob(c);
+    if (!sock) {
+        loom_log_error("loom: %s: the broker has no blob channel", what);
+        return LOOM_ENOTSUP;
+    }
+    int rc = loom__blob_upload(sock, hash, size, rd, ctx, S_UPLOAD_TIMEOUT_MS, NULL);
+    if (rc) {
+        loom_log_error("loom: %s: upload failed: %s", what, loom_strerror(rc));
+        if (rc == LOOM_ETIMEDOUT) {
+            //  Answers may still come for it: start the next upload clean.
+            zmq_close(c->blob);
+            c->blob = NULL;
+        }
+    }
+    return rc;
+}
+
+static int
+s_check(loom_pipeline *p, const char *name)
+{
+    if (!p || !p->client)
+        return LOOM_EINVAL;
+    if (!loom__blob_name_valid(name)) {
+        loom_log_error("loom: share name '%.80s' is invalid (1-255 bytes, no '/')",
+                       name ? name : "(null)");
+        return LOOM_EINVAL;
+    }
+    if (p->nshares >= LOOM_WIRE_MAX_ITEMS)
+        return LOOM_ETOOBIG;
+    return p->client->error;
+}
+
+int
+loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t len)
+{
+    int rc = s_check(p, name);
+    if (rc)
+        return rc;
+    if (!data && len)
+        return LOOM_EINVAL;
+    loom_blob_mem mem = {data, len};
+    uint8_t hash[LOOM_HASH_SIZE];
+    rc = loom__blob_hash(loom__blob_read_mem, &mem, len, hash);
+    char what[320];
+    snprintf(what, sizeof what, "share '%s'", name);
+    if (rc == 0)
+        rc = loom__blob_put(p->client, what, hash, len, loom__blob_read_mem, &mem);
+    if (rc == 0)
+        s_record(p, name, hash, len);
+    return rc;
+}
+
+int
+loom__blob_open_file(const char *what, const char *path, int *fd_p, uint64_t *size)
+{
+    *fd_p = -1;
+    if (!path) {
+        loom_log_error("loom: %s: no path", what);
+        return LOOM_EINVAL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        loom_log_error("loom: %s: cannot open %s: %s", what, path, strerror(err));
+        return err == ENOENT || err == ENOTDIR ? LOOM_ENOENT : LOOM_EIO;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        loom_log_error("loom: %s: %s is not a regular file", what, path);
+        close(fd);
+        return LOOM_EINVAL;
+    }
+    *fd_p = fd;
+    *size = (uint64_t)sb.st_size;
+    return 0;
+}
+
+int
+loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
+{
+    int rc = s_check(p, name);
+    if (rc)
+        return rc;
+    char what[320];
+    snprintf(what, sizeof what, "share '%s'", name);
+    int fd;
+    uint64_t size = 0;
+    rc = loom__blob_open_file(what, path, &fd, &size);
+    if (rc)
+        return rc;
+    uint8_t hash[LOOM_HASH_SIZE];
+    rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
+    if (rc)
+        loom_log_error("loom: %s: cannot read %s", what, path);
+    else
+        rc = loom__blob_put(p->client, what, hash, size, loom__blob_read_fd, &fd);
+    close(fd);
+    if (rc == 0)
+        s_record(p, name, hash, size);
+    return rc;
+}

@@ -1,0 +1,253 @@
+/*  bench_share: the blob channel's bandwidth beside raw ZeroMQ, in one run.
+
+        bench_share [SHARE_MB [READ_MB [READERS]]]
+        defaults:    1024      200       20
+
+    loom: the embedded cluster (a broker in this process, 2 worker
+    processes over ipc://, one host cache). A file of SHARE_MB MiB is
+    shared (hashed, then uploaded client -> broker in 256 KiB chunks with
+    credit): "upload" is that call's wall time. Then one item of testkit
+    "shared" runs in a map of that pipeline: the worker fetches the blob
+    broker -> host cache (hash checked) before running it: "fetch" is the
+    map's wall time. Then READERS items of testkit "shared_sum" read a
+    READ_MB MiB share (every byte, through the mmap): the wall time of the
+    whole map, fetch included.
+
+    raw-zmq: the same SHARE_MB MiB sent DEALER -> ROUTER over ipc:// in
+    256 KiB frames between two threads of this process, with the same 1 MiB
+    credit window (the receiver acks every frame), no hashing, no disk.
+
+    Needs $LOOM_PLUGIN_PATH to reach testkit (tests/plugins) and $LOOM_EXE.  */
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sodium.h>
+#include <zmq.h>
+
+#include <loom/loom.h>
+
+#define S_CHUNK (256 * 1024)
+#define S_WINDOW 4
+
+static double
+s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static char *
+s_make_file(long mb)
+{
+    char *path = strdup("/tmp/loom-bench-share-XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    for (long i = 0; i < mb; i++) {
+        for (size_t j = 0; j < (1u << 20); j += 64)
+            buf[j] = (char)(i + j);
+        if (write(fd, buf, 1 << 20) != 1 << 20)
+            break;
+    }
+    free(buf);
+    close(fd);
+    return path;
+}
+
+//  Run n items of task over the pipeline; wall seconds, or -1 on failure.
+static double
+s_map(loom_pipeline *p, const char *task, const char *input, int n)
+{
+    double t0 = s_now();
+    loom_map *m = loom_map_new(p, "testkit", task, NULL);
+    if (!m)
+        return -1;
+    for (int i = 0; i < n; i++)
+        loom_map_submit(m, input, strlen(input));
+    loom_map_close(m);
+    loom_result r;
+    int rc, failed = 0;
+    while ((rc = loom_map_next(m, &r, 600000)) == 1)
+        if (r.status) {
+            fprintf(stderr, "bench_share: item failed: %s\n", r.error ? r.error : "?");
+            failed++;
+        }
+    loom_map_destroy(&m);
+    return rc == 0 && !failed ? s_now() - t0 : -1;
+}
+
+typedef struct {
+    const char *ep;
+    uint64_t bytes;
+} s_raw_args;
+
+static void *
+s_raw_receiver(void *arg)
+{
+    s_raw_args *a = arg;
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    zmq_connect(router, a->ep); //  the sender binds
+    uint64_t got = 0;
+    char rid[256];
+    zmq_msg_t body;
+    zmq_msg_init(&body);
+    //  Say hello so the sender's DEALER knows us.
+    while (got < a->bytes) {
+        int rl = zmq_recv(router, rid, sizeof rid, 0);
+        if (rl < 0)
+            break;
+        if (zmq_msg_recv(&body, router, 0) < 0)
+            break;
+        got += zmq_msg_size(&body);
+        zmq_send(router, rid, (size_t)rl, ZMQ_SNDMORE);
+        zmq_send(router, "k", 1, 0); //  one more frame of credit
+    }
+    zmq_msg_close(&body);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+//  Raw ZeroMQ: seconds to move bytes in 256 KiB frames with a 1 MiB window.
+static double
+s_raw(uint64_t bytes)
+{
+    char ep[128];
+    snprintf(ep, sizeof ep, "ipc:///tmp/loom-bench-raw-%d", (int)getpid());
+    void *ctx = zmq_ctx_new();
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    if (zmq_bind(dealer, ep) != 0)
+        return -1;
+    s_raw_args a = {ep, bytes};
+    pthread_t t;
+    pthread_create(&t, NULL, s_raw_receiver, &a);
+    char *buf = malloc(S_CHUNK);
+    memset(buf, 7, S_CHUNK);
+    double t0 = s_now();
+    uint64_t sent = 0;
+    int credit = S_WINDOW;
+    char ack[8];
+    while (sent < bytes) {
+        while (credit == 0) {
+            if (zmq_recv(dealer, ack, sizeof ack, 0) < 0)
+                goto out;
+            credit++;
+        }
+        size_t n = bytes - sent < S_CHUNK ? (size_t)(bytes - sent) : S_CHUNK;
+        //  A copy per frame, as loom's encoder makes one.
+        zmq_msg_t msg;
+        zmq_msg_init_size(&msg, n);
+        memcpy(zmq_msg_data(&msg), buf, n);
+        zmq_msg_send(&msg, dealer, 0);
+        sent += n;
+        credit--;
+    }
+out:
+    pthread_join(t, NULL);
+    double secs = s_now() - t0;
+    free(buf);
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    unlink(ep + 6);
+    return secs;
+}
+
+//  BLAKE2b-256 alone over bytes in memory: the bound of every pass that
+//  hashes (client before upload, broker before storing, host before use).
+static double
+s_hash_secs(uint64_t bytes)
+{
+    if (sodium_init() < 0)
+        return -1;
+    size_t block = 64u << 20;
+    uint8_t *buf = malloc(block);
+    memset(buf, 3, block);
+    crypto_generichash_state st;
+    uint8_t out[32];
+    double t0 = s_now();
+    crypto_generichash_init(&st, NULL, 0, sizeof out);
+    for (uint64_t done = 0; done < bytes; done += block)
+        crypto_generichash_update(&st, buf, bytes - done < block ? bytes - done : block);
+    crypto_generichash_final(&st, out, sizeof out);
+    double secs = s_now() - t0;
+    free(buf);
+    return secs;
+}
+
+int
+main(int argc, char **argv)
+{
+    long share_mb = argc > 1 ? atol(argv[1]) : 1024;
+    long read_mb = argc > 2 ? atol(argv[2]) : 200;
+    int readers = argc > 3 ? atoi(argv[3]) : 20;
+    if (share_mb <= 0 || read_mb <= 0 || readers <= 0) {
+        fprintf(stderr, "usage: bench_share [SHARE_MB [READ_MB [READERS]]]\n");
+        return 2;
+    }
+    char *big = s_make_file(share_mb);
+    char *small = s_make_file(read_mb);
+    if (!big || !small) {
+        fprintf(stderr, "bench_share: cannot write the test files in /tmp\n");
+        return 1;
+    }
+    loom_client_opts o = {.local_workers = 2};
+    loom_client *c = loom_client_new(NULL, &o);
+    if (!c) {
+        fprintf(stderr, "bench_share: cannot start the embedded cluster\n");
+        return 1;
+    }
+    double gb = (double)share_mb / 1024;
+    loom_pipeline *p = loom_pipeline_new(c, "bench");
+    double t0 = s_now();
+    int rc = loom_pipeline_share_file(p, "big", big);
+    double upload = s_now() - t0;
+    double fetch = rc == 0 ? s_map(p, "shared", "", 1) : -1;
+    t0 = s_now();
+    int rc2 = loom_pipeline_share_file(p, "big", big); //  held already: skipped
+    double again = s_now() - t0;
+    loom_pipeline_destroy(&p);
+
+    p = loom_pipeline_new(c, "readers");
+    double read_wall = -1;
+    if (loom_pipeline_share_file(p, "data", small) == 0)
+        read_wall = s_map(p, "shared_sum", "data", readers);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&c);
+
+    double raw = s_raw((uint64_t)share_mb << 20);
+    double hash = s_hash_secs((uint64_t)share_mb << 20);
+    unlink(big);
+    unlink(small);
+    free(big);
+    free(small);
+    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0) {
+        fprintf(stderr, "bench_share: a step failed\n");
+        return 1;
+    }
+    printf("share %ld MiB, 2 worker processes, embedded cluster over ipc://\n", share_mb);
+    printf("loom upload  (hash + client->broker): %8.3f s  %6.2f GB/s\n", upload, gb / upload);
+    printf("loom fetch   (broker->host cache):    %8.3f s  %6.2f GB/s\n", fetch, gb / fetch);
+    printf("loom share again (already held):      %8.3f s\n", again);
+    printf("raw-zmq bulk (same bytes, 1 MiB win): %8.3f s  %6.2f GB/s\n", raw, gb / raw);
+    printf("BLAKE2b-256 alone (memory, one core): %8.3f s  %6.2f GB/s\n", hash, gb / hash);
+    printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
+           read_mb, read_wall);
+    if (getenv("LOOM_BENCH_MACHINE")) {
+        //  For tests/bench/suite.sh: one "key value" per line.
+        printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\n", share_mb, read_mb, readers);
+        printf("share_upload_gbs %.4f\nshare_fetch_gbs %.4f\nshare_raw_gbs %.4f\n", gb / upload,
+               gb / fetch, gb / raw);
+        printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
+    }
+    return 0;
+}
