@@ -40,6 +40,7 @@
 #define S_HWM 100000               //  DEALER high-water marks
 #define S_EXIT_LINGER_MS 2000      //  time to flush results before exiting
 #define S_SMALL_OUTPUT 64          //  outputs up to this size are packed per batch
+#define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
 
 //  Commands on the pipe, one frame each (the actor's "$TERM" aside).
 enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND };
@@ -99,6 +100,7 @@ typedef struct {
     int64_t last_rx;    //  last message from the broker
     int64_t last_tx;    //  last message to the broker
     int64_t hello_at;   //  when Hello went out
+    int64_t stop_at;    //  when SIGTERM/SIGINT was first seen, or 0
     zlist_t *pending;   //  s_cmd * waiting for the connection, in order
 } s_io;
 
@@ -384,10 +386,27 @@ s_io_timeout(s_io *self, uint32_t gen, uint64_t map, uint64_t index, uint32_t at
     _exit(LOOM_WORKER_EXIT_TIMEDOUT);
 }
 
+static void s_io_finish(s_io *self);
+static int s_io_on_pipe(s_io *self);
+
+//  Stopping (SIGTERM/SIGINT) while an item still runs past the grace
+//  period: hand it back. Send the results already made, and exit cleanly
+//  (status 0): the broker requeues what we held without charging it.
+static LOOM_NORETURN void
+s_io_hand_back(s_io *self)
+{
+    loom_log_info("worker %d: stopping: handing back the running item", (int)getpid());
+    s_io_on_pipe(self);
+    s_io_finish(self);
+    _exit(0);
+}
+
 static void
 s_io_tick(s_io *self)
 {
     int64_t now = loom_now_ms();
+    if (s_stop && !self->stop_at)
+        self->stop_at = now;
     int64_t expiry = (int64_t)self->hb_ms * self->liveness;
     if (self->hello_pending)
         s_io_hello(self);
@@ -416,11 +435,14 @@ s_io_tick(s_io *self)
     s_shared *sh = self->shared;
     pthread_mutex_lock(&sh->lock);
     bool late = sh->running && sh->timeout_ms > 0 && now - sh->start_ms >= sh->timeout_ms;
+    bool running = sh->running;
     uint32_t gen = sh->item_gen, attempt = sh->attempt, timeout_ms = sh->timeout_ms;
     uint64_t map = sh->map, index = sh->index;
     pthread_mutex_unlock(&sh->lock);
     if (late)
         s_io_timeout(self, gen, map, index, attempt, timeout_ms);
+    if (self->stop_at && running && now - self->stop_at >= S_STOP_GRACE_MS)
+        s_io_hand_back(self);
 }
 
 //  Commands from the main thread. Returns -1 on $TERM.
@@ -827,6 +849,9 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             s_out_begin(self, tb->map); //  drop: nobody wants these now
             return;
         }
+        if (s_stop)
+            break; //  stopping: the items not run are handed back by our exit
+
         loom_exec_out out;
         memset(&out, 0, sizeof out);
         s_publish(self, true, tb->map, item, mp->timeout_ms);

@@ -1,0 +1,866 @@
+/*  test_faults: nothing lost, nothing doubled, shown by inflicting each
+    fault on real processes: `loom broker`, `loom worker` hosts and `loom
+    map` ($LOOM_EXE) started here, and clients in this process (loom.h).
+
+    Each test starts its own broker on ipc:// paths in a private directory
+    (so a restarted broker binds the same endpoints), its worker hosts, and
+    stops every process it started by pid. Heartbeats are 100 ms x 3
+    (LOOM_HEARTBEAT_MS from the meson test environment). Worker processes
+    are found by scanning /proc for the children of their supervisor.  */
+
+#include "loom_test.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include <czmq.h>
+#include <loom/loom.h>
+
+#include "base.h"
+#include "wire.h"
+
+#define S_MAX_PIDS 64
+
+//  ---------------------------------------------------------------------------
+//  Processes
+
+static const char *
+s_exe(void)
+{
+    const char *exe = getenv("LOOM_EXE");
+    return exe && *exe ? exe : "loom";
+}
+
+//  Start argv (argv[0] is the program) as a child that dies with us; with
+//  stdin_fd >= 0 its stdin is that fd, and stdout goes to /dev/null.
+static pid_t
+s_spawn_io(const char *const argv[], int stdin_fd)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        if (stdin_fd >= 0) {
+            dup2(stdin_fd, 0);
+            close(stdin_fd);
+            int null = open("/dev/null", O_WRONLY);
+            if (null >= 0)
+                dup2(null, 1);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static pid_t
+s_spawn(const char *const argv[])
+{
+    return s_spawn_io(argv, -1);
+}
+
+//  Wait up to timeout_ms for our child pid to end (pidfd: no sleeping).
+//  Returns its wait status, or -1 if it is still running.
+static int
+s_wait_exit(pid_t pid, int timeout_ms)
+{
+    int64_t deadline = loom_now_ms() + timeout_ms;
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    while (true) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            if (fd >= 0)
+                close(fd);
+            return status;
+        }
+        int64_t left = deadline - loom_now_ms();
+        if (left <= 0)
+            break;
+        if (fd >= 0) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            poll(&pfd, 1, (int)left);
+        } else
+            zclock_sleep(5);
+    }
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+static pid_t s_ppid(pid_t pid, char *state);
+
+//  Stop our child: SIGCONT (it may be stopped), SIGTERM, SIGKILL after 5 s.
+static void
+s_stop(pid_t *pid)
+{
+    if (*pid <= 0)
+        return;
+    if (s_ppid(*pid, NULL) != getpid()) { //  not (or no longer) our child
+        waitpid(*pid, NULL, WNOHANG);
+        *pid = 0;
+        return;
+    }
+    kill(*pid, SIGCONT);
+    kill(*pid, SIGTERM);
+    if (s_wait_exit(*pid, 5000) == -1) {
+        fprintf(stderr, "test_faults: pid %d ignored SIGTERM, killing it\n", (int)*pid);
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+    }
+    *pid = 0;
+}
+
+//  Parent pid and state of a process from /proc, or -1 if it is gone.
+static pid_t
+s_ppid(pid_t pid, char *state)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    char st = 0;
+    int ppid = -1;
+    if (!p || sscanf(p + 1, " %c %d", &st, &ppid) != 2)
+        return -1;
+    if (state)
+        *state = st;
+    return ppid;
+}
+
+//  Live (not zombie) children of pid, found in /proc. Returns how many.
+static size_t
+s_children(pid_t pid, pid_t *out, size_t cap)
+{
+    size_t n = 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        char *end;
+        long p = strtol(e->d_name, &end, 10);
+        if (*end || p <= 0)
+            continue;
+        char st;
+        if (s_ppid((pid_t)p, &st) == pid && st != 'Z')
+            out[n++] = (pid_t)p;
+    }
+    closedir(d);
+    return n;
+}
+
+//  Every live descendant of pid. Returns how many.
+static size_t
+s_descendants(pid_t pid, pid_t *out, size_t cap)
+{
+    size_t n = s_children(pid, out, cap);
+    for (size_t i = 0; i < n && n < cap; i++)
+        n += s_children(out[i], out + n, cap - n);
+    return n;
+}
+
+static bool
+s_alive(pid_t pid)
+{
+    char st;
+    return s_ppid(pid, &st) >= 0 && st != 'Z';
+}
+
+//  ---------------------------------------------------------------------------
+//  A broker and worker hosts on a private ipc:// directory
+
+typedef struct {
+    char dir[128];
+    char task_ep[200];
+    char blob_ep[200];
+    pid_t broker;
+    pid_t hosts[4];
+    size_t nhosts;
+} s_cluster;
+
+//  What the running test started, stopped by the teardown even when an
+//  assertion ended the test early.
+static s_cluster *s_live;
+static pid_t s_extra[4];
+
+static int
+s_broker_start(s_cluster *c)
+{
+    const char *argv[] = {s_exe(), "broker", "--bind", c->task_ep, "--blob-bind", c->blob_ep,
+                          NULL};
+    c->broker = s_spawn(argv);
+    return c->broker > 0 ? 0 : -1;
+}
+
+static pid_t
+s_host_start(s_cluster *c, const char *procs)
+{
+    const char *argv[] = {s_exe(), "worker", "--connect", c->task_ep, "--procs", procs,
+                          getenv("LOOM_TEST_VERBOSE") ? NULL : "--quiet", NULL};
+    pid_t pid = s_spawn(argv);
+    if (pid > 0)
+        c->hosts[c->nhosts++] = pid;
+    return pid;
+}
+
+static void
+s_cluster_init(s_cluster *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->dir, sizeof c->dir, "/tmp/loom-test-%d-faults-XXXXXX", (int)getpid());
+    assert_non_null(mkdtemp(c->dir));
+    snprintf(c->task_ep, sizeof c->task_ep, "ipc://%s/task", c->dir);
+    snprintf(c->blob_ep, sizeof c->blob_ep, "ipc://%s/blob", c->dir);
+    s_live = c;
+    assert_int_equal(s_broker_start(c), 0);
+}
+
+static void
+s_cluster_stop(s_cluster *c)
+{
+    for (size_t i = 0; i < c->nhosts; i++)
+        s_stop(&c->hosts[i]);
+    s_stop(&c->broker);
+    char path[300];
+    snprintf(path, sizeof path, "%s/task", c->dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/blob", c->dir);
+    unlink(path);
+    rmdir(c->dir);
+    if (s_live == c)
+        s_live = NULL;
+}
+
+static int
+s_teardown(void **state)
+{
+    (void)state;
+    if (s_live)
+        s_cluster_stop(s_live);
+    for (size_t i = 0; i < sizeof s_extra / sizeof s_extra[0]; i++)
+        if (s_extra[i] > 0) {
+            if (s_ppid(s_extra[i], NULL) == getpid())
+                kill(s_extra[i], SIGKILL);
+            waitpid(s_extra[i], NULL, 0);
+            s_extra[i] = 0;
+        }
+    return 0;
+}
+
+//  The broker's counters (StatsRequest needs no session). True if it answered.
+static bool
+s_stats(const s_cluster *c, loom_wire_stats *st)
+{
+    zsock_t *zs = zsock_new(ZMQ_DEALER);
+    zsock_set_linger(zs, 0);
+    bool ok = false;
+    if (zsock_connect(zs, "%s", c->task_ep) == 0) {
+        loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
+        if (loom_wire_send(zsock_resolve(zs), NULL, 0, &req, 0) == 0) {
+            int64_t deadline = loom_now_ms() + 1000;
+            while (!ok && loom_now_ms() < deadline) {
+                zmq_pollitem_t item = {zsock_resolve(zs), 0, ZMQ_POLLIN, 0};
+                if (zmq_poll(&item, 1, 200) <= 0)
+                    continue;
+                loom_msg *m = NULL;
+                if (loom_wire_recv(zsock_resolve(zs), NULL, 0, NULL, &m, ZMQ_DONTWAIT) != 0)
+                    continue;
+                if (m->type == LOOM_MSG_STATS) {
+                    *st = m->u.stats;
+                    ok = true;
+                }
+                loom_msg_destroy(&m);
+            }
+        }
+    }
+    zsock_destroy(&zs);
+    return ok;
+}
+
+//  Wait until the broker has `workers` worker sessions.
+static bool
+s_wait_workers(const s_cluster *c, uint32_t workers, int timeout_ms)
+{
+    int64_t deadline = loom_now_ms() + timeout_ms;
+    while (loom_now_ms() < deadline) {
+        loom_wire_stats st;
+        if (s_stats(c, &st) && st.workers == workers)
+            return true;
+        zclock_sleep(20); //  the broker tells nobody: ask again
+    }
+    return false;
+}
+
+//  ---------------------------------------------------------------------------
+//  Exactly-once bookkeeping
+
+typedef struct {
+    uint64_t n;
+    uint8_t *seen;
+    uint64_t received, dups, bad, failed;
+} s_tally;
+
+static void
+s_tally_init(s_tally *t, uint64_t n)
+{
+    memset(t, 0, sizeof *t);
+    t->n = n;
+    t->seen = calloc(n ? n : 1, 1);
+}
+
+static void
+s_tally_add(s_tally *t, const loom_result *r)
+{
+    t->received++;
+    if (r->index >= t->n) {
+        t->bad++;
+        return;
+    }
+    if (t->seen[r->index]++)
+        t->dups++;
+    if (r->status != 0)
+        t->failed++;
+}
+
+static uint64_t
+s_tally_missing(const s_tally *t)
+{
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < t->n; i++)
+        k += t->seen[i] == 0;
+    return k;
+}
+
+//  Every index exactly once, every one a success.
+static void
+s_assert_exactly_once(const s_tally *t)
+{
+    assert_int_equal(t->dups, 0);
+    assert_int_equal(t->bad, 0);
+    assert_int_equal(t->failed, 0);
+    assert_int_equal(s_tally_missing(t), 0);
+    assert_int_equal(t->received, t->n);
+}
+
+//  Hook called between results (to inflict faults); `got` results so far.
+typedef void (*s_hook)(void *arg, uint64_t got);
+
+//  Run task over n items of `input` (or the index as text if NULL) and
+//  tally; calls hook after each result. Returns 0 or the API's code.
+static int
+s_run(loom_client *cl, const char *task, const char *input, uint64_t n,
+      const loom_map_opts *opts, s_tally *t, s_hook hook, void *arg)
+{
+    loom_pipeline *p = loom_pipeline_new(cl, "faults");
+    if (!p)
+        return LOOM_ECONNECT;
+    loom_map *m = loom_map_new(p, "testkit", task, opts);
+    if (!m) {
+        loom_pipeline_destroy(&p);
+        return LOOM_ECONNECT;
+    }
+    s_tally_init(t, n);
+    int rc = 0;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        char buf[32];
+        const char *in = input;
+        if (!in) {
+            snprintf(buf, sizeof buf, "%" PRIu64, i);
+            in = buf;
+        }
+        rc = loom_map_submit(m, in, strlen(in));
+    }
+    if (rc == 0)
+        rc = loom_map_close(m);
+    loom_result r;
+    while (rc == 0) {
+        int nrc = loom_map_next(m, &r, 60000);
+        if (nrc <= 0) {
+            rc = nrc;
+            break;
+        }
+        s_tally_add(t, &r);
+        if (hook)
+            hook(arg, t->received);
+    }
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    return rc;
+}
+
+static loom_client *
+s_client(const s_cluster *c)
+{
+    loom_client_opts o = {.timeout_ms = 10000};
+    loom_client *cl = loom_client_new(c->task_ep, &o);
+    assert_non_null(cl);
+    return cl;
+}
+
+//  ---------------------------------------------------------------------------
+//  Worker processes die, hang, poison
+
+typedef struct {
+    pid_t sup;
+    uint64_t at[4]; //  kill a worker process when this many results came
+    size_t nat, done;
+    int kills;
+} s_killer;
+
+static void
+s_kill_hook(void *arg, uint64_t got)
+{
+    s_killer *k = arg;
+    if (k->done < k->nat && got >= k->at[k->done]) {
+        pid_t pids[S_MAX_PIDS];
+        size_t n = s_children(k->sup, pids, S_MAX_PIDS);
+        if (n > 0 && kill(pids[k->done % n], SIGKILL) == 0)
+            k->kills++;
+        k->done++;
+    }
+}
+
+static void
+test_sigkilled_worker_processes_lose_nothing(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    pid_t sup = s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    loom_client *cl = s_client(&c);
+    s_killer k = {.sup = sup, .at = {40, 120, 200}, .nat = 3};
+    loom_map_opts o = {.chunk = 4};
+    s_tally t;
+    assert_int_equal(s_run(cl, "sleep", "3", 300, &o, &t, s_kill_hook, &k), 0);
+    assert_int_equal(k.kills, 3);
+    s_assert_exactly_once(&t);
+    loom_wire_stats st;
+    assert_true(s_stats(&c, &st));
+    assert_true(st.items_retried > 0);
+    free(t.seen);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+static void
+test_poison_item_fails_alone_naming_the_signal(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    loom_client *cl = s_client(&c);
+    loom_pipeline *p = loom_pipeline_new(cl, "poison");
+    loom_map_opts o = {.chunk = 16};
+    loom_map *m = loom_map_new(p, "testkit", "crash", &o);
+    assert_non_null(m);
+    const uint64_t n = 200, poison = 37;
+    for (uint64_t i = 0; i < n; i++) {
+        char buf[32];
+        int len = i == poison ? snprintf(buf, sizeof buf, "crash")
+                              : snprintf(buf, sizeof buf, "%" PRIu64, i);
+        assert_int_equal(loom_map_submit(m, buf, (size_t)len), 0);
+    }
+    assert_int_equal(loom_map_close(m), 0);
+    s_tally t;
+    s_tally_init(&t, n);
+    loom_result r;
+    int rc;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        s_tally_add(&t, &r);
+        if (r.index == poison) {
+            assert_int_equal(r.status, LOOM_ECRASHED);
+            assert_non_null(r.error);
+            assert_non_null(strstr(r.error, "SIGSEGV"));
+        } else {
+            char want[32];
+            int len = snprintf(want, sizeof want, "%" PRIu64, r.index);
+            assert_int_equal(r.status, 0);
+            assert_int_equal(r.len, (size_t)len);
+            assert_memory_equal(r.data, want, (size_t)len);
+        }
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(t.failed, 1);
+    assert_int_equal(t.dups, 0);
+    assert_int_equal(s_tally_missing(&t), 0);
+    assert_int_equal(t.received, n);
+    free(t.seen);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+static void
+test_hung_item_times_out_without_holding_up_the_map(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    loom_client *cl = s_client(&c);
+    loom_pipeline *p = loom_pipeline_new(cl, "hung");
+    loom_map_opts o = {.timeout_ms = 300, .chunk = 8};
+    loom_map *m = loom_map_new(p, "testkit", "sleep", &o);
+    assert_non_null(m);
+    const uint64_t n = 400, hung = 5;
+    int64_t start = loom_now_ms();
+    for (uint64_t i = 0; i < n; i++) {
+        const char *in = i == hung ? "600000" : "1";
+        assert_int_equal(loom_map_submit(m, in, strlen(in)), 0);
+    }
+    assert_int_equal(loom_map_close(m), 0);
+    s_tally t;
+    s_tally_init(&t, n);
+    loom_result r;
+    int rc;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        s_tally_add(&t, &r);
+        if (r.index == hung) {
+            assert_int_equal(r.status, LOOM_ETIMEDOUT);
+            assert_non_null(strstr(r.error, "timed out"));
+        } else
+            assert_int_equal(r.status, 0);
+    }
+    int64_t took = loom_now_ms() - start;
+    assert_int_equal(rc, 0);
+    assert_int_equal(t.failed, 1);
+    assert_int_equal(t.dups, 0);
+    assert_int_equal(s_tally_missing(&t), 0);
+    //  400 items of 1 ms on 2 processes, one of them killed once: a few
+    //  hundred ms, nowhere near the hung item's 10 minutes.
+    assert_true(took < 5000);
+    free(t.seen);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+//  ---------------------------------------------------------------------------
+//  A whole host goes silent (SIGSTOP), then wakes up
+
+typedef struct {
+    pid_t sup;
+    pid_t stopped[S_MAX_PIDS];
+    size_t nstopped;
+    uint64_t at;
+} s_freezer;
+
+static void
+s_freeze_hook(void *arg, uint64_t got)
+{
+    s_freezer *f = arg;
+    if (f->nstopped || got < f->at)
+        return;
+    f->stopped[0] = f->sup;
+    f->nstopped = 1 + s_children(f->sup, f->stopped + 1, S_MAX_PIDS - 1);
+    for (size_t i = 0; i < f->nstopped; i++)
+        kill(f->stopped[i], SIGSTOP);
+}
+
+static void
+test_stopped_host_is_declared_dead_and_its_late_results_dropped(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    pid_t a = s_host_start(&c, "1");
+    assert_true(s_wait_workers(&c, 1, 10000));
+    s_host_start(&c, "1");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    loom_client *cl = s_client(&c);
+    s_freezer f = {.sup = a, .at = 3};
+    loom_map_opts o = {.chunk = 1};
+    s_tally t;
+    int64_t start = loom_now_ms();
+    assert_int_equal(s_run(cl, "sleep", "150", 16, &o, &t, s_freeze_hook, &f), 0);
+    int64_t took = loom_now_ms() - start;
+    assert_true(f.nstopped >= 2);
+    s_assert_exactly_once(&t);
+    //  16 x 150 ms mostly on one process, after an expiry of 300 ms.
+    assert_true(took < 10000);
+    loom_wire_stats before;
+    assert_true(s_stats(&c, &before));
+    assert_int_equal(before.workers, 1);
+    assert_true(before.items_retried >= 1);
+    //  Wake the host: it joins again, and its late result is dropped: by
+    //  the broker (a ResultBatch from a session it ended: results_dropped)
+    //  when it gets there before the worker hears it lost its session, or
+    //  by the worker itself (results of an old connection are never sent).
+    for (size_t i = 0; i < f.nstopped; i++)
+        kill(f.stopped[i], SIGCONT);
+    assert_true(s_wait_workers(&c, 2, 5000));
+    loom_wire_stats after;
+    assert_true(s_stats(&c, &after));
+    fprintf(stderr, "test_faults: late results dropped by the broker: %llu\n",
+            (unsigned long long)(after.results_dropped - before.results_dropped));
+    assert_int_equal(after.items_done, before.items_done);
+    assert_int_equal(after.items_in_flight, 0);
+    //  And it takes work again: a second map runs exactly once on both.
+    s_tally t2;
+    assert_int_equal(s_run(cl, "workerid", NULL, 200, NULL, &t2, NULL, NULL), 0);
+    assert_int_equal(t2.dups, 0);
+    assert_int_equal(t2.failed, 0);
+    assert_int_equal(s_tally_missing(&t2), 0);
+    free(t2.seen);
+    free(t.seen);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+//  ---------------------------------------------------------------------------
+//  A client dies
+
+static void
+test_killed_client_is_cancelled_and_others_continue(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    const char *argv[] = {s_exe(), "map", "testkit", "sleep", "--connect", c.task_ep, NULL};
+    pid_t client = s_spawn_io(argv, fds[0]);
+    s_extra[0] = client;
+    close(fds[0]);
+    for (int i = 0; i < 500; i++)
+        assert_int_equal(write(fds[1], "50\n", 3), 3);
+    //  Its items are running.
+    loom_wire_stats st;
+    int64_t deadline = loom_now_ms() + 10000;
+    while (!(s_stats(&c, &st) && st.items_in_flight > 0 && st.items_queued > 0)) {
+        assert_true(loom_now_ms() < deadline);
+        zclock_sleep(20);
+    }
+    kill(client, SIGKILL);
+    assert_true(s_wait_exit(client, 2000) != -1);
+    s_extra[0] = 0;
+    close(fds[1]);
+    int64_t killed = loom_now_ms();
+    //  Within the expiry (300 ms) and a running item (50 ms): forgotten.
+    deadline = killed + 2000;
+    while (!(s_stats(&c, &st) && st.clients == 0 && st.maps == 0 && st.items_queued == 0 &&
+             st.items_in_flight == 0)) {
+        assert_true(loom_now_ms() < deadline);
+        zclock_sleep(20);
+    }
+    int64_t took = loom_now_ms() - killed;
+    fprintf(stderr, "test_faults: killed client forgotten after %lld ms\n", (long long)took);
+    assert_true(took < 1500);
+    loom_client *cl = s_client(&c);
+    s_tally t;
+    int64_t start = loom_now_ms();
+    assert_int_equal(s_run(cl, "echo", NULL, 1000, NULL, &t, NULL, NULL), 0);
+    s_assert_exactly_once(&t);
+    //  The workers are free: 1000 echoes do not wait behind 500 x 50 ms.
+    assert_true(loom_now_ms() - start < 5000);
+    free(t.seen);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+//  ---------------------------------------------------------------------------
+//  Shutdown
+
+typedef struct {
+    pid_t host;
+    uint64_t at;
+    bool done;
+    int status;
+} s_terminator;
+
+static void
+s_term_hook(void *arg, uint64_t got)
+{
+    s_terminator *x = arg;
+    if (x->done || got < x->at)
+        return;
+    x->done = true;
+    kill(x->host, SIGTERM);
+}
+
+static void
+test_sigterm_to_a_worker_host_loses_nothing(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    pid_t a = s_host_start(&c, "2");
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 4, 10000));
+    loom_client *cl = s_client(&c);
+    s_terminator x = {.host = a, .at = 50};
+    loom_map_opts o = {.chunk = 8};
+    s_tally t;
+    assert_int_equal(s_run(cl, "sleep", "5", 400, &o, &t, s_term_hook, &x), 0);
+    assert_true(x.done);
+    s_assert_exactly_once(&t);
+    int status = s_wait_exit(a, 5000);
+    assert_true(status != -1);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    c.hosts[0] = 0;
+    free(t.seen);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+static void
+s_broker_signal_exits_cleanly(int sig)
+{
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    s_cluster_init(&c);
+    s_host_start(&c, "1");
+    assert_true(s_wait_workers(&c, 1, 10000));
+    loom_client *cl = s_client(&c);
+    int64_t start = loom_now_ms();
+    kill(c.broker, sig);
+    int status = s_wait_exit(c.broker, 3000);
+    int64_t took = loom_now_ms() - start;
+    assert_true(status != -1);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(took < 1000);
+    c.broker = 0;
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+static void
+test_broker_exits_cleanly_on_sigint(void **state)
+{
+    (void)state;
+    s_broker_signal_exits_cleanly(SIGINT);
+}
+
+static void
+test_broker_exits_cleanly_on_sigterm(void **state)
+{
+    (void)state;
+    s_broker_signal_exits_cleanly(SIGTERM);
+}
+
+//  A process's threads: is one of them sleeping in nanosleep (a task)?
+static bool
+s_in_nanosleep(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char wpath[128], buf[64] = "";
+        snprintf(wpath, sizeof wpath, "/proc/%d/task/%s/wchan", (int)pid, e->d_name);
+        FILE *f = fopen(wpath, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        found = strstr(buf, "nanosleep") != NULL;
+    }
+    closedir(d);
+    return found;
+}
+
+static void
+test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    const char *argv[] = {s_exe(), "map", "testkit", "sleep", "--procs", "2", NULL};
+    pid_t map = s_spawn_io(argv, fds[0]);
+    s_extra[0] = map;
+    close(fds[0]);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(write(fds[1], "60000\n", 6), 6);
+    //  Wait until both worker processes run a 60 s item.
+    pid_t pids[S_MAX_PIDS];
+    size_t n = 0;
+    int64_t deadline = loom_now_ms() + 10000;
+    while (true) {
+        n = s_descendants(map, pids, S_MAX_PIDS);
+        size_t sleeping = 0;
+        for (size_t i = 0; i < n; i++)
+            sleeping += s_in_nanosleep(pids[i]);
+        if (n == 3 && sleeping == 2)
+            break;
+        assert_true(loom_now_ms() < deadline);
+        zclock_sleep(20);
+    }
+    int64_t start = loom_now_ms();
+    kill(map, SIGINT);
+    int status = s_wait_exit(map, 5000);
+    int64_t took = loom_now_ms() - start;
+    if (status != -1)
+        s_extra[0] = 0;
+    close(fds[1]);
+    fprintf(stderr, "test_faults: loom map exited %lld ms after SIGINT\n", (long long)took);
+    assert_true(status != -1);
+    assert_true(WIFEXITED(status));
+    assert_true(WEXITSTATUS(status) != 0);
+    assert_true(took < 1000);
+    //  Nothing left behind (reparented processes are reaped by init).
+    deadline = loom_now_ms() + 1000;
+    for (size_t i = 0; i < n; i++) {
+        while (s_alive(pids[i]) && loom_now_ms() < deadline)
+            zclock_sleep(10);
+        if (s_alive(pids[i]))
+            kill(pids[i], SIGKILL);
+        assert_false(s_alive(pids[i]));
+    }
+}
+
+int
+main(void)
+{
+    zsys_init();
+    zsys_handler_set(NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_sigkilled_worker_processes_lose_nothing, s_teardown),
+        cmocka_unit_test_teardown(test_poison_item_fails_alone_naming_the_signal, s_teardown),
+        cmocka_unit_test_teardown(test_hung_item_times_out_without_holding_up_the_map, s_teardown),
+        cmocka_unit_test_teardown(test_stopped_host_is_declared_dead_and_its_late_results_dropped, s_teardown),
+        cmocka_unit_test_teardown(test_killed_client_is_cancelled_and_others_continue, s_teardown),
+        cmocka_unit_test_teardown(test_sigterm_to_a_worker_host_loses_nothing, s_teardown),
+        cmocka_unit_test_teardown(test_broker_exits_cleanly_on_sigint, s_teardown),
+        cmocka_unit_test_teardown(test_broker_exits_cleanly_on_sigterm, s_teardown),
+        cmocka_unit_test_teardown(test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing, s_teardown),
+    };
+    if (getenv("LOOM_TEST_FILTER")) //  run only the tests matching this pattern
+        cmocka_set_test_filter(getenv("LOOM_TEST_FILTER"));
+    int rc = cmocka_run_group_tests_name("faults", tests, NULL, NULL);
+    //  A failed test may leave a client behind: do not wait for it at exit.
+    fflush(NULL);
+    _exit(rc);
+}
