@@ -366,8 +366,9 @@ s_dispatch(s_broker *self)
         if (rc) {
             //  Not sent: everything goes back; the worker gets nothing more
             //  until it talks to us again (or is ended, if it is gone).
+            loom_sched_worker *bw = b.worker; //  undo clears the batch
             loom_sched_batch_undo(self->sched, &b);
-            loom_sched_worker_pause(b.worker, true);
+            loom_sched_worker_pause(bw, true);
         }
     }
 }

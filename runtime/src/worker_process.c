@@ -849,8 +849,6 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             s_out_begin(self, tb->map); //  drop: nobody wants these now
             return;
         }
-        if (s_stop)
-            break; //  stopping: the items not run are handed back by our exit
 
         loom_exec_out out;
         memset(&out, 0, sizeof out);
@@ -867,7 +865,10 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             free(out.error);
         } else
             s_out_add(self, item, rc, out.data, out.len, out.error);
-        if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS)
+        //  Stopping: send each result at once, the I/O thread may hand the
+        //  rest back any moment (reduce partials go only with the batch).
+        if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
+            (s_stop && !mp->reduce))
             s_out_flush(self, false);
     }
     s_out_flush(self, true);

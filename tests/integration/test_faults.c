@@ -25,6 +25,7 @@
 #include <loom/loom.h>
 
 #include "base.h"
+#include "client_priv.h"
 #include "wire.h"
 
 #define S_MAX_PIDS 64
@@ -109,6 +110,15 @@ s_stop(pid_t *pid)
         return;
     if (s_ppid(*pid, NULL) != getpid()) { //  not (or no longer) our child
         waitpid(*pid, NULL, WNOHANG);
+        *pid = 0;
+        return;
+    }
+    int early;
+    if (waitpid(*pid, &early, WNOHANG) == *pid) {
+        if (!WIFEXITED(early) || WEXITSTATUS(early) != 0)
+            fprintf(stderr, "test_faults: pid %d had ended by itself: %s %d\n", (int)*pid,
+                    WIFSIGNALED(early) ? "signal" : "status",
+                    WIFSIGNALED(early) ? WTERMSIG(early) : WEXITSTATUS(early));
         *pid = 0;
         return;
     }
@@ -841,6 +851,123 @@ test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing(void **state)
     }
 }
 
+//  ---------------------------------------------------------------------------
+//  The broker restarts
+
+//  kill -9 the broker and start it again on the same endpoints.
+static void
+s_broker_restart(s_cluster *c)
+{
+    kill(c->broker, SIGKILL);
+    assert_true(s_wait_exit(c->broker, 5000) != -1);
+    c->broker = 0;
+    assert_int_equal(s_broker_start(c), 0);
+}
+
+//  Run sleep over n items, restarting the broker once `at` items have
+//  been submitted (during submission, with a window) or `at` - n results
+//  have come (while reading).
+static void
+s_restart_run(s_cluster *c, loom_client *cl, uint64_t n, uint64_t at, const loom_map_opts *o)
+{
+    loom_pipeline *p = loom_pipeline_new(cl, "restart");
+    assert_non_null(p);
+    loom_map *m = loom_map_new(p, "testkit", "sleep", o);
+    assert_non_null(m);
+    s_tally t;
+    s_tally_init(&t, n);
+    bool restarted = false;
+    for (uint64_t i = 0; i < n; i++) {
+        assert_int_equal(loom_map_submit(m, "2", 1), 0);
+        if (!restarted && i + 1 == at) {
+            s_broker_restart(c);
+            restarted = true;
+        }
+    }
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int rc;
+    uint64_t next = 0;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        if (o && o->ordered)
+            assert_int_equal(r.index, next++);
+        s_tally_add(&t, &r);
+        if (!restarted && n + t.received >= at) {
+            s_broker_restart(c);
+            restarted = true;
+        }
+    }
+    assert_int_equal(rc, 0);
+    assert_true(restarted);
+    s_assert_exactly_once(&t);
+    free(t.seen);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+}
+
+static void
+test_broker_restart_mid_map_loses_nothing(void **state)
+{
+    (void)state;
+    static s_cluster c;
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    loom_client *cl = s_client(&c);
+    loom_map_opts o = {.chunk = 4};
+    //  While reading results (everything submitted).
+    s_restart_run(&c, cl, 600, 600 + 150, &o);
+    assert_int_equal(cl->reconnects, 1);
+    //  The worker processes and their supervisor came back on their own.
+    assert_true(s_wait_workers(&c, 2, 5000));
+    loom_wire_stats st;
+    assert_true(s_stats(&c, &st));
+    assert_int_equal(st.supervisors, 1);
+    assert_true(st.items_done < 600);
+    //  While submitting, ordered, with a window smaller than the map.
+    loom_map_opts o2 = {.chunk = 4, .window = 64, .ordered = true};
+    s_restart_run(&c, cl, 600, 300, &o2);
+    assert_int_equal(cl->reconnects, 2);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+static void
+test_broker_gone_for_good_is_lost_after_the_timeout(void **state)
+{
+    (void)state;
+    static s_cluster c;
+    s_cluster_init(&c);
+    s_host_start(&c, "1");
+    assert_true(s_wait_workers(&c, 1, 10000));
+    loom_client_opts co = {.timeout_ms = 1000};
+    loom_client *cl = loom_client_new(c.task_ep, &co);
+    assert_non_null(cl);
+    loom_pipeline *p = loom_pipeline_new(cl, "gone");
+    loom_map *m = loom_map_new(p, "testkit", "sleep", NULL);
+    assert_non_null(m);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(loom_map_submit(m, "50", 2), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    kill(c.broker, SIGKILL);
+    assert_true(s_wait_exit(c.broker, 5000) != -1);
+    c.broker = 0;
+    int64_t start = loom_now_ms();
+    loom_result r;
+    int rc;
+    while ((rc = loom_map_next(m, &r, 10000)) == 1)
+        ;
+    int64_t took = loom_now_ms() - start;
+    assert_int_equal(rc, LOOM_ECONNECT);
+    //  Silence (300 ms) plus the client's timeout (1 s), not sooner.
+    assert_true(took >= 1000);
+    assert_true(took < 5000);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
 int
 main(void)
 {
@@ -856,6 +983,8 @@ main(void)
         cmocka_unit_test_teardown(test_broker_exits_cleanly_on_sigint, s_teardown),
         cmocka_unit_test_teardown(test_broker_exits_cleanly_on_sigterm, s_teardown),
         cmocka_unit_test_teardown(test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing, s_teardown),
+        cmocka_unit_test_teardown(test_broker_restart_mid_map_loses_nothing, s_teardown),
+        cmocka_unit_test_teardown(test_broker_gone_for_good_is_lost_after_the_timeout, s_teardown),
     };
     if (getenv("LOOM_TEST_FILTER")) //  run only the tests matching this pattern
         cmocka_set_test_filter(getenv("LOOM_TEST_FILTER"));
