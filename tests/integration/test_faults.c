@@ -968,6 +968,213 @@ test_broker_gone_for_good_is_lost_after_the_timeout(void **state)
     s_cluster_stop(&c);
 }
 
+//  ---------------------------------------------------------------------------
+//  Bounded memory
+
+//  VmRSS of a process in KiB (0 if unknown).
+static long
+s_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+typedef struct {
+    uint64_t got, bad;
+    uint8_t *seen;
+} s_stream;
+
+static void
+s_stream_result(const loom_result *r, void *user)
+{
+    s_stream *st = user;
+    if (r->status != 0 || (st->seen[r->index >> 3] & (1u << (r->index & 7))))
+        st->bad++;
+    st->seen[r->index >> 3] |= (uint8_t)(1u << (r->index & 7));
+    st->got++;
+}
+
+//  A client streaming many items with a window keeps a flat RSS, and so
+//  does the broker. LOOM_MEMORY_ITEMS sets the count (default 1 M; the
+//  issue's figure is 10 M).
+static void
+test_streaming_client_and_broker_keep_a_flat_rss(void **state)
+{
+    (void)state;
+    static s_cluster c;
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    uint64_t n = 1000000;
+    if (getenv("LOOM_MEMORY_ITEMS"))
+        n = strtoull(getenv("LOOM_MEMORY_ITEMS"), NULL, 10);
+    loom_client *cl = s_client(&c);
+    loom_pipeline *p = loom_pipeline_new(cl, "stream");
+    s_stream st = {.seen = calloc(n / 8 + 1, 1)};
+    loom_map_opts o = {.window = 10000, .on_result = s_stream_result, .user = &st};
+    loom_map *m = loom_map_new(p, "testkit", "echo", &o);
+    assert_non_null(m);
+    long me_10 = 0, broker_10 = 0;
+    int64_t start = loom_now_ms();
+    char buf[32];
+    for (uint64_t i = 0; i < n; i++) {
+        int len = snprintf(buf, sizeof buf, "item %" PRIu64, i);
+        assert_int_equal(loom_map_submit(m, buf, (size_t)len), 0);
+        if (i + 1 == n / 10) {
+            me_10 = s_rss_kib(getpid());
+            broker_10 = s_rss_kib(c.broker);
+        }
+    }
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    assert_int_equal(loom_map_next(m, &r, 120000), 0);
+    long me_100 = s_rss_kib(getpid()), broker_100 = s_rss_kib(c.broker);
+    int64_t took = loom_now_ms() - start;
+    fprintf(stderr,
+            "test_faults: %" PRIu64 " items in %lld ms (%.0f/s); RSS at 10%% / 100%%: "
+            "client %ld / %ld KiB, broker %ld / %ld KiB\n",
+            n, (long long)took, n * 1000.0 / (double)(took ? took : 1), me_10, me_100,
+            broker_10, broker_100);
+    assert_int_equal(st.got, n);
+    assert_int_equal(st.bad, 0);
+    //  Flat: what grows with n is the client's done bitmap (n / 8 bytes,
+    //  125 KiB per million) and the broker's (the same, per map).
+    long slack = 8 * 1024 + (long)(n / 8 / 1024);
+    assert_true(me_100 - me_10 < slack);
+    assert_true(broker_100 - broker_10 < slack);
+    free(st.seen);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&cl);
+    s_cluster_stop(&c);
+}
+
+//  A client that stops reading its results (loom map with a stdout pipe
+//  nobody reads) stalls its own map: the broker holds at most the window
+//  of its items and its memory stays flat, and the map completes once the
+//  client reads again.
+static void
+test_client_not_reading_stalls_without_growing_the_broker(void **state)
+{
+    (void)state;
+    static s_cluster c;
+    s_cluster_init(&c);
+    s_host_start(&c, "2");
+    assert_true(s_wait_workers(&c, 2, 10000));
+    int in[2], out[2];
+    assert_int_equal(pipe(in), 0);
+    assert_int_equal(pipe(out), 0);
+    const char *argv[] = {s_exe(), "map", "testkit", "echo", "--connect", c.task_ep,
+                          "--window", "2000", NULL};
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    s_extra[0] = pid;
+    close(in[0]);
+    close(out[1]);
+    fcntl(in[1], F_SETFL, O_NONBLOCK);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    //  Feed it until its stdin is full, without reading its stdout: each
+    //  output line is ~100 bytes, the stdout pipe holds 64 KiB.
+    const uint64_t total = 200000;
+    char line[128];
+    memset(line, 'x', sizeof line);
+    uint64_t fed = 0;
+    size_t part = 0; //  bytes of the current line already written
+    loom_wire_stats st, prev = {0};
+    long rss_first = 0, rss_last = 0;
+    int stalls = 0;
+    int64_t deadline = loom_now_ms() + 30000;
+    while (stalls < 10) {
+        assert_true(loom_now_ms() < deadline);
+        while (fed < total) {
+            line[99] = '\n';
+            ssize_t k = write(in[1], line + part, 100 - part);
+            if (k <= 0)
+                break;
+            part += (size_t)k;
+            if (part == 100) {
+                part = 0;
+                fed++;
+            }
+        }
+        zclock_sleep(100); //  sample the broker every 100 ms
+        assert_true(s_stats(&c, &st));
+        assert_true(st.items_queued + st.items_in_flight <= 2000);
+        if (st.items_done == prev.items_done && st.items_done > 0) {
+            if (!stalls++)
+                rss_first = s_rss_kib(c.broker);
+        } else
+            stalls = 0;
+        prev = st;
+    }
+    rss_last = s_rss_kib(c.broker);
+    fprintf(stderr,
+            "test_faults: client not reading: broker stalled at %llu done, %llu queued, "
+            "%llu in flight, RSS %ld -> %ld KiB over 1 s\n",
+            (unsigned long long)st.items_done, (unsigned long long)st.items_queued,
+            (unsigned long long)st.items_in_flight, rss_first, rss_last);
+    assert_true(st.items_done < total);
+    assert_true(rss_last - rss_first < 1024);
+    //  Read again: everything comes out.
+    fcntl(in[1], F_SETFL, 0);
+    fcntl(out[0], F_SETFL, 0);
+    uint64_t lines = 0;
+    char buf[65536];
+    while (true) {
+        while (fed < total) {
+            struct pollfd pf[2] = {{.fd = in[1], .events = POLLOUT}, {.fd = out[0], .events = POLLIN}};
+            poll(pf, 2, 1000);
+            if (pf[0].revents & POLLOUT) {
+                fcntl(in[1], F_SETFL, O_NONBLOCK);
+                ssize_t k = write(in[1], line + part, 100 - part);
+                fcntl(in[1], F_SETFL, 0);
+                if (k > 0 && (part += (size_t)k) == 100) {
+                    part = 0;
+                    fed++;
+                }
+            }
+            if (pf[1].revents & POLLIN) {
+                ssize_t k = read(out[0], buf, sizeof buf);
+                for (ssize_t i = 0; i < k; i++)
+                    lines += buf[i] == '\n';
+            }
+        }
+        if (in[1] >= 0) {
+            close(in[1]);
+            in[1] = -1;
+        }
+        ssize_t k = read(out[0], buf, sizeof buf);
+        if (k <= 0)
+            break;
+        for (ssize_t i = 0; i < k; i++)
+            lines += buf[i] == '\n';
+    }
+    close(out[0]);
+    int status = s_wait_exit(pid, 10000);
+    s_extra[0] = 0;
+    assert_true(status != -1 && WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(lines, total);
+    s_cluster_stop(&c);
+}
+
 int
 main(void)
 {
@@ -985,6 +1192,9 @@ main(void)
         cmocka_unit_test_teardown(test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing, s_teardown),
         cmocka_unit_test_teardown(test_broker_restart_mid_map_loses_nothing, s_teardown),
         cmocka_unit_test_teardown(test_broker_gone_for_good_is_lost_after_the_timeout, s_teardown),
+        cmocka_unit_test_teardown(test_streaming_client_and_broker_keep_a_flat_rss, s_teardown),
+        cmocka_unit_test_teardown(test_client_not_reading_stalls_without_growing_the_broker,
+                                  s_teardown),
     };
     if (getenv("LOOM_TEST_FILTER")) //  run only the tests matching this pattern
         cmocka_set_test_filter(getenv("LOOM_TEST_FILTER"));
