@@ -849,7 +849,6 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             s_out_begin(self, tb->map); //  drop: nobody wants these now
             return;
         }
-
         loom_exec_out out;
         memset(&out, 0, sizeof out);
         s_publish(self, true, tb->map, item, mp->timeout_ms);
