@@ -985,6 +985,14 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
             loom_msg_destroy(&m);
         }
     }
+    //  Batches the I/O thread passed on and we will not run: free them
+    //  (the broker requeues them when we are gone).
+    s_cmd left;
+    while (zmq_recv(self.pipe, &left, sizeof left, ZMQ_DONTWAIT) == (int)sizeof left)
+        if (left.kind == S_CMD_MSG) {
+            loom_msg *m = (loom_msg *)left.ptr;
+            loom_msg_destroy(&m);
+        }
     //  The results of the last batch are in the pipe ahead of $TERM: the
     //  I/O thread sends them before it closes.
     zactor_destroy(&self.io);

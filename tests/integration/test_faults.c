@@ -655,6 +655,11 @@ static void
 test_streaming_client_and_broker_keep_a_flat_rss(void **state)
 {
     (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    //  AddressSanitizer keeps freed memory in quarantine: RSS says nothing.
+    fprintf(stderr, "test_faults: RSS not measured under AddressSanitizer\n");
+    skip();
+#endif
     static s_cluster c;
     s_cluster_init(&c);
     s_host_start(&c, "2");
