@@ -221,12 +221,16 @@ s_reap(s_broker *self)
 {
     while (self->ndead) {
         zlistx_t *all = zhashx_values(self->sessions);
-        size_t before = self->ndead;
+        size_t ended = 0;
+        //  Ending a supervisor kills its worker sessions: those listed
+        //  before it are ended in the next pass.
         for (s_session *s = zlistx_first(all); s; s = zlistx_next(all))
-            if (s->dead)
+            if (s->dead) {
                 s_session_end(self, s);
+                ended++;
+            }
         zlistx_destroy(&all);
-        if (self->ndead == before) {
+        if (ended == 0) {
             //  Cannot happen: every dead session is in the table.
             LOOM_ASSERT(false);
         }
@@ -379,8 +383,9 @@ s_dispatch(s_broker *self)
         if (rc) {
             //  Not sent: everything goes back; the worker gets nothing more
             //  until it talks to us again (or is ended, if it is gone).
+            loom_sched_worker *bw = b.worker; //  undo clears the batch
             loom_sched_batch_undo(self->sched, &b);
-            loom_sched_worker_pause(b.worker, true);
+            loom_sched_worker_pause(bw, true);
         }
     }
 }
@@ -802,6 +807,8 @@ s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg
             return;
         }
         self->st.msgs_rejected++;
+        if (msg->type == LOOM_MSG_RESULT_BATCH) //  late: from a session declared dead
+            self->st.results_dropped += msg->u.result_batch.nresults;
         int64_t now = loom_now_ms();
         int64_t *last = zhashx_lookup(self->strangers, key);
         if (last && now - *last < 1000)

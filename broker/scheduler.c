@@ -890,13 +890,19 @@ s_worker_unopen(loom_sched_worker *w, uint64_t id)
 }
 
 //  Least loaded unpaused worker whose in-flight count is below its cap
-//  (min(credit, limit)); limit 0: no item cap (combine batches).
+//  (min(credit, limit)); limit 0: no item cap (combine batches). A suspect
+//  item (requeued after a crash) goes only to an idle worker, and nothing
+//  goes to a worker running one: when a process dies, the results it made
+//  just before may die with it, so a suspect must not share its fate with
+//  innocent items, or they would be blamed for its crashes.
 static loom_sched_worker *
-s_pick_worker(loom_sched *self, size_t limit)
+s_pick_worker(loom_sched *self, size_t limit, bool suspect)
 {
     loom_sched_worker *best = NULL;
     for (loom_sched_worker *w = self->workers; w; w = w->next) {
         if (w->paused)
+            continue;
+        if (limit && w->items.n && (suspect || w->items.tail->solo))
             continue;
         if (limit) {
             size_t cap = w->credit < limit ? w->credit : limit;
@@ -916,7 +922,7 @@ s_next_combine(loom_sched *self, loom_sched_batch *b)
         if (!m->def.reduce || m->is_failed || m->np < 2 ||
             loom_sched_map_state(m) != LOOM_SCHED_FOLDING)
             continue;
-        loom_sched_worker *w = s_pick_worker(self, 0);
+        loom_sched_worker *w = s_pick_worker(self, 0, false);
         if (!w)
             return false;
         loom_sched_combine *c = loom_xcalloc(1, sizeof *c);
@@ -964,7 +970,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
     do {
         if (m->queue.n) {
             size_t bs = loom_sched_map_batch_size(m);
-            loom_sched_worker *w = s_pick_worker(self, 2 * bs);
+            loom_sched_worker *w = s_pick_worker(self, 2 * bs, m->queue.head->solo);
             if (w) {
                 size_t cap = w->credit < 2 * bs ? w->credit : 2 * bs;
                 size_t n = bs;

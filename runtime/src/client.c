@@ -16,10 +16,12 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
 #define S_DEFAULT_TIMEOUT_MS 5000
+#define S_DEFAULT_RECONNECT_MS 30000 //  a lost broker may be away this long
 #define S_PIPE_HWM 100000 //  frames (batches) each way on the inproc pair
 #define S_BROKER_HWM 100000
 #define S_DRAIN_MAX 256 //  frames moved per direction per wake-up
@@ -58,6 +60,7 @@ typedef struct {
     const char *endpoint;      //  broker
     char data_ep[64];          //  inproc pair
     int timeout_ms;            //  handshake
+    int reconnect_ms;          //  how long a lost broker may stay away
     loom_wire_welcome welcome; //  out: the broker's Welcome
     int status;                //  out: 0, or a negative code
     char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
@@ -212,6 +215,7 @@ s_io_actor(zsock_t *pipe, void *args)
     //  `a` lives on the API thread's stack until zactor_new returns: copy
     //  what we need before we signal.
     const char *endpoint = a->endpoint;
+    int64_t reconnect_ms = a->reconnect_ms;
     int64_t hb = a->welcome.heartbeat_ms;
     int64_t expiry = hb * a->welcome.liveness;
     bool failed = a->status != 0;
@@ -235,26 +239,52 @@ s_io_actor(zsock_t *pipe, void *args)
     size_t hb_len = 0;
     loom_msg hbm = {.type = LOOM_MSG_HEARTBEAT};
     LOOM_ASSERT(loom_wire_encode(&hbm, &hb_buf, &hb_len) == 0);
+    void *hello_buf = NULL;
+    size_t hello_len = 0;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    loom_msg hello = {.type = LOOM_MSG_HELLO};
+    hello.u.hello.role = LOOM_ROLE_CLIENT;
+    hello.u.hello.host = host;
+    hello.u.hello.pid = (uint32_t)getpid();
+    hello.u.hello.software = loom_version();
+    LOOM_ASSERT(loom_wire_encode(&hello, &hello_buf, &hello_len) == 0);
+
+    //  S_UP: forwarding both ways. S_CONNECTING: the broker was lost; a new
+    //  DEALER says Hello and waits for Welcome, frames from the API thread
+    //  are dropped. S_RESUMING: the Welcome went to the API thread, which
+    //  answers with a resume marker and then reopens its pipelines and maps
+    //  and resubmits what has no result: everything before the marker is
+    //  dropped (it is redone). S_LOST: the broker stayed away too long.
+    enum { S_UP, S_CONNECTING, S_RESUMING, S_LOST } state = S_UP;
+    int64_t lost_at = 0, hello_at = 0;
+    bool hello_sent = false;
 
     zmq_msg_t in, out; //  pending frames: broker -> API, API -> broker
     zmq_msg_init(&in);
     zmq_msg_init(&out);
     bool has_in = false, has_out = false;
-    bool lost = false, lost_told = true;
+    bool lost_told = true;
     bool terminated = false;
     while (!terminated) {
         int64_t now = loom_now_ms();
-        int64_t wait = last_send + hb - now;
-        if (!lost && last_recv + expiry - now < wait)
+        bool up = state == S_UP || state == S_RESUMING;
+        int64_t wait = up ? last_send + hb - now : 10;
+        if (up && last_recv + expiry - now < wait)
             wait = last_recv + expiry - now;
-        if (!lost_told)
+        if (!lost_told || (state == S_CONNECTING && !hello_sent))
             wait = 10;
         if (wait < 0)
             wait = 0;
+        short dev = (short)(has_in ? 0 : ZMQ_POLLIN);
+        if (has_out && state == S_UP)
+            dev |= ZMQ_POLLOUT;
         zmq_pollitem_t items[3] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
-            {dh, 0, (short)((has_in ? 0 : ZMQ_POLLIN) | (has_out ? ZMQ_POLLOUT : 0)), 0},
-            {ph, 0, (short)((has_out ? 0 : ZMQ_POLLIN) | (has_in ? ZMQ_POLLOUT : 0)), 0},
+            {dh, 0, state == S_LOST ? 0 : dev, 0},
+            {ph, 0,
+             (short)((has_out && state == S_UP ? 0 : ZMQ_POLLIN) | (has_in ? ZMQ_POLLOUT : 0)),
+             0},
         };
         if (zmq_poll(items, 3, (long)wait) < 0) {
             if (zmq_errno() == EINTR)
@@ -267,8 +297,9 @@ s_io_actor(zsock_t *pipe, void *args)
                 terminated = true;
             zstr_free(&cmd);
         }
+        bool reconnect = false;
         //  Broker -> API
-        for (int n = 0; n < S_DRAIN_MAX; n++) {
+        for (int n = 0; n < S_DRAIN_MAX && state != S_LOST; n++) {
             if (has_in) {
                 if (zmq_msg_send(&in, ph, ZMQ_DONTWAIT) < 0)
                     break;
@@ -278,15 +309,51 @@ s_io_actor(zsock_t *pipe, void *args)
             if (rc <= 0)
                 break;
             last_recv = loom_now_ms();
-            if (s_peek_type(zmq_msg_data(&in), zmq_msg_size(&in)) == LOOM_MSG_HEARTBEAT ||
-                zmq_msg_size(&in) == 0)
+            const uint8_t *b = zmq_msg_data(&in);
+            size_t len = zmq_msg_size(&in);
+            int type = s_peek_type(b, len);
+            if (type == LOOM_MSG_HEARTBEAT || len == 0)
                 continue;
+            if (type == LOOM_MSG_ERROR || type == LOOM_MSG_WELCOME) {
+                //  Rare: decode them here, the session depends on them.
+                loom_msg *m = NULL;
+                if (loom_wire_decode(b, len, &m) == 0) {
+                    if (m->type == LOOM_MSG_ERROR && m->u.error.code == LOOM_ESTATE &&
+                        m->u.error.map == 0 && m->u.error.pipeline == 0)
+                        type = -2; //  the broker has no session for us
+                    else if (m->type == LOOM_MSG_WELCOME) {
+                        if (m->u.welcome.heartbeat_ms)
+                            hb = m->u.welcome.heartbeat_ms;
+                        expiry = hb * (m->u.welcome.liveness ? m->u.welcome.liveness : 3);
+                    }
+                }
+                loom_msg_destroy(&m);
+            }
+            if (state == S_CONNECTING) {
+                if (type == LOOM_MSG_WELCOME) {
+                    loom_log_notice("loom: reconnected to the broker at %s after %d ms: "
+                                    "resubmitting",
+                                    endpoint, (int)(loom_now_ms() - lost_at));
+                    state = S_RESUMING;
+                    has_in = true; //  the Welcome tells the API thread to resume
+                }
+                continue; //  anything else belongs to the session that is gone
+            }
+            if (type == -2) {
+                loom_log_notice("loom: the broker at %s lost our session: reconnecting",
+                                endpoint);
+                reconnect = true;
+                break;
+            }
             has_in = true;
         }
         //  API -> broker
-        for (int n = 0; n < S_DRAIN_MAX; n++) {
+        for (int n = 0; n < S_DRAIN_MAX && !reconnect; n++) {
             if (has_out) {
-                if (zmq_msg_send(&out, dh, ZMQ_DONTWAIT) < 0)
+                if (state != S_UP) {
+                    zmq_msg_close(&out);
+                    zmq_msg_init(&out);
+                } else if (zmq_msg_send(&out, dh, ZMQ_DONTWAIT) < 0)
                     break;
                 has_out = false;
                 last_send = loom_now_ms();
@@ -294,22 +361,74 @@ s_io_actor(zsock_t *pipe, void *args)
             int rc = s_recv_frame(ph, &out);
             if (rc <= 0)
                 break;
+            if (zmq_msg_size(&out) == 1 && *(const char *)zmq_msg_data(&out) == 'R') {
+                //  The resume marker: what follows is for this session.
+                if (state == S_RESUMING)
+                    state = S_UP;
+                continue;
+            }
             has_out = true;
         }
         now = loom_now_ms();
-        if (!has_out && now - last_send >= hb) {
+        if (!reconnect && (state == S_UP || state == S_RESUMING) && now - last_recv > expiry) {
+            loom_log_warning("loom: broker at %s silent for %d ms: reconnecting", endpoint,
+                             (int)(now - last_recv));
+            reconnect = true;
+        }
+        if (reconnect) {
+            if (state == S_UP || state == S_RESUMING)
+                lost_at = now;
+            state = S_CONNECTING;
+            hello_sent = false;
+            hello_at = now;
+            zsock_destroy(&dealer);
+            dealer = zsock_new(ZMQ_DEALER);
+            LOOM_ASSERT(dealer);
+            zsock_set_immediate(dealer, 1);
+            zsock_set_linger(dealer, 0);
+            zsock_set_sndhwm(dealer, S_BROKER_HWM);
+            zsock_set_rcvhwm(dealer, S_BROKER_HWM);
+            dh = zsock_resolve(dealer);
+            zmq_connect(dh, endpoint);
+        }
+        if (state == S_CONNECTING) {
+            if (now - lost_at > reconnect_ms) {
+                loom_log_error("loom: broker at %s gone for %d ms: lost", endpoint,
+                               (int)(now - lost_at));
+                state = S_LOST;
+                lost_told = false;
+            } else if (!hello_sent) {
+                zmq_msg_t zm;
+                zmq_msg_init_size(&zm, hello_len);
+                memcpy(zmq_msg_data(&zm), hello_buf, hello_len);
+                if (zmq_msg_send(&zm, dh, ZMQ_DONTWAIT) < 0)
+                    zmq_msg_close(&zm);
+                else {
+                    hello_sent = true;
+                    hello_at = now;
+                }
+            } else if (now - hello_at > expiry) {
+                //  No Welcome: try a fresh connection.
+                hello_sent = false;
+                zsock_destroy(&dealer);
+                dealer = zsock_new(ZMQ_DEALER);
+                LOOM_ASSERT(dealer);
+                zsock_set_immediate(dealer, 1);
+                zsock_set_linger(dealer, 0);
+                zsock_set_sndhwm(dealer, S_BROKER_HWM);
+                zsock_set_rcvhwm(dealer, S_BROKER_HWM);
+                dh = zsock_resolve(dealer);
+                zmq_connect(dh, endpoint);
+            }
+        }
+        if ((state == S_UP || state == S_RESUMING) && now - last_send >= hb &&
+            !(has_out && state == S_UP)) {
             zmq_msg_t zm;
             zmq_msg_init_size(&zm, hb_len);
             memcpy(zmq_msg_data(&zm), hb_buf, hb_len);
             if (zmq_msg_send(&zm, dh, ZMQ_DONTWAIT) < 0)
                 zmq_msg_close(&zm);
             last_send = now;
-        }
-        if (!lost && now - last_recv > expiry) {
-            loom_log_error("loom: broker at %s silent for %d ms: lost", endpoint,
-                           (int)(now - last_recv));
-            lost = true;
-            lost_told = false;
         }
         if (!lost_told && !has_in) {
             zmq_msg_t zm;
@@ -320,9 +439,10 @@ s_io_actor(zsock_t *pipe, void *args)
                 lost_told = true;
         }
     }
+    free(hello_buf);
     //  Forward what the API thread sent last (Cancel, PipelineClose), if the
     //  connection takes it now.
-    for (int n = 0; n < S_DRAIN_MAX; n++) {
+    for (int n = 0; n < S_DRAIN_MAX && state == S_UP; n++) {
         if (has_out) {
             if (zmq_msg_send(&out, dh, ZMQ_DONTWAIT) < 0)
                 break;
@@ -369,8 +489,14 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
     self->endpoint = loom_xstrdup(endpoint);
 
     s_io_args args = {.endpoint = self->endpoint,
-                      .timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS};
-    snprintf(args.data_ep, sizeof args.data_ep, "inproc://loom-client-%p", (void *)self);
+                      .timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS,
+                      .reconnect_ms =
+                          opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS};
+    //  A counter too: a destroyed client's endpoint may still be bound
+    //  (libzmq closes sockets asynchronously) when malloc reuses its address.
+    static atomic_uint seq;
+    snprintf(args.data_ep, sizeof args.data_ep, "inproc://loom-client-%p-%u", (void *)self,
+             atomic_fetch_add(&seq, 1));
     self->data = zsock_new(ZMQ_PAIR);
     LOOM_ASSERT(self->data);
     zsock_set_sndhwm(self->data, S_PIPE_HWM);
@@ -505,6 +631,37 @@ s_lost(loom_client *c)
         c->error = LOOM_ECONNECT;
 }
 
+//  A new session with the broker: send the resume marker (the I/O thread
+//  drops what we sent before it), then reopen every pipeline and map and
+//  resubmit every input that has no result yet.
+static void
+s_resume(loom_client *c, const loom_wire_welcome *w)
+{
+    c->welcome.epoch = w->epoch;
+    c->welcome.session = w->session;
+    c->reconnects++;
+    zmq_msg_t zm;
+    zmq_msg_init_size(&zm, 1);
+    *(char *)zmq_msg_data(&zm) = 'R';
+    while (zmq_msg_send(&zm, c->data_handle, 0) < 0) {
+        if (zmq_errno() != EINTR) {
+            zmq_msg_close(&zm);
+            s_lost(c);
+            return;
+        }
+    }
+    for (loom_pipeline *p = c->pipelines; p; p = p->next) {
+        loom_msg m = {.type = LOOM_MSG_PIPELINE_OPEN};
+        m.u.pipeline_open.pipeline = p->id;
+        m.u.pipeline_open.name = p->name;
+        if (loom__client_send(c, &m) < 0)
+            return;
+    }
+    for (loom_map *m = c->maps; m; m = m->next)
+        if (loom__map_resume(m) < 0)
+            return;
+}
+
 static loom_map *
 s_find_map(loom_client *c, uint64_t id)
 {
@@ -549,20 +706,13 @@ s_dispatch(loom_client *c, loom_msg *msg)
         loom_map *m = e->map ? s_find_map(c, e->map) : NULL;
         if (m)
             loom__map_error(m, code, text);
-        else if (e->map == 0 && e->pipeline == 0 && code == LOOM_ESTATE) {
-            //  The broker has no session for us: it restarted. Resuming
-            //  (Hello again, resubmit) is not done yet.
-            loom_log_error("loom: broker at %s lost our session: %s", c->endpoint, text);
-            s_lost(c);
-        } else
+        else
             loom_log_warning("loom: broker at %s: %s (%s)", c->endpoint, text, loom_strerror(code));
         break;
     }
     case LOOM_MSG_WELCOME:
-        if (msg->u.welcome.epoch != c->welcome.epoch) {
-            loom_log_error("loom: broker at %s restarted", c->endpoint);
-            s_lost(c);
-        }
+        //  The I/O thread reconnected (the broker restarted, or lost us).
+        s_resume(c, &msg->u.welcome);
         break;
     default:
         break; //  Heartbeat, Stats: nothing to do

@@ -55,6 +55,7 @@ struct loom_client {
     bool in_callback;          //  on_result is running: no reentrant calls
     char *blob_ep;             //  blob channel endpoint (Welcome), NULL if none
     void *blob;                //  DEALER to it, made at the first share (share.c)
+    uint64_t reconnects;       //  sessions resumed after the broker was lost
 };
 
 struct loom_pipeline {
@@ -71,7 +72,13 @@ struct loom_map {
     loom_pipeline *pipeline;
     uint64_t id;
     loom_map *next; //  in the client's list
-    //  Options
+    //  Options (and the definition, to open the map again on a new session)
+    char *plugin, *version, *task;
+    void *args;
+    size_t args_len;
+    uint32_t chunk;
+    int32_t retries;
+    uint32_t timeout_ms;
     bool ordered;
     bool reduce;
     uint64_t window;
@@ -133,6 +140,10 @@ loom__cluster *loom__client_cluster(loom_client *c);
 void loom__map_result(loom_map *m, loom__rmsg *rm, const loom_wire_result *r);
 void loom__map_end(loom_map *m, uint64_t count);
 void loom__map_error(loom_map *m, int code, const char *message);
+
+//  On a new broker session: open the map again and resubmit every input
+//  without a result (and MapEnd if closed). Returns 0 or a negative code.
+int loom__map_resume(loom_map *m);
 
 void loom__rmsg_unref(loom__rmsg **rm_p);
 

@@ -334,6 +334,65 @@ s_finished(const loom_map *m)
            (m->ended || (!m->reduce && m->delivered == m->submitted));
 }
 
+static int
+s_send_open(loom_map *m)
+{
+    loom_msg msg = {.type = LOOM_MSG_MAP_OPEN};
+    loom_wire_map_open *mo = &msg.u.map_open;
+    mo->map = m->id;
+    mo->pipeline = m->pipeline->id;
+    mo->plugin = m->plugin;
+    mo->version = m->version;
+    mo->task = m->task;
+    mo->args = (loom_span){m->args, m->args_len};
+    mo->ordered = m->ordered;
+    mo->reduce = m->reduce;
+    mo->chunk = m->chunk;
+    mo->retries = m->retries;
+    mo->timeout_ms = m->timeout_ms;
+    mo->shares = m->pipeline->shares;
+    mo->nshares = m->pipeline->nshares;
+    return loom__client_send(m->client, &msg);
+}
+
+int
+loom__map_resume(loom_map *m)
+{
+    if (m->ended || m->error)
+        return 0;
+    if (m->reduce && m->answered > 0) {
+        //  The partial folds of the answered items were the broker's.
+        loom__map_error(m, LOOM_ECONNECT,
+                        "the broker was lost with the partial results of this reduce map");
+        return 0;
+    }
+    int rc = s_send_open(m);
+    //  The pending batch is in the table of inputs too: send it from there.
+    m->npending = 0;
+    m->pending_bytes = 0;
+    for (size_t i = 0; i < m->inputs_cap && rc == 0; i++) {
+        loom__input *in = &m->inputs[i];
+        if (in->index == S_EMPTY)
+            continue;
+        if (m->npending && m->pending_bytes + in->len + S_ITEM_OVERHEAD > m->batch_bytes)
+            rc = s_flush(m);
+        m->pending[m->npending++] =
+            (loom_wire_item){.index = in->index, .data = {in->len ? in->data : NULL, in->len}};
+        m->pending_bytes += in->len + S_ITEM_OVERHEAD;
+        if (m->npending == m->batch_items || m->pending_bytes >= m->batch_bytes)
+            rc = s_flush(m);
+    }
+    if (rc == 0)
+        rc = s_flush(m);
+    if (rc == 0 && m->closed) {
+        loom_msg msg = {.type = LOOM_MSG_MAP_END};
+        msg.u.map_end.map = m->id;
+        msg.u.map_end.count = m->submitted;
+        rc = loom__client_send(m->client, &msg);
+    }
+    return rc;
+}
+
 //  ---------------------------------------------------------------------------
 //  Public API
 
@@ -414,6 +473,17 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
     self->client = c;
     self->pipeline = p;
     self->id = c->next_id++;
+    self->plugin = loom_xstrdup(name);
+    self->version = loom_xstrdup(version);
+    self->task = loom_xstrdup(task);
+    if (opts->args_len) {
+        self->args = loom_xmalloc(opts->args_len);
+        memcpy(self->args, opts->args, opts->args_len);
+        self->args_len = opts->args_len;
+    }
+    self->chunk = (uint32_t)opts->chunk;
+    self->retries = opts->retries;
+    self->timeout_ms = (uint32_t)opts->timeout_ms;
     self->ordered = opts->ordered;
     self->reduce = opts->reduce;
     self->window = opts->window ? (uint64_t)opts->window : S_DEFAULT_WINDOW;
@@ -427,22 +497,7 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
     if (self->ordered && !self->reduce)
         self->ring = loom_xcalloc(self->window, sizeof *self->ring);
 
-    loom_msg m = {.type = LOOM_MSG_MAP_OPEN};
-    loom_wire_map_open *mo = &m.u.map_open;
-    mo->map = self->id;
-    mo->pipeline = p->id;
-    mo->plugin = name;
-    mo->version = version;
-    mo->task = task;
-    mo->args = (loom_span){opts->args, opts->args_len};
-    mo->ordered = opts->ordered;
-    mo->reduce = opts->reduce;
-    mo->chunk = (uint32_t)opts->chunk;
-    mo->retries = opts->retries;
-    mo->timeout_ms = (uint32_t)opts->timeout_ms;
-    mo->shares = p->shares;
-    mo->nshares = p->nshares;
-    int rc = loom__client_send(c, &m);
+    int rc = s_send_open(self);
     self->next = c->maps;
     c->maps = self;
     if (rc < 0) {
@@ -623,6 +678,10 @@ loom_map_destroy(loom_map **self_p)
     free(self->pending);
     free(self->error_text);
     loom__map_files_free(self);
+    free(self->plugin);
+    free(self->version);
+    free(self->task);
+    free(self->args);
     free(self);
     *self_p = NULL;
 }

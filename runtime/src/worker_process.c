@@ -41,6 +41,7 @@
 #define S_HWM 100000               //  DEALER high-water marks
 #define S_EXIT_LINGER_MS 2000      //  time to flush results before exiting
 #define S_SMALL_OUTPUT 64          //  outputs up to this size are packed per batch
+#define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
 
 //  Commands on the pipe, one frame each (the actor's "$TERM" aside).
 enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND };
@@ -103,6 +104,7 @@ typedef struct {
     int64_t last_rx;    //  last message from the broker
     int64_t last_tx;    //  last message to the broker
     int64_t hello_at;   //  when Hello went out
+    int64_t stop_at;    //  when SIGTERM/SIGINT was first seen, or 0
     zlist_t *pending;   //  s_cmd * waiting for the connection, in order
 } s_io;
 
@@ -393,10 +395,27 @@ s_io_timeout(s_io *self, uint32_t gen, uint64_t map, uint64_t index, uint32_t at
     _exit(LOOM_WORKER_EXIT_TIMEDOUT);
 }
 
+static void s_io_finish(s_io *self);
+static int s_io_on_pipe(s_io *self);
+
+//  Stopping (SIGTERM/SIGINT) while an item still runs past the grace
+//  period: hand it back. Send the results already made, and exit cleanly
+//  (status 0): the broker requeues what we held without charging it.
+static LOOM_NORETURN void
+s_io_hand_back(s_io *self)
+{
+    loom_log_info("worker %d: stopping: handing back the running item", (int)getpid());
+    s_io_on_pipe(self);
+    s_io_finish(self);
+    _exit(0);
+}
+
 static void
 s_io_tick(s_io *self)
 {
     int64_t now = loom_now_ms();
+    if (s_stop && !self->stop_at)
+        self->stop_at = now;
     int64_t expiry = (int64_t)self->hb_ms * self->liveness;
     if (self->hello_pending)
         s_io_hello(self);
@@ -425,11 +444,14 @@ s_io_tick(s_io *self)
     s_shared *sh = self->shared;
     pthread_mutex_lock(&sh->lock);
     bool late = sh->running && sh->timeout_ms > 0 && now - sh->start_ms >= sh->timeout_ms;
+    bool running = sh->running;
     uint32_t gen = sh->item_gen, attempt = sh->attempt, timeout_ms = sh->timeout_ms;
     uint64_t map = sh->map, index = sh->index;
     pthread_mutex_unlock(&sh->lock);
     if (late)
         s_io_timeout(self, gen, map, index, attempt, timeout_ms);
+    if (self->stop_at && running && now - self->stop_at >= S_STOP_GRACE_MS)
+        s_io_hand_back(self);
 }
 
 //  Commands from the main thread. Returns -1 on $TERM.
@@ -973,7 +995,10 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             free(out.error);
         } else
             s_out_add(self, item, rc, out.data, out.len, out.error);
-        if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS)
+        //  Stopping: send each result at once, the I/O thread may hand the
+        //  rest back any moment (reduce partials go only with the batch).
+        if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
+            (s_stop && !mp->reduce))
             s_out_flush(self, false);
     }
     s_out_flush(self, true);
@@ -1097,6 +1122,14 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
             loom_msg_destroy(&m);
         }
     }
+    //  Batches the I/O thread passed on and we will not run: free them
+    //  (the broker requeues them when we are gone).
+    s_cmd left;
+    while (zmq_recv(self.pipe, &left, sizeof left, ZMQ_DONTWAIT) == (int)sizeof left)
+        if (left.kind == S_CMD_MSG) {
+            loom_msg *m = (loom_msg *)left.ptr;
+            loom_msg_destroy(&m);
+        }
     //  The results of the last batch are in the pipe ahead of $TERM: the
     //  I/O thread sends them before it closes.
     zactor_destroy(&self.io);

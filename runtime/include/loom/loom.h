@@ -79,7 +79,9 @@ typedef struct loom_map_opts {
 typedef struct loom_client_opts {
     int local_workers;       //  embedded mode: worker processes; 0: one per core
     const char *plugin_path; //  embedded mode; NULL: $LOOM_PLUGIN_PATH, then the defaults
-    int timeout_ms;          //  connect and handshake; 0: default (5000)
+    int timeout_ms;          //  connect and handshake; 0: default (5000). Also how long
+                             //  a lost broker may stay away before LOOM_ECONNECT (the
+                             //  client reconnects and resubmits); 0: 30000
     const char *cert_path;   //  CURVE: this peer's certificate (not implemented yet)
     const char *server_key;  //  CURVE: the broker's public key (not implemented yet)
 } loom_client_opts;
