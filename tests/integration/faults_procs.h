@@ -173,7 +173,7 @@ s_children(pid_t pid, pid_t *out, size_t cap)
 }
 
 //  Every live descendant of pid. Returns how many.
-static size_t
+static inline size_t
 s_descendants(pid_t pid, pid_t *out, size_t cap)
 {
     size_t n = s_children(pid, out, cap);
@@ -182,7 +182,7 @@ s_descendants(pid_t pid, pid_t *out, size_t cap)
     return n;
 }
 
-static bool
+static inline bool
 s_alive(pid_t pid)
 {
     char st;

@@ -433,7 +433,7 @@ s_in_nanosleep(pid_t pid)
     while (!found && (e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue;
-        char wpath[128], buf[64] = "";
+        char wpath[512], buf[64] = "";
         snprintf(wpath, sizeof wpath, "/proc/%d/task/%s/wchan", (int)pid, e->d_name);
         FILE *f = fopen(wpath, "r");
         if (!f)
