@@ -13,6 +13,7 @@
 
 #include "base.h"
 #include "blob_channel.h"
+#include "curve.h"
 #include "scheduler.h"
 #include "wire.h"
 
@@ -65,6 +66,9 @@ typedef struct {
     bool verbose;
     loom_blob_channel *bc; //  the blob ROUTER's side (blob_channel.c)
     char *blob_ep;         //  bound blob endpoint, told to peers in Welcome
+    loom_broker_opts lim;     //  limits in force (defaults filled in)
+    loom_curve_server *curve; //  CURVE keys and allow-list, or NULL
+    char *setup_error;        //  why BIND must fail (bad CURVE setup)
 } s_broker;
 
 //  The blob channel's name of a client's pipeline ("session/pipeline").
@@ -494,8 +498,8 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
                                       .worker_id = s->worker_id,
                                       .heartbeat_ms = (uint32_t)self->hb_ms,
                                       .liveness = LOOM_BROKER_LIVENESS,
-                                      .max_batch = LOOM_BROKER_MAX_BATCH,
-                                      .max_frame = LOOM_BROKER_MAX_FRAME,
+                                      .max_batch = self->lim.max_batch,
+                                      .max_frame = self->lim.max_frame,
                                       .blob_endpoint = self->blob_ep};
     s_send(self, s, &m);
 }
@@ -546,6 +550,13 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
                      (unsigned long long)o->map);
         return;
     }
+    if (zhashx_size(c->maps) >= self->lim.max_maps) {
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ETOOBIG, o->map,
+                     "too many open maps: the broker allows %u per client (LOOM_MAX_MAPS)",
+                     self->lim.max_maps);
+        return;
+    }
     loom_sched_def def = {.pipeline = o->pipeline,
                           .plugin = o->plugin,
                           .version = o->version,
@@ -574,6 +585,15 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
     loom_sched_map *map = s_client_map(c, tb->map);
     if (!map || tb->combine) {
         self->st.msgs_rejected++;
+        return;
+    }
+    if (tb->nitems > self->lim.max_batch) {
+        //  The whole batch is refused: the client sent more than Welcome
+        //  allowed.
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ETOOBIG, tb->map,
+                     "batch of %zu items: the broker takes at most %u per batch", tb->nitems,
+                     self->lim.max_batch);
         return;
     }
     bool too_far = false;
@@ -709,7 +729,13 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         ok = s->role == LOOM_ROLE_CLIENT;
-        if (ok && s->pipelines < 1000000)
+        if (ok && s->pipelines >= self->lim.max_pipelines) {
+            self->st.msgs_rejected++;
+            s_send_error(self, s, LOOM_ETOOBIG, 0,
+                         "too many open pipelines: the broker allows %u per client "
+                         "(LOOM_MAX_PIPELINES)",
+                         self->lim.max_pipelines);
+        } else if (ok)
             s->pipelines++;
         break;
     case LOOM_MSG_PIPELINE_CLOSE:
@@ -910,12 +936,12 @@ s_on_tick(zloop_t *loop, int timer_id, void *arg)
 }
 
 static void
-s_router_setup(zsock_t *sock)
+s_router_setup(zsock_t *sock, uint32_t max_frame)
 {
     zsock_set_router_mandatory(sock, 1);
     zsock_set_sndhwm(sock, LOOM_BROKER_HWM);
     zsock_set_rcvhwm(sock, LOOM_BROKER_HWM);
-    zsock_set_maxmsgsize(sock, LOOM_BROKER_MAX_FRAME);
+    zsock_set_maxmsgsize(sock, (int)max_frame);
     zsock_set_linger(sock, 0);
 }
 
@@ -941,7 +967,9 @@ s_on_bind(s_broker *self, zmsg_t *msg)
     char *blob_ep = zmsg_popstr(msg);
     char err[512] = "";
     char *bound_task = NULL, *bound_blob = NULL;
-    if (self->bound)
+    if (self->setup_error)
+        snprintf(err, sizeof err, "%s", self->setup_error);
+    else if (self->bound)
         snprintf(err, sizeof err, "broker is already bound");
     else if (!task_ep || !*task_ep)
         snprintf(err, sizeof err, "BIND needs a task endpoint");
@@ -1056,6 +1084,8 @@ s_broker_destroy(s_broker **self_p)
     free(self->blob_ep);
     zsock_destroy(&self->tasks);
     zsock_destroy(&self->blobs);
+    loom_curve_server_destroy(&self->curve);
+    free(self->setup_error);
     free(self);
     *self_p = NULL;
 }
@@ -1067,11 +1097,38 @@ s_free_int64(void **item)
     *item = NULL;
 }
 
+//  Limits: the option, else the environment, else the default.
+static void
+s_limits(loom_broker_opts *lim, const loom_broker_opts *o)
+{
+    static const loom_broker_opts none = {0};
+    if (!o)
+        o = &none;
+    lim->max_frame = o->max_frame
+                         ? o->max_frame
+                         : (uint32_t)loom_env_long("LOOM_MAX_FRAME", LOOM_BROKER_MAX_FRAME, 4096,
+                                                   1L << 30);
+    lim->max_batch = o->max_batch ? o->max_batch
+                                  : (uint32_t)loom_env_long("LOOM_MAX_BATCH",
+                                                            LOOM_BROKER_MAX_BATCH, 1,
+                                                            LOOM_WIRE_MAX_ITEMS);
+    if (lim->max_batch > LOOM_SCHED_MAX_BATCH)
+        lim->max_batch = LOOM_SCHED_MAX_BATCH;
+    lim->max_maps = o->max_maps ? o->max_maps
+                                : (uint32_t)loom_env_long("LOOM_MAX_MAPS", 1024, 1, 1L << 24);
+    lim->max_pipelines =
+        o->max_pipelines ? o->max_pipelines
+                         : (uint32_t)loom_env_long("LOOM_MAX_PIPELINES", 1024, 1, 1L << 24);
+    lim->blob_quota = o->blob_quota ? o->blob_quota
+                                    : (uint64_t)loom_env_long("LOOM_BLOB_QUOTA", 0, 0, LONG_MAX);
+}
+
 static s_broker *
-s_broker_new(zsock_t *pipe)
+s_broker_new(zsock_t *pipe, const loom_broker_opts *opts)
 {
     s_broker *self = loom_xcalloc(1, sizeof *self);
     self->pipe = pipe;
+    s_limits(&self->lim, opts);
     self->hb_ms = (int)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 3600000);
     self->started_ms = loom_now_ms();
     if (sodium_init() < 0)
@@ -1087,9 +1144,23 @@ s_broker_new(zsock_t *pipe)
     self->tasks = zsock_new(ZMQ_ROUTER);
     self->blobs = zsock_new(ZMQ_ROUTER);
     LOOM_ASSERT(self->tasks && self->blobs);
-    s_router_setup(self->tasks);
-    s_router_setup(self->blobs);
+    s_router_setup(self->tasks, self->lim.max_frame);
+    s_router_setup(self->blobs, self->lim.max_frame);
     self->bc = loom_blob_channel_new(self->blobs);
+    if (opts && (opts->curve_dir || opts->cert_path)) {
+        //  Before any bind: CURVE_SERVER affects the binds that follow.
+        char *err = NULL;
+        if (!opts->curve_dir || !opts->cert_path)
+            err = loom_xstrdup("CURVE needs both an allow-list directory and the broker's "
+                               "certificate");
+        else
+            self->curve = loom_curve_server_new(opts->curve_dir, opts->cert_path, &err);
+        if (self->curve && (loom_curve_server_setup(self->curve, zsock_resolve(self->tasks)) ||
+                            loom_curve_server_setup(self->curve, zsock_resolve(self->blobs))))
+            err = loom_xstrdup("cannot make the broker's sockets CURVE servers");
+        if (err)
+            self->setup_error = err;
+    }
     self->loop = zloop_new();
     zloop_set_nonstop(self->loop, true);
     zloop_reader(self->loop, pipe, s_on_pipe, self);
@@ -1103,8 +1174,7 @@ s_broker_new(zsock_t *pipe)
 void
 loom_broker_actor(zsock_t *pipe, void *args)
 {
-    (void)args;
-    s_broker *self = s_broker_new(pipe);
+    s_broker *self = s_broker_new(pipe, args);
     zsock_signal(pipe, 0);
     zloop_start(self->loop);
     s_broker_destroy(&self);
@@ -1114,13 +1184,20 @@ zactor_t *
 loom_broker_start(const char *task_ep, const char *blob_ep, char **bound_task, char **bound_blob,
                   char **error)
 {
+    return loom_broker_start_opts(NULL, task_ep, blob_ep, bound_task, bound_blob, error);
+}
+
+zactor_t *
+loom_broker_start_opts(const loom_broker_opts *opts, const char *task_ep, const char *blob_ep,
+                       char **bound_task, char **bound_blob, char **error)
+{
     if (bound_task)
         *bound_task = NULL;
     if (bound_blob)
         *bound_blob = NULL;
     if (error)
         *error = NULL;
-    zactor_t *actor = zactor_new(loom_broker_actor, NULL);
+    zactor_t *actor = zactor_new(loom_broker_actor, (void *)opts);
     if (!actor) {
         if (error)
             *error = loom_xstrdup("cannot start the broker thread");
