@@ -29,6 +29,7 @@
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
 #define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
+#define LOOM_BROKER_MAX_CREDIT (1u << 20) //  items a worker process may ask for
 
 typedef struct {
     char key[2 * LOOM_RID_MAX + 1]; //  hex routing id: the sessions table key
@@ -46,6 +47,7 @@ typedef struct {
     uint32_t worker_id;
     zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
     size_t pipelines;
+    zhashx_t *pipeline_ids; //  clients: "pipeline id" of the open pipelines (value unused)
 } s_session;
 
 typedef struct {
@@ -161,6 +163,7 @@ s_session_free(s_session **s_p)
     if (!s)
         return;
     zhashx_destroy(&s->maps);
+    zhashx_destroy(&s->pipeline_ids);
     free(s->host);
     free(s->dead_reason);
     free(s);
@@ -484,9 +487,17 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     s->last_in = s->last_out = loom_now_ms();
     if (s->role == LOOM_ROLE_WORKER) {
         s->worker_id = s_free_worker_id(self);
-        s->sw = loom_sched_worker_new(self->sched, s, h->credit);
-    } else if (s->role == LOOM_ROLE_CLIENT)
+        uint32_t credit = h->credit;
+        if (credit > LOOM_BROKER_MAX_CREDIT) {
+            //  Asking for more than any worker process could hold.
+            self->st.msgs_rejected++;
+            credit = LOOM_BROKER_MAX_CREDIT;
+        }
+        s->sw = loom_sched_worker_new(self->sched, s, credit);
+    } else if (s->role == LOOM_ROLE_CLIENT) {
         s->maps = zhashx_new();
+        s->pipeline_ids = zhashx_new();
+    }
     zhashx_insert(self->sessions, s->key, s);
     zhashx_delete(self->strangers, key);
     if (self->verbose)
@@ -532,17 +543,28 @@ static void
 s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
 {
     if (!loom_name_valid(o->plugin)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin name '%.80s' is invalid",
                      o->plugin ? o->plugin : "");
         return;
     }
     if (!loom_name_valid(o->task)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "task name '%.80s' is invalid",
                      o->task ? o->task : "");
         return;
     }
     if (!s_version_valid(o->version)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin version '%.80s' is invalid", o->version);
+        return;
+    }
+    char pkey[32];
+    s_map_key(o->pipeline, pkey, sizeof pkey);
+    if (!zhashx_lookup(c->pipeline_ids, pkey)) {
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ESTATE, o->map, "map %llu: pipeline %llu is not open",
+                     (unsigned long long)o->map, (unsigned long long)o->pipeline);
         return;
     }
     if (s_client_map(c, o->map)) {
@@ -577,6 +599,37 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
     char key[32];
     s_map_key(o->map, key, sizeof key);
     zhashx_insert(c->maps, key, map);
+}
+
+static void
+s_on_pipeline_open(s_broker *self, s_session *c, const loom_wire_pipeline *p)
+{
+    char pkey[32];
+    s_map_key(p->pipeline, pkey, sizeof pkey);
+    if (zhashx_lookup(c->pipeline_ids, pkey)) {
+        self->st.msgs_rejected++;
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        m.u.error.code = LOOM_ESTATE;
+        m.u.error.pipeline = p->pipeline;
+        m.u.error.message = "pipeline is already open";
+        s_send(self, c, &m);
+        return;
+    }
+    if (zhashx_size(c->pipeline_ids) >= self->lim.max_pipelines) {
+        self->st.msgs_rejected++;
+        char text[160];
+        snprintf(text, sizeof text,
+                 "too many open pipelines: the broker allows %u per client (LOOM_MAX_PIPELINES)",
+                 self->lim.max_pipelines);
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        m.u.error.code = LOOM_ETOOBIG;
+        m.u.error.pipeline = p->pipeline;
+        m.u.error.message = text;
+        s_send(self, c, &m);
+        return;
+    }
+    zhashx_insert(c->pipeline_ids, pkey, (void *)1);
+    c->pipelines = zhashx_size(c->pipeline_ids);
 }
 
 static void
@@ -728,24 +781,20 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
         s_answer_stats(self, s->rid, s->rid_len);
         break;
     case LOOM_MSG_PIPELINE_OPEN:
-        ok = s->role == LOOM_ROLE_CLIENT;
-        if (ok && s->pipelines >= self->lim.max_pipelines) {
-            self->st.msgs_rejected++;
-            s_send_error(self, s, LOOM_ETOOBIG, 0,
-                         "too many open pipelines: the broker allows %u per client "
-                         "(LOOM_MAX_PIPELINES)",
-                         self->lim.max_pipelines);
-        } else if (ok)
-            s->pipelines++;
+        if ((ok = s->role == LOOM_ROLE_CLIENT))
+            s_on_pipeline_open(self, s, &msg->u.pipeline_open);
         break;
     case LOOM_MSG_PIPELINE_CLOSE:
-        ok = s->role == LOOM_ROLE_CLIENT;
-        if (ok && s->pipelines)
-            s->pipelines--;
-        if (ok) {
+        if ((ok = s->role == LOOM_ROLE_CLIENT)) {
+            char pkey[32];
+            s_map_key(msg->u.pipeline_close.pipeline, pkey, sizeof pkey);
+            ok = zhashx_lookup(s->pipeline_ids, pkey) != NULL;
+            zhashx_delete(s->pipeline_ids, pkey);
+            s->pipelines = zhashx_size(s->pipeline_ids);
             char owner[48];
             s_owner_key(s->id, msg->u.pipeline_close.pipeline, owner, sizeof owner);
-            loom_blob_channel_release(self->bc, owner);
+            if (ok)
+                loom_blob_channel_release(self->bc, owner);
         }
         break;
     case LOOM_MSG_MAP_OPEN:
@@ -770,11 +819,21 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
             loom_sched_map *map = s_client_map(s, msg->u.cancel_map);
             if (map)
                 s_map_cancel(self, map);
+            else
+                ok = false;
         }
         break;
     case LOOM_MSG_CREDIT:
-        if ((ok = s->role == LOOM_ROLE_WORKER))
-            loom_sched_worker_add_credit(s->sw, msg->u.credit);
+        if ((ok = s->role == LOOM_ROLE_WORKER)) {
+            //  Credit comes back as results go out: a worker asking to
+            //  hold more than LOOM_BROKER_MAX_CREDIT items is refused.
+            uint64_t want = (uint64_t)loom_sched_worker_in_flight(s->sw) +
+                            loom_sched_worker_credit(s->sw) + msg->u.credit;
+            if (want > LOOM_BROKER_MAX_CREDIT)
+                ok = false;
+            else
+                loom_sched_worker_add_credit(s->sw, msg->u.credit);
+        }
         break;
     case LOOM_MSG_RESULT_BATCH:
         if ((ok = s->role == LOOM_ROLE_WORKER))
