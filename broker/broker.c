@@ -14,6 +14,7 @@
 #include "base.h"
 #include "blob_channel.h"
 #include "curve.h"
+#include "safe_paths.h"
 #include "scheduler.h"
 #include "wire.h"
 
@@ -649,6 +650,17 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
                      self->lim.max_batch);
         return;
     }
+    //  File names become file names on the workers: refuse the batch
+    //  before anything of it is kept.
+    for (size_t i = 0; i < tb->nitems; i++)
+        for (size_t f = 0; f < tb->items[i].nfiles; f++)
+            if (!loom_file_name_valid(tb->items[i].files[f].name)) {
+                self->st.msgs_rejected++;
+                s_send_error(self, c, LOOM_EINVAL, tb->map,
+                             "item %llu: file name '%.80s' is invalid",
+                             (unsigned long long)tb->items[i].index, tb->items[i].files[f].name);
+                return;
+            }
     bool too_far = false;
     char owner[48];
     s_owner_key(c->id, loom_sched_map_def(map)->pipeline, owner, sizeof owner);

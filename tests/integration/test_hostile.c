@@ -652,6 +652,17 @@ s_attack_as_client(void)
     s_wait_refused(before + 1, "batch over max_batch");
     s_kinds++;
 
+    //  A file name that climbs out of the worker's directory.
+    before = s_refused();
+    uint8_t fh[LOOM_HASH_SIZE] = {0};
+    loom_wire_file wf = {.name = "../../etc/passwd", .hash = {fh, sizeof fh}, .size = 1};
+    it = (loom_wire_item){.index = 0, .data = {(const uint8_t *)"x", 1}, .nfiles = 1, .files = &wf};
+    tb.u.task_batch = (loom_wire_task_batch){.map = 30, .nitems = 1, .items = &it};
+    s_send(c, &tb);
+    s_expect_error(c, LOOM_EINVAL, "bad file name");
+    s_wait_refused(before + 1, "bad file name");
+    s_kinds++;
+
     before = s_refused();
     it = (loom_wire_item){.index = UINT64_MAX / 2, .data = {(const uint8_t *)"x", 1}};
     tb.u.task_batch = (loom_wire_task_batch){.map = 30, .nitems = 1, .items = &it};
@@ -730,6 +741,155 @@ test_hostile_peers_while_a_map_runs(void **state)
     assert_int_equal(waitpid(s_worker_pid, NULL, WNOHANG), 0);
 }
 
+//  ---------------------------------------------------------------------
+//  Limits from the environment, and their defaults
+
+static int
+s_setup_env(void **state)
+{
+    (void)state;
+    setenv("LOOM_MAX_PIPELINES", "2", 1);
+    setenv("LOOM_MAX_MAPS", "1", 1);
+    setenv("LOOM_MAX_BATCH", "8", 1);
+    setenv("LOOM_MAX_FRAME", "65536", 1);
+    loom_test_ipc(s_ep, sizeof s_ep, "limits");
+    char *err = NULL;
+    s_broker = loom_broker_start(s_ep, NULL, NULL, NULL, &err);
+    unsetenv("LOOM_MAX_PIPELINES");
+    unsetenv("LOOM_MAX_MAPS");
+    unsetenv("LOOM_MAX_BATCH");
+    unsetenv("LOOM_MAX_FRAME");
+    if (!s_broker)
+        fail_msg("broker: %s", err ? err : "?");
+    return 0;
+}
+
+static int
+s_teardown_broker(void **state)
+{
+    (void)state;
+    zactor_destroy(&s_broker);
+    unlink(s_ep + strlen("ipc://"));
+    return 0;
+}
+
+//  A client session; returns the Welcome (destroy it).
+static zsock_t *
+s_client(loom_msg **welcome)
+{
+    zsock_t *s = s_dealer();
+    loom_msg h = {.type = LOOM_MSG_HELLO};
+    h.u.hello = (loom_wire_hello){.role = LOOM_ROLE_CLIENT, .host = "", .pid = 1};
+    s_send(s, &h);
+    *welcome = s_expect(s, LOOM_MSG_WELCOME, S_WAIT_MS);
+    assert_non_null(*welcome);
+    return s;
+}
+
+static void
+s_expect_error_text(zsock_t *s, int code, const char *text)
+{
+    loom_msg *e = s_expect(s, LOOM_MSG_ERROR, S_WAIT_MS);
+    assert_non_null(e);
+    assert_int_equal(e->u.error.code, code);
+    if (!strstr(e->u.error.message, text))
+        fail_msg("Error '%s' does not say '%s'", e->u.error.message, text);
+    loom_msg_destroy(&e);
+}
+
+static void
+test_limits_from_the_environment(void **state)
+{
+    (void)state;
+    loom_msg *w = NULL;
+    zsock_t *a = s_client(&w);
+    assert_int_equal(w->u.welcome.max_batch, 8);
+    assert_int_equal(w->u.welcome.max_frame, 65536);
+    loom_msg_destroy(&w);
+
+    loom_msg po = {.type = LOOM_MSG_PIPELINE_OPEN};
+    for (uint64_t id = 1; id <= 3; id++) {
+        po.u.pipeline_open = (loom_wire_pipeline){.pipeline = id, .name = "p"};
+        s_send(a, &po);
+    }
+    s_expect_error_text(a, LOOM_ETOOBIG, "LOOM_MAX_PIPELINES");
+    loom_msg mo = {.type = LOOM_MSG_MAP_OPEN};
+    for (uint64_t id = 1; id <= 2; id++) {
+        mo.u.map_open = (loom_wire_map_open){
+            .map = id, .pipeline = 1, .plugin = "echo", .version = "", .task = "echo"};
+        s_send(a, &mo);
+    }
+    s_expect_error_text(a, LOOM_ETOOBIG, "LOOM_MAX_MAPS");
+    loom_wire_item items[9];
+    for (size_t i = 0; i < 9; i++)
+        items[i] = (loom_wire_item){.index = i, .data = {(const uint8_t *)"x", 1}};
+    loom_msg tb = {.type = LOOM_MSG_TASK_BATCH};
+    tb.u.task_batch = (loom_wire_task_batch){.map = 1, .nitems = 9, .items = items};
+    s_send(a, &tb);
+    s_expect_error_text(a, LOOM_ETOOBIG, "at most 8 per batch");
+    //  8 items are fine: no Error (the next message is our Stats).
+    tb.u.task_batch.nitems = 8;
+    s_send(a, &tb);
+    loom_msg sr = {.type = LOOM_MSG_STATS_REQUEST};
+    s_send(a, &sr);
+    loom_msg *m = NULL;
+    int64_t deadline = loom_now_ms() + S_WAIT_MS;
+    for (;;) {
+        assert_true(loom_now_ms() < deadline);
+        zmq_pollitem_t item = {zsock_resolve(a), 0, ZMQ_POLLIN, 0};
+        zmq_poll(&item, 1, 50);
+        if (loom_wire_recv(zsock_resolve(a), NULL, 0, NULL, &m, ZMQ_DONTWAIT) != 0)
+            continue;
+        assert_int_not_equal(m->type, LOOM_MSG_ERROR);
+        bool stats = m->type == LOOM_MSG_STATS;
+        if (stats)
+            assert_int_equal(m->u.stats.items_queued, 8);
+        loom_msg_destroy(&m);
+        if (stats)
+            break;
+    }
+
+    //  The limits are per client: another one is not affected by a's.
+    zsock_t *b = s_client(&w);
+    loom_msg_destroy(&w);
+    po.u.pipeline_open = (loom_wire_pipeline){.pipeline = 1, .name = "p"};
+    s_send(b, &po);
+    mo.u.map_open.map = 1;
+    s_send(b, &mo);
+    assert_null(s_expect(b, LOOM_MSG_ERROR, 300));
+    assert_int_equal(s_stats().maps, 2);
+    zsock_destroy(&b);
+    zsock_destroy(&a);
+}
+
+static int
+s_setup_default(void **state)
+{
+    (void)state;
+    loom_test_ipc(s_ep, sizeof s_ep, "defaults");
+    s_broker = loom_broker_start(s_ep, NULL, NULL, NULL, NULL);
+    assert_non_null(s_broker);
+    return 0;
+}
+
+static void
+test_limits_have_safe_defaults(void **state)
+{
+    (void)state;
+    loom_msg *w = NULL;
+    zsock_t *a = s_client(&w);
+    assert_int_equal(w->u.welcome.max_batch, 256);
+    assert_int_equal(w->u.welcome.max_frame, 64 * 1024 * 1024);
+    loom_msg_destroy(&w);
+    loom_msg po = {.type = LOOM_MSG_PIPELINE_OPEN};
+    for (uint64_t id = 1; id <= 1025; id++) {
+        po.u.pipeline_open = (loom_wire_pipeline){.pipeline = id, .name = "p"};
+        s_send(a, &po);
+    }
+    s_expect_error_text(a, LOOM_ETOOBIG, "allows 1024 per client");
+    zsock_destroy(&a);
+}
+
 int
 main(void)
 {
@@ -739,6 +899,10 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_hostile_peers_while_a_map_runs, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_limits_from_the_environment, s_setup_env,
+                                        s_teardown_broker),
+        cmocka_unit_test_setup_teardown(test_limits_have_safe_defaults, s_setup_default,
+                                        s_teardown_broker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
