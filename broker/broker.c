@@ -1275,8 +1275,14 @@ loom_broker_start_opts(const loom_broker_opts *opts, const char *task_ep, const 
         return NULL;
     }
     zstr_sendx(actor, "BIND", task_ep ? task_ep : "", blob_ep ? blob_ep : "", NULL);
-    char *status = NULL, *a = NULL, *b = NULL;
-    zstr_recvx(actor, &status, &a, &b, NULL);
+    //  A signal (SIGCHLD, a profiler's timer) must not lose the answer.
+    zmsg_t *reply = NULL;
+    while (!(reply = zmsg_recv(actor)) && zmq_errno() == EINTR)
+        ;
+    char *status = reply ? zmsg_popstr(reply) : NULL;
+    char *a = reply ? zmsg_popstr(reply) : NULL;
+    char *b = reply ? zmsg_popstr(reply) : NULL;
+    zmsg_destroy(&reply);
     if (status && streq(status, "OK") && a && b) {
         if (bound_task) {
             *bound_task = a;

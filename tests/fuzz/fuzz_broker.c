@@ -243,7 +243,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     //  Every peer must still get an answer.
     loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
     for (int i = 0; i < S_PEERS; i++) {
-        if (loom_wire_send(zsock_resolve(peers[i]), NULL, 0, &req, 0) != 0)
+        int rc;
+        while ((rc = loom_wire_send(zsock_resolve(peers[i]), NULL, 0, &req, ZMQ_DONTWAIT)) ==
+               LOOM_EAGAIN)
+            zmq_poll(NULL, 0, 1);
+        if (rc != 0)
             s_die("cannot ask for stats");
         int64_t until = zclock_mono() + 10000;
         bool answered = false;
