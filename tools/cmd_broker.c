@@ -25,7 +25,8 @@ s_usage(void)
 {
     fprintf(stderr, "usage: loom broker [--bind EP] [--blob-bind EP] [--store DIR]\n"
                     "                   [--store-size BYTES] [--store-ttl SECONDS]\n"
-                    "                   [--curve-dir DIR --cert FILE | --insecure] [--verbose]\n");
+                    "                   [--curve-dir DIR --cert FILE | --insecure] [--verbose]\n"
+                    "defaults: --bind tcp://127.0.0.1:5555 --blob-bind tcp://127.0.0.1:5556\n");
 }
 
 //  True if ep is not TCP, or TCP on a loopback address.

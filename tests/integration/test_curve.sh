@@ -40,6 +40,17 @@ cp client worker allow/
 BKEY=$(cat broker.z85)
 [[ ${#BKEY} == 40 ]] || fail "keygen prints the 40-character Z85 public key"
 
+# No accidental exposure: a non-loopback TCP bind without CURVE is refused
+# (before anything binds), saying why and naming --insecure.
+for ep in "--bind tcp://0.0.0.0:5555" "--bind tcp://192.0.2.1:5555" \
+          "--bind ipc://$TMP/x.sock --blob-bind tcp://0.0.0.0:5556"; do
+    # shellcheck disable=SC2086
+    lm broker $ep 2>err && fail "broker $ep started without CURVE"
+    grep -q -- "--insecure" err && grep -q "without CURVE" err ||
+        fail "broker $ep: the refusal does not explain: $(cat err)"
+done
+lm broker --help 2>&1 | grep -q "127.0.0.1:5555" || fail "the default endpoint is not loopback"
+
 # The broker refuses half a CURVE setup and a certificate without its secret.
 lm broker --bind "$EP" --blob-bind "" --curve-dir allow 2>err && fail "--curve-dir without --cert"
 grep -q -- "--cert" err || fail "the message names --cert"
