@@ -13,6 +13,8 @@
     LOOM_FUZZ_SEEDS=DIR fuzz_broker: write the seed corpus into DIR, exit.  */
 
 #include <czmq.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -186,6 +188,14 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     //  No expiry and no heartbeat chatter within one input.
     setenv("LOOM_HEARTBEAT_MS", "3600000", 1);
+    //  libFuzzer's -timeout works by SIGALRM, which interrupts the blocking
+    //  calls of this harness and of CZMQ's actor plumbing (zactor_new,
+    //  zactor_destroy) at random. Block it in every thread (they inherit
+    //  this mask); the harness has its own watchdog (10 s per answer).
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, NULL);
     zsys_init();
     zsys_set_logstream(NULL);
     zsys_handler_set(NULL);

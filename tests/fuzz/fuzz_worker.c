@@ -222,6 +222,13 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
         s_write_seeds(seeds);
         exit(0);
     }
+    //  libFuzzer's -timeout SIGALRM would interrupt blocking calls here and
+    //  in CZMQ's actor plumbing: block it in every thread (they inherit the
+    //  mask); the harness has its own watchdog (10 s per answer).
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, NULL);
     zsys_init();
     zsys_handler_set(NULL);
     snprintf(s_ep, sizeof s_ep, "ipc:///tmp/loom-fuzz-worker-%d", (int)getpid());
