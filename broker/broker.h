@@ -25,7 +25,7 @@ typedef struct {
     //  Limits. A peer going over gets an Error (or, for frames, libzmq
     //  drops its connection); nobody else is affected.
     uint32_t max_frame;     //  bytes per frame, LOOM_MAX_FRAME (64 MiB)
-    uint32_t max_batch;     //  items per TaskBatch, LOOM_MAX_BATCH (256)
+    uint32_t max_batch;     //  items per TaskBatch, LOOM_MAX_BATCH (1024, also the most)
     uint32_t max_maps;      //  open maps per client, LOOM_MAX_MAPS (1024)
     uint32_t max_pipelines; //  open pipelines per client, LOOM_MAX_PIPELINES (1024)
     //  Blob store quota (bytes), LOOM_BLOB_QUOTA: a hook for the blob
