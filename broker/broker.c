@@ -13,6 +13,8 @@
 
 #include "base.h"
 #include "blob_channel.h"
+#include "curve.h"
+#include "safe_paths.h"
 #include "scheduler.h"
 #include "wire.h"
 
@@ -28,6 +30,7 @@
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
 #define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
+#define LOOM_BROKER_MAX_CREDIT (1u << 20) //  items a worker process may ask for
 
 typedef struct {
     char key[2 * LOOM_RID_MAX + 1]; //  hex routing id: the sessions table key
@@ -45,6 +48,7 @@ typedef struct {
     uint32_t worker_id;
     zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
     size_t pipelines;
+    zhashx_t *pipeline_ids; //  clients: "pipeline id" of the open pipelines (value unused)
 } s_session;
 
 typedef struct {
@@ -65,6 +69,9 @@ typedef struct {
     bool verbose;
     loom_blob_channel *bc; //  the blob ROUTER's side (blob_channel.c)
     char *blob_ep;         //  bound blob endpoint, told to peers in Welcome
+    loom_broker_opts lim;     //  limits in force (defaults filled in)
+    loom_curve_server *curve; //  CURVE keys and allow-list, or NULL
+    char *setup_error;        //  why BIND must fail (bad CURVE setup)
 } s_broker;
 
 //  The blob channel's name of a client's pipeline ("session/pipeline").
@@ -157,6 +164,7 @@ s_session_free(s_session **s_p)
     if (!s)
         return;
     zhashx_destroy(&s->maps);
+    zhashx_destroy(&s->pipeline_ids);
     free(s->host);
     free(s->dead_reason);
     free(s);
@@ -480,9 +488,17 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     s->last_in = s->last_out = loom_now_ms();
     if (s->role == LOOM_ROLE_WORKER) {
         s->worker_id = s_free_worker_id(self);
-        s->sw = loom_sched_worker_new(self->sched, s, h->credit);
-    } else if (s->role == LOOM_ROLE_CLIENT)
+        uint32_t credit = h->credit;
+        if (credit > LOOM_BROKER_MAX_CREDIT) {
+            //  Asking for more than any worker process could hold.
+            self->st.msgs_rejected++;
+            credit = LOOM_BROKER_MAX_CREDIT;
+        }
+        s->sw = loom_sched_worker_new(self->sched, s, credit);
+    } else if (s->role == LOOM_ROLE_CLIENT) {
         s->maps = zhashx_new();
+        s->pipeline_ids = zhashx_new();
+    }
     zhashx_insert(self->sessions, s->key, s);
     zhashx_delete(self->strangers, key);
     if (self->verbose)
@@ -494,8 +510,8 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
                                       .worker_id = s->worker_id,
                                       .heartbeat_ms = (uint32_t)self->hb_ms,
                                       .liveness = LOOM_BROKER_LIVENESS,
-                                      .max_batch = LOOM_BROKER_MAX_BATCH,
-                                      .max_frame = LOOM_BROKER_MAX_FRAME,
+                                      .max_batch = self->lim.max_batch,
+                                      .max_frame = self->lim.max_frame,
                                       .blob_endpoint = self->blob_ep};
     s_send(self, s, &m);
 }
@@ -528,22 +544,40 @@ static void
 s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
 {
     if (!loom_name_valid(o->plugin)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin name '%.80s' is invalid",
                      o->plugin ? o->plugin : "");
         return;
     }
     if (!loom_name_valid(o->task)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "task name '%.80s' is invalid",
                      o->task ? o->task : "");
         return;
     }
     if (!s_version_valid(o->version)) {
+        self->st.msgs_rejected++;
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin version '%.80s' is invalid", o->version);
+        return;
+    }
+    char pkey[32];
+    s_map_key(o->pipeline, pkey, sizeof pkey);
+    if (!zhashx_lookup(c->pipeline_ids, pkey)) {
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ESTATE, o->map, "map %llu: pipeline %llu is not open",
+                     (unsigned long long)o->map, (unsigned long long)o->pipeline);
         return;
     }
     if (s_client_map(c, o->map)) {
         s_send_error(self, c, LOOM_ESTATE, o->map, "map %llu is already open",
                      (unsigned long long)o->map);
+        return;
+    }
+    if (zhashx_size(c->maps) >= self->lim.max_maps) {
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ETOOBIG, o->map,
+                     "too many open maps: the broker allows %u per client (LOOM_MAX_MAPS)",
+                     self->lim.max_maps);
         return;
     }
     loom_sched_def def = {.pipeline = o->pipeline,
@@ -569,6 +603,37 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
 }
 
 static void
+s_on_pipeline_open(s_broker *self, s_session *c, const loom_wire_pipeline *p)
+{
+    char pkey[32];
+    s_map_key(p->pipeline, pkey, sizeof pkey);
+    if (zhashx_lookup(c->pipeline_ids, pkey)) {
+        self->st.msgs_rejected++;
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        m.u.error.code = LOOM_ESTATE;
+        m.u.error.pipeline = p->pipeline;
+        m.u.error.message = "pipeline is already open";
+        s_send(self, c, &m);
+        return;
+    }
+    if (zhashx_size(c->pipeline_ids) >= self->lim.max_pipelines) {
+        self->st.msgs_rejected++;
+        char text[160];
+        snprintf(text, sizeof text,
+                 "too many open pipelines: the broker allows %u per client (LOOM_MAX_PIPELINES)",
+                 self->lim.max_pipelines);
+        loom_msg m = {.type = LOOM_MSG_ERROR};
+        m.u.error.code = LOOM_ETOOBIG;
+        m.u.error.pipeline = p->pipeline;
+        m.u.error.message = text;
+        s_send(self, c, &m);
+        return;
+    }
+    zhashx_insert(c->pipeline_ids, pkey, (void *)1);
+    c->pipelines = zhashx_size(c->pipeline_ids);
+}
+
+static void
 s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
 {
     loom_sched_map *map = s_client_map(c, tb->map);
@@ -576,6 +641,26 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
         self->st.msgs_rejected++;
         return;
     }
+    if (tb->nitems > self->lim.max_batch) {
+        //  The whole batch is refused: the client sent more than Welcome
+        //  allowed.
+        self->st.msgs_rejected++;
+        s_send_error(self, c, LOOM_ETOOBIG, tb->map,
+                     "batch of %zu items: the broker takes at most %u per batch", tb->nitems,
+                     self->lim.max_batch);
+        return;
+    }
+    //  File names become file names on the workers: refuse the batch
+    //  before anything of it is kept.
+    for (size_t i = 0; i < tb->nitems; i++)
+        for (size_t f = 0; f < tb->items[i].nfiles; f++)
+            if (!loom_file_name_valid(tb->items[i].files[f].name)) {
+                self->st.msgs_rejected++;
+                s_send_error(self, c, LOOM_EINVAL, tb->map,
+                             "item %llu: file name '%.80s' is invalid",
+                             (unsigned long long)tb->items[i].index, tb->items[i].files[f].name);
+                return;
+            }
     bool too_far = false;
     char owner[48];
     s_owner_key(c->id, loom_sched_map_def(map)->pipeline, owner, sizeof owner);
@@ -708,18 +793,20 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
         s_answer_stats(self, s->rid, s->rid_len);
         break;
     case LOOM_MSG_PIPELINE_OPEN:
-        ok = s->role == LOOM_ROLE_CLIENT;
-        if (ok && s->pipelines < 1000000)
-            s->pipelines++;
+        if ((ok = s->role == LOOM_ROLE_CLIENT))
+            s_on_pipeline_open(self, s, &msg->u.pipeline_open);
         break;
     case LOOM_MSG_PIPELINE_CLOSE:
-        ok = s->role == LOOM_ROLE_CLIENT;
-        if (ok && s->pipelines)
-            s->pipelines--;
-        if (ok) {
+        if ((ok = s->role == LOOM_ROLE_CLIENT)) {
+            char pkey[32];
+            s_map_key(msg->u.pipeline_close.pipeline, pkey, sizeof pkey);
+            ok = zhashx_lookup(s->pipeline_ids, pkey) != NULL;
+            zhashx_delete(s->pipeline_ids, pkey);
+            s->pipelines = zhashx_size(s->pipeline_ids);
             char owner[48];
             s_owner_key(s->id, msg->u.pipeline_close.pipeline, owner, sizeof owner);
-            loom_blob_channel_release(self->bc, owner);
+            if (ok)
+                loom_blob_channel_release(self->bc, owner);
         }
         break;
     case LOOM_MSG_MAP_OPEN:
@@ -744,11 +831,21 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
             loom_sched_map *map = s_client_map(s, msg->u.cancel_map);
             if (map)
                 s_map_cancel(self, map);
+            else
+                ok = false;
         }
         break;
     case LOOM_MSG_CREDIT:
-        if ((ok = s->role == LOOM_ROLE_WORKER))
-            loom_sched_worker_add_credit(s->sw, msg->u.credit);
+        if ((ok = s->role == LOOM_ROLE_WORKER)) {
+            //  Credit comes back as results go out: a worker asking to
+            //  hold more than LOOM_BROKER_MAX_CREDIT items is refused.
+            uint64_t want = (uint64_t)loom_sched_worker_in_flight(s->sw) +
+                            loom_sched_worker_credit(s->sw) + msg->u.credit;
+            if (want > LOOM_BROKER_MAX_CREDIT)
+                ok = false;
+            else
+                loom_sched_worker_add_credit(s->sw, msg->u.credit);
+        }
         break;
     case LOOM_MSG_RESULT_BATCH:
         if ((ok = s->role == LOOM_ROLE_WORKER))
@@ -910,12 +1007,12 @@ s_on_tick(zloop_t *loop, int timer_id, void *arg)
 }
 
 static void
-s_router_setup(zsock_t *sock)
+s_router_setup(zsock_t *sock, uint32_t max_frame)
 {
     zsock_set_router_mandatory(sock, 1);
     zsock_set_sndhwm(sock, LOOM_BROKER_HWM);
     zsock_set_rcvhwm(sock, LOOM_BROKER_HWM);
-    zsock_set_maxmsgsize(sock, LOOM_BROKER_MAX_FRAME);
+    zsock_set_maxmsgsize(sock, (int)max_frame);
     zsock_set_linger(sock, 0);
 }
 
@@ -941,7 +1038,9 @@ s_on_bind(s_broker *self, zmsg_t *msg)
     char *blob_ep = zmsg_popstr(msg);
     char err[512] = "";
     char *bound_task = NULL, *bound_blob = NULL;
-    if (self->bound)
+    if (self->setup_error)
+        snprintf(err, sizeof err, "%s", self->setup_error);
+    else if (self->bound)
         snprintf(err, sizeof err, "broker is already bound");
     else if (!task_ep || !*task_ep)
         snprintf(err, sizeof err, "BIND needs a task endpoint");
@@ -1056,6 +1155,8 @@ s_broker_destroy(s_broker **self_p)
     free(self->blob_ep);
     zsock_destroy(&self->tasks);
     zsock_destroy(&self->blobs);
+    loom_curve_server_destroy(&self->curve);
+    free(self->setup_error);
     free(self);
     *self_p = NULL;
 }
@@ -1067,11 +1168,38 @@ s_free_int64(void **item)
     *item = NULL;
 }
 
+//  Limits: the option, else the environment, else the default.
+static void
+s_limits(loom_broker_opts *lim, const loom_broker_opts *o)
+{
+    static const loom_broker_opts none = {0};
+    if (!o)
+        o = &none;
+    lim->max_frame = o->max_frame
+                         ? o->max_frame
+                         : (uint32_t)loom_env_long("LOOM_MAX_FRAME", LOOM_BROKER_MAX_FRAME, 4096,
+                                                   1L << 30);
+    lim->max_batch = o->max_batch ? o->max_batch
+                                  : (uint32_t)loom_env_long("LOOM_MAX_BATCH",
+                                                            LOOM_BROKER_MAX_BATCH, 1,
+                                                            LOOM_WIRE_MAX_ITEMS);
+    if (lim->max_batch > LOOM_SCHED_MAX_BATCH)
+        lim->max_batch = LOOM_SCHED_MAX_BATCH;
+    lim->max_maps = o->max_maps ? o->max_maps
+                                : (uint32_t)loom_env_long("LOOM_MAX_MAPS", 1024, 1, 1L << 24);
+    lim->max_pipelines =
+        o->max_pipelines ? o->max_pipelines
+                         : (uint32_t)loom_env_long("LOOM_MAX_PIPELINES", 1024, 1, 1L << 24);
+    lim->blob_quota = o->blob_quota ? o->blob_quota
+                                    : (uint64_t)loom_env_long("LOOM_BLOB_QUOTA", 0, 0, LONG_MAX);
+}
+
 static s_broker *
-s_broker_new(zsock_t *pipe)
+s_broker_new(zsock_t *pipe, const loom_broker_opts *opts)
 {
     s_broker *self = loom_xcalloc(1, sizeof *self);
     self->pipe = pipe;
+    s_limits(&self->lim, opts);
     self->hb_ms = (int)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 3600000);
     self->started_ms = loom_now_ms();
     if (sodium_init() < 0)
@@ -1087,9 +1215,23 @@ s_broker_new(zsock_t *pipe)
     self->tasks = zsock_new(ZMQ_ROUTER);
     self->blobs = zsock_new(ZMQ_ROUTER);
     LOOM_ASSERT(self->tasks && self->blobs);
-    s_router_setup(self->tasks);
-    s_router_setup(self->blobs);
+    s_router_setup(self->tasks, self->lim.max_frame);
+    s_router_setup(self->blobs, self->lim.max_frame);
     self->bc = loom_blob_channel_new(self->blobs);
+    if (opts && (opts->curve_dir || opts->cert_path)) {
+        //  Before any bind: CURVE_SERVER affects the binds that follow.
+        char *err = NULL;
+        if (!opts->curve_dir || !opts->cert_path)
+            err = loom_xstrdup("CURVE needs both an allow-list directory and the broker's "
+                               "certificate");
+        else
+            self->curve = loom_curve_server_new(opts->curve_dir, opts->cert_path, &err);
+        if (self->curve && (loom_curve_server_setup(self->curve, zsock_resolve(self->tasks)) ||
+                            loom_curve_server_setup(self->curve, zsock_resolve(self->blobs))))
+            err = loom_xstrdup("cannot make the broker's sockets CURVE servers");
+        if (err)
+            self->setup_error = err;
+    }
     self->loop = zloop_new();
     zloop_set_nonstop(self->loop, true);
     zloop_reader(self->loop, pipe, s_on_pipe, self);
@@ -1103,8 +1245,7 @@ s_broker_new(zsock_t *pipe)
 void
 loom_broker_actor(zsock_t *pipe, void *args)
 {
-    (void)args;
-    s_broker *self = s_broker_new(pipe);
+    s_broker *self = s_broker_new(pipe, args);
     zsock_signal(pipe, 0);
     zloop_start(self->loop);
     s_broker_destroy(&self);
@@ -1114,21 +1255,34 @@ zactor_t *
 loom_broker_start(const char *task_ep, const char *blob_ep, char **bound_task, char **bound_blob,
                   char **error)
 {
+    return loom_broker_start_opts(NULL, task_ep, blob_ep, bound_task, bound_blob, error);
+}
+
+zactor_t *
+loom_broker_start_opts(const loom_broker_opts *opts, const char *task_ep, const char *blob_ep,
+                       char **bound_task, char **bound_blob, char **error)
+{
     if (bound_task)
         *bound_task = NULL;
     if (bound_blob)
         *bound_blob = NULL;
     if (error)
         *error = NULL;
-    zactor_t *actor = zactor_new(loom_broker_actor, NULL);
+    zactor_t *actor = zactor_new(loom_broker_actor, (void *)opts);
     if (!actor) {
         if (error)
             *error = loom_xstrdup("cannot start the broker thread");
         return NULL;
     }
     zstr_sendx(actor, "BIND", task_ep ? task_ep : "", blob_ep ? blob_ep : "", NULL);
-    char *status = NULL, *a = NULL, *b = NULL;
-    zstr_recvx(actor, &status, &a, &b, NULL);
+    //  A signal (SIGCHLD, a profiler's timer) must not lose the answer.
+    zmsg_t *reply = NULL;
+    while (!(reply = zmsg_recv(actor)) && zmq_errno() == EINTR)
+        ;
+    char *status = reply ? zmsg_popstr(reply) : NULL;
+    char *a = reply ? zmsg_popstr(reply) : NULL;
+    char *b = reply ? zmsg_popstr(reply) : NULL;
+    zmsg_destroy(&reply);
     if (status && streq(status, "OK") && a && b) {
         if (bound_task) {
             *bound_task = a;

@@ -7,15 +7,37 @@
 #define LOOM_BROKER_H
 
 #include <czmq.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-//  The broker actor (zactor_new(loom_broker_actor, NULL)). Pipe commands:
+//  Options (all optional: zero / NULL means the default, then the
+//  environment variable named, then the built-in default).
+typedef struct {
+    //  CURVE: accept only peers whose public certificates are in curve_dir
+    //  (zauth), serving with the broker's own certificate cert_path (both
+    //  keys: `loom keygen broker` writes broker and broker_secret). Both or
+    //  neither.
+    const char *curve_dir;
+    const char *cert_path;
+    //  Limits. A peer going over gets an Error (or, for frames, libzmq
+    //  drops its connection); nobody else is affected.
+    uint32_t max_frame;     //  bytes per frame, LOOM_MAX_FRAME (64 MiB)
+    uint32_t max_batch;     //  items per TaskBatch, LOOM_MAX_BATCH (1024, also the most)
+    uint32_t max_maps;      //  open maps per client, LOOM_MAX_MAPS (1024)
+    uint32_t max_pipelines; //  open pipelines per client, LOOM_MAX_PIPELINES (1024)
+    //  Blob store quota (bytes), LOOM_BLOB_QUOTA: a hook for the blob
+    //  channel, which enforces it; 0 = default (not enforced here yet).
+    uint64_t blob_quota;
+} loom_broker_opts;
+
+//  The broker actor (zactor_new(loom_broker_actor, opts): opts NULL or a
+//  loom_broker_opts, read before zactor_new returns). Pipe commands:
 //  "BIND" task_ep blob_ep  -> replies "OK" bound_task bound_blob | "ERROR" message
 //      (blob_ep may be "" = none; `tcp://127.0.0.1:*` allowed: the reply
-//      carries the real endpoint)
+//      carries the real endpoint; a bad CURVE setup fails here)
 //  "STATS"   -> replies one frame: an encoded Stats message (loom_wire_encode)
 //  "STORE" dir cap ttl_ms [temp] -> replies "OK" | "ERROR": the blob store's
 //      directory ("" = a private temp dir), size cap in bytes and time-to-live
@@ -36,6 +58,12 @@ int loom_broker_set_store(zactor_t *broker, const char *dir, uint64_t cap, int64
 
 zactor_t *loom_broker_start(const char *task_ep, const char *blob_ep, char **bound_task,
                             char **bound_blob, char **error);
+
+//  The same with options (opts may be NULL). A bad CURVE directory or
+//  certificate fails here, before anything binds.
+zactor_t *loom_broker_start_opts(const loom_broker_opts *opts, const char *task_ep,
+                                 const char *blob_ep, char **bound_task, char **bound_blob,
+                                 char **error);
 
 #ifdef __cplusplus
 }

@@ -834,6 +834,12 @@ loom_sched_worker_add_credit(loom_sched_worker *w, uint32_t n)
     w->credit = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
 }
 
+uint32_t
+loom_sched_worker_credit(const loom_sched_worker *w)
+{
+    return w->credit;
+}
+
 size_t
 loom_sched_worker_in_flight(const loom_sched_worker *w)
 {

@@ -201,6 +201,7 @@ void loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const c
 void *loom_sched_worker_handle(const loom_sched_worker *w);
 void loom_sched_worker_add_credit(loom_sched_worker *w, uint32_t n);
 size_t loom_sched_worker_in_flight(const loom_sched_worker *w);
+uint32_t loom_sched_worker_credit(const loom_sched_worker *w); //  unused credit
 //  A paused worker gets nothing (its socket would block) until unpaused.
 void loom_sched_worker_pause(loom_sched_worker *w, bool paused);
 size_t loom_sched_worker_count(const loom_sched *self);

@@ -1,11 +1,17 @@
 /*  loom broker: run the broker until SIGINT or SIGTERM.
 
     loom broker [--bind tcp://127.0.0.1:5555] [--blob-bind tcp://127.0.0.1:5556]
-                [--store DIR] [--curve-dir DIR | --insecure] [--verbose]
+                [--store DIR] [--curve-dir DIR --cert FILE | --insecure] [--verbose]
 
     A thin command over the broker actor (broker/broker.h): parse argv,
-    refuse a non-loopback TCP bind without --insecure (CURVE comes later),
-    start, wait until interrupted, stop.  */
+    refuse a non-loopback TCP bind without CURVE or --insecure, start, wait
+    until interrupted, stop.
+
+    CURVE: --cert FILE is the broker's own certificate (`loom keygen
+    broker` writes broker and broker_secret); --curve-dir DIR holds the
+    public certificates of the clients and workers let in. Both are
+    required together: a broker key made up at start would change at every
+    restart and every peer would need the new one.  */
 
 #include <czmq.h>
 #include <stdio.h>
@@ -19,7 +25,8 @@ s_usage(void)
 {
     fprintf(stderr, "usage: loom broker [--bind EP] [--blob-bind EP] [--store DIR]\n"
                     "                   [--store-size BYTES] [--store-ttl SECONDS]\n"
-                    "                   [--curve-dir DIR | --insecure] [--verbose]\n");
+                    "                   [--curve-dir DIR --cert FILE | --insecure] [--verbose]\n"
+                    "defaults: --bind tcp://127.0.0.1:5555 --blob-bind tcp://127.0.0.1:5556\n");
 }
 
 //  True if ep is not TCP, or TCP on a loopback address.
@@ -62,6 +69,7 @@ loom_cmd_broker(int argc, char **argv)
     const char *bind = "tcp://127.0.0.1:5555";
     const char *blob_bind = "tcp://127.0.0.1:5556";
     const char *store = NULL, *curve_dir = NULL, *store_size = "0", *store_ttl = "0";
+    const char *cert = NULL;
     bool insecure = false, verbose = false;
     for (int i = 1; i < argc; i++) {
         bool missing = false;
@@ -78,6 +86,8 @@ loom_cmd_broker(int argc, char **argv)
             store_ttl = v;
         else if ((v = s_opt(argc, argv, &i, "--curve-dir", &missing)))
             curve_dir = v;
+        else if ((v = s_opt(argc, argv, &i, "--cert", &missing)))
+            cert = v;
         else if (missing) {
             fprintf(stderr, "loom broker: %s needs a value\n", argv[i]);
             return 2;
@@ -98,11 +108,13 @@ loom_cmd_broker(int argc, char **argv)
         fprintf(stderr, "loom broker: --curve-dir and --insecure exclude each other\n");
         return 2;
     }
-    if (curve_dir) {
-        fprintf(stderr, "loom broker: --curve-dir: CURVE security is not implemented yet\n");
+    if (!curve_dir != !cert) {
+        fprintf(stderr, "loom broker: CURVE needs both --curve-dir DIR (the allowed peers' "
+                        "public certificates) and --cert FILE (the broker's own, from loom "
+                        "keygen)\n");
         return 2;
     }
-    if (!insecure) {
+    if (!insecure && !curve_dir) {
         const char *eps[] = {bind, blob_bind};
         for (int i = 0; i < 2; i++)
             if (*eps[i] && !s_loopback(eps[i])) {
@@ -126,7 +138,8 @@ loom_cmd_broker(int argc, char **argv)
     zsys_init();
     zsys_set_logident("loom-broker");
     char *task_ep = NULL, *blob_ep = NULL, *error = NULL;
-    zactor_t *broker = loom_broker_start(bind, blob_bind, &task_ep, &blob_ep, &error);
+    loom_broker_opts bo = {.curve_dir = curve_dir, .cert_path = cert};
+    zactor_t *broker = loom_broker_start_opts(&bo, bind, blob_bind, &task_ep, &blob_ep, &error);
     if (!broker) {
         fprintf(stderr, "loom broker: %s\n", error ? error : "cannot start");
         free(error);
@@ -139,8 +152,8 @@ loom_cmd_broker(int argc, char **argv)
     }
     if (verbose)
         zstr_send(broker, "VERBOSE");
-    fprintf(stderr, "loom broker: tasks on %s, blobs on %s\n", task_ep,
-            *blob_ep ? blob_ep : "(none)");
+    fprintf(stderr, "loom broker: tasks on %s, blobs on %s%s\n", task_ep,
+            *blob_ep ? blob_ep : "(none)", curve_dir ? ", CURVE" : "");
     free(task_ep);
     free(blob_ep);
 

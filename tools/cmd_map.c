@@ -46,6 +46,7 @@ typedef struct {
     const char *input;
     const char *plugin_path;
     const char *args;
+    const char *cert, *server_key; //  CURVE, with --connect
     bool ordered;
     bool reduce;
     bool serial;
@@ -134,8 +135,10 @@ s_usage(FILE *out)
         "  --stats             print a summary line on stderr at the end\n"
         "  --files PATH...     one item per file, attached as 'in' (after PLUGIN TASK)\n"
         "  --share NAME=FILE   share FILE with every task as NAME (repeatable)\n"
-        "  --journal FILE | --cert FILE --server-key KEY\n"
-        "                      not implemented yet\n");
+        "  --cert FILE --server-key KEY\n"
+        "                      CURVE with --connect: this client's certificate (loom keygen)\n"
+        "                      and the broker's public key (Z85 text or its certificate file)\n"
+        "  --journal FILE      not implemented yet\n");
 }
 
 //  Parse a decimal int in [min, max]. Returns 0 or -1.
@@ -285,8 +288,10 @@ s_parse(int argc, char **argv, s_opts *o)
             later = "--journal (the journal is issue 6)";
             break;
         case S_OPT_CERT:
+            o->cert = optarg;
+            break;
         case S_OPT_SERVER_KEY:
-            later = "--cert/--server-key (CURVE is issue 5)";
+            o->server_key = optarg;
             break;
         case 'h':
         case S_OPT_HELP:
@@ -311,6 +316,11 @@ s_parse(int argc, char **argv, s_opts *o)
     }
     if (later) {
         fprintf(stderr, "loom map: %s: not implemented yet\n", later);
+        return 2;
+    }
+    if ((o->cert || o->server_key) && !o->connect) {
+        fprintf(stderr, "loom map: --cert/--server-key need --connect (the embedded broker is "
+                        "private to this process)\n");
         return 2;
     }
     //  The broker refuses bad names before any item; refuse them here, the
@@ -601,7 +611,10 @@ s_cluster_idle(void *arg)
 static int
 s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
 {
-    loom_client_opts copts = {.local_workers = o->procs, .plugin_path = o->plugin_path};
+    loom_client_opts copts = {.local_workers = o->procs,
+                              .plugin_path = o->plugin_path,
+                              .cert_path = o->cert,
+                              .server_key = o->server_key};
     loom_client *client = loom_client_new(o->connect, &copts);
     if (!client) {
         if (o->connect)

@@ -1,6 +1,7 @@
 /*  loom status: ask a broker for its counters.
 
     loom status [--connect tcp://127.0.0.1:5555] [--timeout MS]
+                [--cert FILE --server-key KEY]
 
     Sends StatsRequest (no session needed) and prints one `name value`
     line per counter. Exits 1 if no answer comes within the timeout.  */
@@ -11,6 +12,7 @@
 
 #include "base.h"
 #include "commands.h"
+#include "curve.h"
 #include "wire.h"
 
 static void
@@ -46,10 +48,15 @@ int
 loom_cmd_status(int argc, char **argv)
 {
     const char *ep = "tcp://127.0.0.1:5555";
+    const char *cert = NULL, *server_key = NULL;
     long timeout = 2000;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--connect") && i + 1 < argc)
             ep = argv[++i];
+        else if (!strcmp(argv[i], "--cert") && i + 1 < argc)
+            cert = argv[++i];
+        else if (!strcmp(argv[i], "--server-key") && i + 1 < argc)
+            server_key = argv[++i];
         else if (!strncmp(argv[i], "--connect=", 10))
             ep = argv[i] + 10;
         else if ((!strcmp(argv[i], "--timeout") && i + 1 < argc) ||
@@ -62,7 +69,8 @@ loom_cmd_status(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "usage: loom status [--connect EP] [--timeout MS]\n");
+            fprintf(stderr, "usage: loom status [--connect EP] [--timeout MS] "
+                            "[--cert FILE --server-key KEY]\n");
             return 2;
         }
     }
@@ -73,6 +81,13 @@ loom_cmd_status(int argc, char **argv)
         return 1;
     }
     zsock_set_linger(sock, 0);
+    char *curve_err = NULL;
+    if (loom_curve_client_setup(zsock_resolve(sock), cert, server_key, &curve_err) != 0) {
+        fprintf(stderr, "loom status: %s\n", curve_err);
+        free(curve_err);
+        zsock_destroy(&sock);
+        return 2;
+    }
     if (zsock_connect(sock, "%s", ep) != 0) {
         fprintf(stderr, "loom status: cannot connect to %s\n", ep);
         zsock_destroy(&sock);

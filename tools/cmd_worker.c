@@ -7,11 +7,12 @@
     child form of this command:
 
     loom worker --child --host HOSTID --connect EP --plugin-path DIR
-                [--max-tasks N] [--credit N]  */
+                [--max-tasks N] [--credit N] [--cert FILE --server-key KEY]  */
 
 #include "commands.h"
 
 #include "base.h"
+#include "curve.h"
 #include "worker.h"
 #include "worker_process.h"
 
@@ -116,8 +117,10 @@ loom_cmd_worker(int argc, char **argv)
         s_usage();
         return 2;
     }
-    if (cert || server_key) {
-        fprintf(stderr, "loom worker: --cert/--server-key (CURVE): not implemented yet\n");
+    char *curve_err = NULL;
+    if (loom_curve_client_check(cert, server_key, &curve_err) != 0) {
+        fprintf(stderr, "loom worker: %s\n", curve_err);
+        free(curve_err);
         return 2;
     }
     if (child) {
@@ -131,7 +134,9 @@ loom_cmd_worker(int argc, char **argv)
                                        .max_tasks = max_tasks,
                                        .credit = (uint32_t)credit,
                                        .cache_dir = cache,
-                                       .cache_size = (uint64_t)cache_size};
+                                       .cache_size = (uint64_t)cache_size,
+                                       .cert_path = cert,
+                                       .server_key = server_key};
         return loom_worker_process_run(&po);
     }
     loom_worker_opts o = {.endpoint = endpoint,
@@ -141,7 +146,9 @@ loom_cmd_worker(int argc, char **argv)
                           .max_tasks = max_tasks,
                           .credit = (uint32_t)credit,
                           .parent = (pid_t)parent,
-                          .cache_size = (uint64_t)cache_size};
+                          .cache_size = (uint64_t)cache_size,
+                          .cert_path = cert,
+                          .server_key = server_key};
     int rc = loom_worker_run(&o);
     if (rc < 0) {
         fprintf(stderr, "loom worker: cannot start: %s\n", loom_strerror(rc));

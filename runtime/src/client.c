@@ -12,6 +12,7 @@
 #include "client_priv.h"
 #include "blob_transfer.h"
 #include "cluster.h"
+#include "curve.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -61,6 +62,8 @@ typedef struct {
     char data_ep[64];          //  inproc pair
     int timeout_ms;            //  handshake
     int reconnect_ms;          //  how long a lost broker may stay away
+    const char *cert_path;     //  CURVE, or NULL
+    const char *server_key;
     loom_wire_welcome welcome; //  out: the broker's Welcome
     int status;                //  out: 0, or a negative code
     char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
@@ -201,9 +204,14 @@ s_io_actor(zsock_t *pipe, void *args)
     void *ph = zsock_resolve(data);
 
     a->status = 0;
+    char *curve_err = NULL;
     if (zsock_connect(data, "%s", a->data_ep) != 0)
         a->status = LOOM_EIO;
-    else if (zmq_connect(dh, a->endpoint) != 0) {
+    else if (loom_curve_client_setup(dh, a->cert_path, a->server_key, &curve_err) != 0) {
+        loom_log_error("loom: %s", curve_err);
+        free(curve_err);
+        a->status = LOOM_EINVAL;
+    } else if (zmq_connect(dh, a->endpoint) != 0) {
         loom_log_error("loom: cannot connect to %s: %s", a->endpoint, zmq_strerror(zmq_errno()));
         a->status = LOOM_EINVAL;
     } else {
@@ -216,6 +224,9 @@ s_io_actor(zsock_t *pipe, void *args)
     //  what we need before we signal.
     const char *endpoint = a->endpoint;
     int64_t reconnect_ms = a->reconnect_ms;
+    //  CURVE keys for the reconnections (the options are the caller's).
+    char *cert_path = a->cert_path ? loom_xstrdup(a->cert_path) : NULL;
+    char *server_key = a->server_key ? loom_xstrdup(a->server_key) : NULL;
     int64_t hb = a->welcome.heartbeat_ms;
     int64_t expiry = hb * a->welcome.liveness;
     bool failed = a->status != 0;
@@ -229,6 +240,8 @@ s_io_actor(zsock_t *pipe, void *args)
             if (term)
                 break;
         }
+        free(cert_path);
+        free(server_key);
         zsock_destroy(&data);
         zsock_destroy(&dealer);
         return;
@@ -389,6 +402,7 @@ s_io_actor(zsock_t *pipe, void *args)
             zsock_set_sndhwm(dealer, S_BROKER_HWM);
             zsock_set_rcvhwm(dealer, S_BROKER_HWM);
             dh = zsock_resolve(dealer);
+            loom_curve_client_setup(dh, cert_path, server_key, NULL); //  checked at start
             zmq_connect(dh, endpoint);
         }
         if (state == S_CONNECTING) {
@@ -418,6 +432,7 @@ s_io_actor(zsock_t *pipe, void *args)
                 zsock_set_sndhwm(dealer, S_BROKER_HWM);
                 zsock_set_rcvhwm(dealer, S_BROKER_HWM);
                 dh = zsock_resolve(dealer);
+                loom_curve_client_setup(dh, cert_path, server_key, NULL);
                 zmq_connect(dh, endpoint);
             }
         }
@@ -455,6 +470,8 @@ s_io_actor(zsock_t *pipe, void *args)
     zmq_msg_close(&in);
     zmq_msg_close(&out);
     free(hb_buf);
+    free(cert_path);
+    free(server_key);
     zsock_destroy(&data);
     zsock_destroy(&dealer);
 }
@@ -468,12 +485,19 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
     static const loom_client_opts no_opts = {0};
     if (!opts)
         opts = &no_opts;
-    if (opts->cert_path || opts->server_key) {
-        loom_log_error("loom: CURVE security is not implemented yet");
+    char *curve_err = NULL;
+    if (loom_curve_client_check(opts->cert_path, opts->server_key, &curve_err) != 0) {
+        loom_log_error("loom: %s", curve_err);
+        free(curve_err);
         return NULL;
     }
     if (opts->timeout_ms < 0 || opts->local_workers < 0) {
         loom_log_error("loom: invalid client options");
+        return NULL;
+    }
+    if (!endpoint && (opts->cert_path || opts->server_key)) {
+        loom_log_error("loom: CURVE (cert_path, server_key) is for a remote broker, not the "
+                       "embedded one");
         return NULL;
     }
     s_library_init();
@@ -491,7 +515,9 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
     s_io_args args = {.endpoint = self->endpoint,
                       .timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS,
                       .reconnect_ms =
-                          opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS};
+                          opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS,
+                      .cert_path = opts->cert_path,
+                      .server_key = opts->server_key};
     //  A counter too: a destroyed client's endpoint may still be bound
     //  (libzmq closes sockets asynchronously) when malloc reuses its address.
     static atomic_uint seq;

@@ -14,6 +14,7 @@
 
 #include "base.h"
 #include "blob_cache.h"
+#include "curve.h"
 #include "paths.h"
 #include "plugin_loader.h"
 #include "wire.h"
@@ -179,6 +180,12 @@ s_spawn(s_super *self, int i)
     argv[n++] = self->cache_dir;
     argv[n++] = "--cache-size";
     argv[n++] = self->cache_size;
+    if (o->cert_path && o->server_key) {
+        argv[n++] = "--cert";
+        argv[n++] = o->cert_path;
+        argv[n++] = "--server-key";
+        argv[n++] = o->server_key;
+    }
     argv[n] = NULL;
     pid_t me = getpid();
     //  The child starts with SIGTERM/SIGINT blocked: one sent before it has
@@ -228,6 +235,12 @@ s_connect(s_super *self)
     int one = 1, zero = 0;
     zmq_setsockopt(self->dealer, ZMQ_IMMEDIATE, &one, sizeof one);
     zmq_setsockopt(self->dealer, ZMQ_LINGER, &zero, sizeof zero);
+    char *curve_err = NULL;
+    if (loom_curve_client_setup(self->dealer, self->opts->cert_path, self->opts->server_key,
+                                &curve_err) != 0) {
+        loom_log_error("supervisor: %s", curve_err); //  checked at start: cannot happen
+        free(curve_err);
+    }
     if (zmq_connect(self->dealer, self->opts->endpoint) != 0)
         loom_log_error("supervisor: cannot connect to %s: %s", self->opts->endpoint,
                        zmq_strerror(zmq_errno()));

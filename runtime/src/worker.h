@@ -24,6 +24,8 @@ typedef struct {
     uint32_t credit;         //  per process; 0: the default
     pid_t parent;            //  stop when this process is gone; 0: none
     uint64_t cache_size;     //  blob cache cap in bytes; 0: $LOOM_CACHE_SIZE, else 8 GiB
+    const char *cert_path;   //  CURVE (curve.h): certificate, or NULL; passed on to the children
+    const char *server_key;  //  CURVE: the broker's public key, or NULL
 } loom_worker_opts;
 
 //  Run the supervisor until interrupted or the parent is gone. Returns 0,

@@ -21,6 +21,7 @@
 #include "worker_process.h"
 
 #include "base.h"
+#include "curve.h"
 #include "executor.h"
 #include "wire.h"
 #include "worker_blobs.h"
@@ -177,6 +178,12 @@ s_io_connect(s_io *self)
     zmq_setsockopt(self->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->dealer, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->dealer, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    char *curve_err = NULL;
+    if (loom_curve_client_setup(self->dealer, self->opts->cert_path, self->opts->server_key,
+                                &curve_err) != 0) {
+        loom_log_error("worker %d: %s", (int)getpid(), curve_err); //  checked at start
+        free(curve_err);
+    }
     if (zmq_connect(self->dealer, self->opts->endpoint) != 0)
         loom_log_error("worker %d: cannot connect to %s: %s", (int)getpid(), self->opts->endpoint,
                        zmq_strerror(zmq_errno()));

@@ -27,6 +27,8 @@ typedef struct {
     uint32_t credit;         //  Hello.credit; 0: LOOM_WORKER_DEFAULT_CREDIT
     const char *cache_dir;   //  the host's blob cache; NULL: shares unavailable
     uint64_t cache_size;     //  its cap in bytes; 0: the default
+    const char *cert_path;   //  CURVE (curve.h): this process's certificate, or NULL
+    const char *server_key;  //  CURVE: the broker's public key, or NULL
 } loom_worker_process_opts;
 
 //  Run one worker process until SIGTERM/SIGINT (finishes the batch it is

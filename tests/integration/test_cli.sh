@@ -141,7 +141,9 @@ map squares square_text --input x.txt --files a.txt
 map squares square_text --share noequals
 map squares square_text --journal j.db
 map squares square_text --serial --connect tcp://127.0.0.1:1
-keygen broker
+keygen
+keygen a b
+broker --curve-dir /nonexistent
 EOF
     rc=0
     lm map squares square_text --journal j.db </dev/null 2>"$TMP/err" || rc=$?

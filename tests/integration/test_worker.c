@@ -1165,6 +1165,129 @@ test_usage_errors_exit_2(void **state)
     }
 }
 
+//  A hostile (or broken) broker: garbage, lies and huge batches to a real
+//  worker process. It survives them all (same pid, no WorkerExit) and then
+//  still runs a map.
+static void
+s_raw(s_fb *fb, const s_peer *p, const void *data, size_t len)
+{
+    assert_int_equal(zmq_send(fb->sock, p->rid, p->rid_len, ZMQ_SNDMORE), (int)p->rid_len);
+    assert_int_equal(zmq_send(fb->sock, data, len, 0), (int)len);
+}
+
+static void
+test_hostile_broker_messages_do_not_stop_the_worker(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("hostile", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    int peers = fb->npeers;
+
+    //  Random bytes, an empty frame, a multi-frame message.
+    uint8_t junk[1000];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 31 + 7);
+    s_raw(fb, p, junk, sizeof junk);
+    s_raw(fb, p, "", 0);
+    loom_msg hb;
+    memset(&hb, 0, sizeof hb);
+    hb.type = LOOM_MSG_HEARTBEAT;
+    void *hb_buf = NULL;
+    size_t hb_len = 0;
+    assert_int_equal(loom_wire_encode(&hb, &hb_buf, &hb_len), 0);
+    assert_int_equal(zmq_send(fb->sock, p->rid, p->rid_len, ZMQ_SNDMORE), (int)p->rid_len);
+    for (int i = 0; i < 3; i++)
+        zmq_send(fb->sock, hb_buf, hb_len, i < 2 ? ZMQ_SNDMORE : 0);
+    free(hb_buf);
+
+    //  A TaskBatch whose item claims 2 GiB of data (the verifier refuses it).
+    loom_wire_item it;
+    memset(&it, 0, sizeof it);
+    uint8_t ten[10];
+    memset(ten, 'A', sizeof ten);
+    it.data.data = ten;
+    it.data.len = sizeof ten;
+    loom_msg tb;
+    memset(&tb, 0, sizeof tb);
+    tb.type = LOOM_MSG_TASK_BATCH;
+    tb.u.task_batch.map = 1;
+    tb.u.task_batch.items = &it;
+    tb.u.task_batch.nitems = 1;
+    void *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(loom_wire_encode(&tb, &buf, &len), 0);
+    uint8_t *b = (uint8_t *)buf;
+    uint32_t n10 = 10, huge = 0x7ffffff0;
+    bool patched = false;
+    for (size_t i = 0; i + 4 <= len && !patched; i++)
+        if (!memcmp(b + i, &n10, 4) && i + 4 < len && b[i + 4] == 'A') {
+            memcpy(b + i, &huge, 4);
+            patched = true;
+        }
+    assert_true(patched);
+    s_raw(fb, p, b, len);
+    free(buf);
+
+    //  Plugin and task names that try to reach the filesystem.
+    s_map_open(fb, p, 50, "../../../tmp/evil", "echo", 0, false);
+    s_map_open(fb, p, 51, "testkit", "../echo", 0, false);
+    s_map_open(fb, p, 52, "/etc/passwd", "x", 0, false);
+    //  Messages a worker never gets: client and broker-bound ones.
+    loom_msg m;
+    const loom_msg_type odd[] = {LOOM_MSG_HELLO,        LOOM_MSG_PIPELINE_OPEN, LOOM_MSG_MAP_END,
+                                 LOOM_MSG_CREDIT,       LOOM_MSG_RESULT_BATCH,  LOOM_MSG_STATS_REQUEST,
+                                 LOOM_MSG_WORKER_EXIT,  LOOM_MSG_STATS};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        memset(&m, 0, sizeof m);
+        m.type = odd[i];
+        if (odd[i] == LOOM_MSG_HELLO)
+            m.u.hello.host = "x";
+        s_send(fb, p, &m);
+    }
+    //  Cancel of a map it never saw; a combine batch of a map it never saw.
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_CANCEL;
+    m.u.cancel_map = 12345;
+    s_send(fb, p, &m);
+    const char *in[] = {"a", "b"};
+    s_batch(fb, p, 60, 0, in, 2, true);
+
+    //  A huge batch (the most items a message may carry) of a map it never
+    //  saw, far over its credit.
+    size_t nhuge = LOOM_WIRE_MAX_ITEMS;
+    loom_wire_item *items = (loom_wire_item *)calloc(nhuge, sizeof *items);
+    assert_non_null(items);
+    for (size_t i = 0; i < nhuge; i++) {
+        items[i].index = i;
+        items[i].data.data = (const uint8_t *)"x";
+        items[i].data.len = 1;
+    }
+    memset(&tb, 0, sizeof tb);
+    tb.type = LOOM_MSG_TASK_BATCH;
+    tb.u.task_batch.map = 70;
+    tb.u.task_batch.items = items;
+    tb.u.task_batch.nitems = nhuge;
+    s_send(fb, p, &tb);
+    free(items);
+
+    //  Still the same process, still serving: a map of echo works.
+    s_map_open(fb, p, 80, "testkit", "echo", 0, false);
+    const char *good[] = {"one", "two", "three"};
+    s_batch(fb, p, 80, 0, good, 3, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 80, res, 3, NULL), 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].status, 0);
+        assert_string_equal(res[i].data, good[i]);
+    }
+    assert_true(s_alive(pid));
+    for (int i = peers; i < fb->npeers; i++)
+        assert_true(fb->peers[i].role != LOOM_ROLE_WORKER); //  no restarted process
+    assert_ptr_equal(s_worker(fb, 0), p);
+}
+
 int
 main(void)
 {
@@ -1177,6 +1300,7 @@ main(void)
         cmocka_unit_test_teardown(test_failing_item_gives_etask_with_message, s_teardown),
         cmocka_unit_test_teardown(test_unknown_plugin_sends_error_and_fails_items, s_teardown),
         cmocka_unit_test_teardown(test_unknown_map_fails_items_with_eproto, s_teardown),
+        cmocka_unit_test_teardown(test_hostile_broker_messages_do_not_stop_the_worker, s_teardown),
         cmocka_unit_test_teardown(test_crash_reports_worker_exit_and_restarts, s_teardown),
         cmocka_unit_test_teardown(test_item_timeout_reports_etimedout_then_exits, s_teardown),
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),

@@ -551,11 +551,16 @@ s_hello(zsock_t *s, loom_role role, const char *host, uint32_t pid, uint32_t cre
     return welcome;
 }
 
+//  Open a pipeline numbered like the map, then the map in it.
 static void
 s_map_open(zsock_t *c, uint64_t map, const char *plugin, bool reduce, int32_t retries)
 {
+    loom_msg p = {.type = LOOM_MSG_PIPELINE_OPEN};
+    p.u.pipeline_open = (loom_wire_pipeline){.pipeline = map, .name = "p"};
+    s_send(c, &p);
     loom_msg m = {.type = LOOM_MSG_MAP_OPEN};
     m.u.map_open = (loom_wire_map_open){.map = map,
+                                        .pipeline = map,
                                         .plugin = plugin,
                                         .version = "",
                                         .task = "square",
@@ -848,11 +853,12 @@ test_message_before_hello_refused(void **state)
     //  A malformed frame is refused and counted too.
     zstr_send(s, "not a flatbuffer");
     loom_wire_stats st = s_stats(f->broker);
-    for (int i = 0; i < 100 && st.msgs_rejected < 3; i++) {
+    //  PipelineOpen, MapOpen, TaskBatch, the malformed frame.
+    for (int i = 0; i < 100 && st.msgs_rejected < 4; i++) {
         zmq_poll(NULL, 0, 10);
         st = s_stats(f->broker);
     }
-    assert_int_equal(st.msgs_rejected, 3);
+    assert_int_equal(st.msgs_rejected, 4);
     assert_int_equal(st.maps, 0);
     assert_int_equal(st.items_queued, 0);
     //  The peer can still say Hello afterwards.
@@ -1159,12 +1165,13 @@ test_bad_names_refused(void **state)
     assert_string_equal(e->u.error.message, "plugin name 'x/y' is invalid");
     loom_msg_destroy(&e);
     s_submit(client, 4, 0, 5);
+    //  The bad MapOpen and the batch for the map never opened.
     loom_wire_stats st = s_stats(f->broker);
-    for (int i = 0; i < 100 && st.msgs_rejected < 1; i++) {
+    for (int i = 0; i < 100 && st.msgs_rejected < 2; i++) {
         zmq_poll(NULL, 0, 10);
         st = s_stats(f->broker);
     }
-    assert_int_equal(st.msgs_rejected, 1);
+    assert_int_equal(st.msgs_rejected, 2);
     assert_int_equal(st.maps, 0);
     zsock_destroy(&client);
 }

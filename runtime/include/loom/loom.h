@@ -82,8 +82,8 @@ typedef struct loom_client_opts {
     int timeout_ms;          //  connect and handshake; 0: default (5000). Also how long
                              //  a lost broker may stay away before LOOM_ECONNECT (the
                              //  client reconnects and resubmits); 0: 30000
-    const char *cert_path;   //  CURVE: this peer's certificate (not implemented yet)
-    const char *server_key;  //  CURVE: the broker's public key (not implemented yet)
+    const char *cert_path;   //  CURVE: this peer's certificate (loom keygen NAME: NAME or NAME_secret)
+    const char *server_key;  //  CURVE: the broker's public key, Z85 text or its certificate file
 } loom_client_opts;
 
 typedef struct loom_stats {

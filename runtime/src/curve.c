@@ -1,0 +1,240 @@
+/*  curve: CURVE security for loom's sockets. See curve.h.  */
+
+#include "curve.h"
+
+#include "base.h"
+
+#include <czmq.h>
+#include <loom/errors.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define S_KEY_Z85 40 //  Z85 text of a 32-byte key
+
+static void s_error(char **error, const char *fmt, ...) LOOM_PRINTF(2, 3);
+
+static void
+s_error(char **error, const char *fmt, ...)
+{
+    if (!error)
+        return;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    *error = loom_xstrdup(text);
+}
+
+static bool
+s_key_zero(const uint8_t *key)
+{
+    for (int i = 0; i < 32; i++)
+        if (key[i])
+            return false;
+    return true;
+}
+
+static bool
+s_regular_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+//  Load this peer's certificate: both keys, or NULL with *error.
+static zcert_t *
+s_load_own(const char *cert_path, char **error)
+{
+    if (!cert_path || !*cert_path) {
+        s_error(error, "CURVE needs a certificate (--cert FILE, made by loom keygen)");
+        return NULL;
+    }
+    char secret[4096];
+    snprintf(secret, sizeof secret, "%s_secret", cert_path);
+    if (!s_regular_file(cert_path) && !s_regular_file(secret)) {
+        s_error(error, "certificate %s: no such file", cert_path);
+        return NULL;
+    }
+    zcert_t *cert = zcert_load(cert_path); //  reads FILE_secret first, if there
+    if (!cert) {
+        s_error(error, "certificate %s: not a readable certificate", cert_path);
+        return NULL;
+    }
+    if (s_key_zero(zcert_secret_key(cert))) {
+        zcert_destroy(&cert);
+        s_error(error,
+                "certificate %s has no secret key: keep its %s_secret file next to it "
+                "(loom keygen writes both)",
+                cert_path, cert_path);
+        return NULL;
+    }
+    return cert;
+}
+
+//  The broker's public key from Z85 text or a certificate file, into key.
+static int
+s_server_key(const char *server_key, uint8_t key[32], char **error)
+{
+    if (!server_key || !*server_key) {
+        s_error(error, "CURVE needs the broker's public key (--server-key KEY)");
+        return LOOM_EINVAL;
+    }
+    if (strlen(server_key) == S_KEY_Z85 && zmq_z85_decode(key, server_key) &&
+        !s_regular_file(server_key))
+        return 0;
+    if (s_regular_file(server_key)) {
+        zcert_t *cert = zcert_load(server_key);
+        if (cert) {
+            memcpy(key, zcert_public_key(cert), 32);
+            zcert_destroy(&cert);
+            if (!s_key_zero(key))
+                return 0;
+        }
+        s_error(error, "server key file %s is not a certificate", server_key);
+        return LOOM_EINVAL;
+    }
+    s_error(error,
+            "server key '%.60s' is neither a 40-character Z85 key nor a certificate file",
+            server_key);
+    return LOOM_EINVAL;
+}
+
+int
+loom_curve_client_check(const char *cert_path, const char *server_key, char **error)
+{
+    return loom_curve_client_setup(NULL, cert_path, server_key, error);
+}
+
+int
+loom_curve_client_setup(void *sock, const char *cert_path, const char *server_key, char **error)
+{
+    if (error)
+        *error = NULL;
+    if (!cert_path && !server_key)
+        return 0;
+    if (!cert_path || !server_key) {
+        s_error(error, "CURVE needs both a certificate (--cert) and the broker's key "
+                       "(--server-key)");
+        return LOOM_EINVAL;
+    }
+    uint8_t skey[32];
+    if (s_server_key(server_key, skey, error))
+        return LOOM_EINVAL;
+    zcert_t *cert = s_load_own(cert_path, error);
+    if (!cert)
+        return LOOM_EINVAL;
+    int rc = 0;
+    if (sock && (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, skey, 32) ||
+                 zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, zcert_public_key(cert), 32) ||
+                 zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, zcert_secret_key(cert), 32))) {
+        s_error(error, "cannot set CURVE keys: %s", zmq_strerror(zmq_errno()));
+        rc = LOOM_EINVAL;
+    }
+    zcert_destroy(&cert);
+    return rc;
+}
+
+//  ---------------------------------------------------------------------
+//  Server
+
+struct loom_curve_server {
+    zcert_t *cert;
+};
+
+//  zauth is one per process (it binds the context's ZAP endpoint).
+static pthread_mutex_t s_auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static zactor_t *s_auth;
+static char *s_auth_dir;
+static int s_auth_refs;
+
+loom_curve_server *
+loom_curve_server_new(const char *allow_dir, const char *cert_path, char **error)
+{
+    if (error)
+        *error = NULL;
+    struct stat st;
+    if (!allow_dir || stat(allow_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        s_error(error, "CURVE allow-list %s is not a directory", allow_dir ? allow_dir : "(none)");
+        return NULL;
+    }
+    zcert_t *cert = s_load_own(cert_path, error);
+    if (!cert)
+        return NULL;
+    char *real = realpath(allow_dir, NULL);
+    if (!real) {
+        zcert_destroy(&cert);
+        s_error(error, "CURVE allow-list %s: cannot resolve the path", allow_dir);
+        return NULL;
+    }
+    pthread_mutex_lock(&s_auth_lock);
+    int rc = 0;
+    if (s_auth && strcmp(s_auth_dir, real) != 0) {
+        s_error(error, "this process already serves CURVE allow-list %s", s_auth_dir);
+        rc = -1;
+    } else if (!s_auth) {
+        s_auth = zactor_new(zauth, NULL);
+        if (!s_auth) {
+            s_error(error, "cannot start the CURVE authenticator (zauth)");
+            rc = -1;
+        } else {
+            //  Until this is answered zauth denies CURVE: configure before
+            //  any socket binds.
+            zstr_sendx(s_auth, "CURVE", real, NULL);
+            zsock_wait(s_auth);
+            s_auth_dir = loom_xstrdup(real);
+        }
+    }
+    if (rc == 0)
+        s_auth_refs++;
+    pthread_mutex_unlock(&s_auth_lock);
+    free(real);
+    if (rc) {
+        zcert_destroy(&cert);
+        return NULL;
+    }
+    loom_curve_server *self = loom_xcalloc(1, sizeof *self);
+    self->cert = cert;
+    return self;
+}
+
+int
+loom_curve_server_setup(loom_curve_server *self, void *sock)
+{
+    int one = 1;
+    //  CURVE_SERVER must come before bind; a ZAP domain makes libzmq ask
+    //  zauth about every connection.
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, zcert_secret_key(self->cert), 32) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, zcert_public_key(self->cert), 32) ||
+        zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, "loom", 4))
+        return LOOM_EIO;
+    return 0;
+}
+
+const char *
+loom_curve_server_public(loom_curve_server *self)
+{
+    return zcert_public_txt(self->cert);
+}
+
+void
+loom_curve_server_destroy(loom_curve_server **self_p)
+{
+    loom_curve_server *self = *self_p;
+    if (!self)
+        return;
+    zcert_destroy(&self->cert);
+    pthread_mutex_lock(&s_auth_lock);
+    if (--s_auth_refs == 0) {
+        zactor_destroy(&s_auth);
+        free(s_auth_dir);
+        s_auth_dir = NULL;
+    }
+    pthread_mutex_unlock(&s_auth_lock);
+    free(self);
+    *self_p = NULL;
+}
