@@ -691,7 +691,7 @@ s_resume(loom_client *c, const loom_wire_welcome *w)
         char err[600];
         if (p->nshares && loom__pipeline_shares_restore(p, err, sizeof err) != 0) {
             for (loom_map *mp = c->maps; mp; mp = mp->next)
-                if (mp->pipeline == p)
+                if (mp->pipeline == p && !mp->ended) //  an ended map has every result
                     loom__map_error(mp, LOOM_ECONNECT, err);
         }
     }

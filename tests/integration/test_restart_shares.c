@@ -213,6 +213,107 @@ test_persistent_store_restart_needs_no_reupload_and_keeps_them(void **state)
     s_rm_dir(&c);
 }
 
+//  Submit 4 items of shared_sum (input `name`) and read their results.
+static loom_map *
+s_map_4(loom_pipeline *p, const char *name)
+{
+    loom_map *m = loom_map_new(p, "testkit", "shared_sum", NULL);
+    assert_non_null(m);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(loom_map_submit(m, name, strlen(name)), 0);
+    loom_result r;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(loom_map_next(m, &r, 20000), 1);
+        assert_int_equal(r.status, 0);
+    }
+    return m;
+}
+
+//  The map fails (no hang) with LOOM_ECONNECT and a message containing
+//  both strings.
+static void
+s_assert_fails(loom_map *m, const char *a, const char *b)
+{
+    loom_result r;
+    int rc;
+    int64_t deadline = loom_now_ms() + 20000;
+    while ((rc = loom_map_next(m, &r, 500)) == LOOM_EAGAIN && loom_now_ms() < deadline)
+        ;
+    assert_int_equal(rc, LOOM_ECONNECT);
+    assert_non_null(m->error_text);
+    assert_non_null(strstr(m->error_text, a));
+    assert_non_null(strstr(m->error_text, b));
+}
+
+//  A share the client cannot give back to a restarted broker (its file
+//  changed; bytes it could keep no copy of) fails the maps that need it,
+//  naming it; a pipeline whose shares are fine carries on.
+static void
+test_share_that_cannot_be_restored_fails_its_maps(void **state)
+{
+    (void)state;
+    static s_cluster c;
+    s_cluster_init(&c);
+    s_host_start_with(&c, "2", NULL);
+    assert_true(s_wait_workers(&c, 2, 10000));
+    char path[300];
+    snprintf(path, sizeof path, "%s/changing.txt", c.dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("before", f);
+    fclose(f);
+
+    loom_client_opts co = {.timeout_ms = 20000};
+    loom_client *cl = loom_client_new(c.task_ep, &co);
+    assert_non_null(cl);
+    loom_pipeline *p1 = loom_pipeline_new(cl, "file");
+    loom_pipeline *p2 = loom_pipeline_new(cl, "nocopy");
+    loom_pipeline *p3 = loom_pipeline_new(cl, "fine");
+    assert_int_equal(loom_pipeline_share_file(p1, "file", path), 0);
+    //  No temp dir for the private copy: the share works, unrestorable.
+    const char *tmp = getenv("TMPDIR");
+    char *saved = tmp ? strdup(tmp) : NULL;
+    setenv("TMPDIR", "/nonexistent-loom-test", 1);
+    assert_int_equal(loom_pipeline_share(p2, "nocopy", "abc", 3), 0);
+    if (saved)
+        setenv("TMPDIR", saved, 1);
+    else
+        unsetenv("TMPDIR");
+    free(saved);
+    assert_int_equal(loom_pipeline_share(p3, "fine", "abcd", 4), 0);
+    loom_map *m1 = s_map_4(p1, "file");
+    loom_map *m2 = s_map_4(p2, "nocopy");
+    loom_map *m3 = s_map_4(p3, "fine");
+
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("after!", f); //  same size, other bytes
+    fclose(f);
+    kill(c.broker, SIGKILL);
+    assert_true(s_wait_exit(c.broker, 5000) != -1);
+    c.broker = 0;
+    s_broker_start_with(&c, NULL);
+
+    s_assert_fails(m1, path, "changed");
+    s_assert_fails(m2, "'nocopy'", "no copy");
+    //  The third pipeline's share was uploaded again: its map carries on.
+    assert_int_equal(cl->reconnects, 1);
+    assert_int_equal(loom_map_submit(m3, "fine", 4), 0);
+    assert_int_equal(loom_map_close(m3), 0);
+    loom_result r;
+    assert_int_equal(loom_map_next(m3, &r, 20000), 1);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.len, 5);
+    assert_memory_equal(r.data, "4 394", 5);
+    assert_int_equal(loom_map_next(m3, &r, 20000), 0);
+    loom_map_destroy(&m1);
+    loom_map_destroy(&m2);
+    loom_map_destroy(&m3);
+    loom_client_destroy(&cl); //  destroys the pipelines
+    s_cluster_stop(&c);
+    s_rm_dir(&c);
+}
+
 //  Worker processes that exit after 5 tasks (their supervisor starts new
 //  ones) lose nothing.
 static void
@@ -266,6 +367,7 @@ main(void)
         cmocka_unit_test_teardown(test_temp_store_restart_reuploads_the_shares, s_teardown),
         cmocka_unit_test_teardown(test_persistent_store_restart_needs_no_reupload_and_keeps_them,
                                   s_teardown),
+        cmocka_unit_test_teardown(test_share_that_cannot_be_restored_fails_its_maps, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycling_loses_nothing, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
