@@ -676,10 +676,15 @@ s_resume(loom_client *c, const loom_wire_welcome *w)
             return;
         }
     }
-    //  The blob DEALER may hold answers of the old broker: start clean.
+    //  The blob DEALER may hold answers of the old broker: start clean, on
+    //  the endpoint the new one gives.
     if (c->blob)
         zmq_close(c->blob);
     c->blob = NULL;
+    if (w->blob_endpoint && *w->blob_endpoint) {
+        free(c->blob_ep);
+        c->blob_ep = loom__blob_endpoint(w->blob_endpoint, c->endpoint);
+    }
     for (loom_pipeline *p = c->pipelines; p; p = p->next) {
         loom_msg m = {.type = LOOM_MSG_PIPELINE_OPEN};
         m.u.pipeline_open.pipeline = p->id;

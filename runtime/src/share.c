@@ -166,11 +166,13 @@ s_private_copy(const char *what, const void *data, size_t len)
         if (fd >= 0)
             unlink(path);
     }
+    int err = fd < 0 ? errno : 0;
     for (size_t off = 0; fd >= 0 && off < len;) {
         ssize_t w = write(fd, (const uint8_t *)data + off, len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
+            err = w < 0 ? errno : ENOSPC;
             close(fd);
             fd = -1;
             break;
@@ -180,7 +182,7 @@ s_private_copy(const char *what, const void *data, size_t len)
     if (fd < 0)
         loom_log_warning("loom: %s: cannot keep a copy in %s (%s): it cannot be restored "
                          "if the broker restarts without it",
-                         what, dir, strerror(errno));
+                         what, dir, strerror(err));
     return fd;
 }
 
