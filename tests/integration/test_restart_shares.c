@@ -185,6 +185,8 @@ test_temp_store_restart_reuploads_the_shares(void **state)
     static s_cluster c;
     s_cluster_init(&c);
     uint64_t in = s_run(&c, NULL, 500);
+    printf("restarted broker (temp store): blob_bytes_in %" PRIu64 " (shares: %u)\n", in,
+           S_FILE_SIZE + S_BYTES_SIZE);
     //  Both shares came again (and nothing else is uploaded by shared_sum).
     assert_true(in >= S_FILE_SIZE + S_BYTES_SIZE);
     s_cluster_stop(&c);
@@ -208,6 +210,7 @@ test_persistent_store_restart_needs_no_reupload_and_keeps_them(void **state)
     //  a heartbeat expiry or so; 3.5 s later (past the TTL) the new host
     //  fetches them: still there, and nothing was uploaded again.
     uint64_t in = s_run(&c, extra, 3500);
+    printf("restarted broker (--store DIR): blob_bytes_in %" PRIu64 "\n", in);
     assert_int_equal(in, 0);
     s_cluster_stop(&c);
     s_rm_dir(&c);
