@@ -676,12 +676,29 @@ s_resume(loom_client *c, const loom_wire_welcome *w)
             return;
         }
     }
+    //  The blob DEALER may hold answers of the old broker: start clean, on
+    //  the endpoint the new one gives.
+    if (c->blob)
+        zmq_close(c->blob);
+    c->blob = NULL;
+    if (w->blob_endpoint && *w->blob_endpoint) {
+        free(c->blob_ep);
+        c->blob_ep = loom__blob_endpoint(w->blob_endpoint, c->endpoint);
+    }
     for (loom_pipeline *p = c->pipelines; p; p = p->next) {
         loom_msg m = {.type = LOOM_MSG_PIPELINE_OPEN};
         m.u.pipeline_open.pipeline = p->id;
         m.u.pipeline_open.name = p->name;
         if (loom__client_send(c, &m) < 0)
             return;
+        //  The broker's store may have gone with it: its maps cannot run
+        //  without every share, so fail them rather than let them hang.
+        char err[600];
+        if (p->nshares && loom__pipeline_shares_restore(p, err, sizeof err) != 0) {
+            for (loom_map *mp = c->maps; mp; mp = mp->next)
+                if (mp->pipeline == p && !mp->ended) //  an ended map has every result
+                    loom__map_error(mp, LOOM_ECONNECT, err);
+        }
     }
     for (loom_map *m = c->maps; m; m = m->next)
         if (loom__map_resume(m) < 0)

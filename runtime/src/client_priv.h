@@ -65,6 +65,7 @@ struct loom_pipeline {
     loom_pipeline *next;
     loom_wire_file *shares; //  name -> blob, sent in every MapOpen (share.c)
     size_t nshares;
+    struct loom__share_src *share_src; //  where each share's bytes are kept (share.c)
 };
 
 struct loom_map {
@@ -150,6 +151,11 @@ void loom__rmsg_unref(loom__rmsg **rm_p);
 //  Free a pipeline's share list / the client's blob socket (share.c).
 void loom__pipeline_shares_free(loom_pipeline *p);
 void loom__client_blob_close(loom_client *c);
+
+//  On a new broker session: make sure the broker holds every share of p
+//  (BlobHave; re-upload what it lacks from the kept source). Returns 0, or
+//  LOOM_ECONNECT with err naming the share that cannot be restored.
+int loom__pipeline_shares_restore(loom_pipeline *p, char *err, size_t err_len);
 
 //  Upload a hashed source to the broker (share.c). `what` names it in
 //  the error logged on failure. Returns 0 once the broker holds it.

@@ -4,13 +4,22 @@
     hash, and recorded in the pipeline (name -> hash, size); every MapOpen
     of the pipeline carries the list, so workers fetch what their tasks
     may read. Runs on the API thread with its own DEALER to the blob
-    endpoint (the task channel's I/O thread is not involved).  */
+    endpoint (the task channel's I/O thread is not involved).
+
+    A broker restarted with a temporary store has lost the shares: on the
+    new session the client checks each (BlobHave) and uploads again what
+    the broker lacks, from where it kept the bytes: a shared file from its
+    path (its hash must still match), shared bytes from a private copy the
+    client wrote at share time to an unlinked temp file in $TMPDIR (the
+    caller may free its buffer; the copy goes when the pipeline does).  */
 
 #include "blob_transfer.h"
 #include "client_priv.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,15 +37,35 @@ loom__blob_name_valid(const char *name)
     return true;
 }
 
+//  Where a share's bytes can be read again after a broker restart; both
+//  unset: nowhere (the private copy could not be written).
+struct loom__share_src {
+    char *path; //  a shared file (absolute when it could be resolved), or NULL
+    int fd;     //  the private copy of shared bytes, or -1
+};
+
+static void
+s_src_free(struct loom__share_src *src)
+{
+    free(src->path);
+    src->path = NULL;
+    if (src->fd >= 0)
+        close(src->fd);
+    src->fd = -1;
+}
+
 void
 loom__pipeline_shares_free(loom_pipeline *p)
 {
     for (size_t i = 0; i < p->nshares; i++) {
         free((char *)p->shares[i].name);
         free((void *)p->shares[i].hash.data);
+        s_src_free(&p->share_src[i]);
     }
     free(p->shares);
+    free(p->share_src);
     p->shares = NULL;
+    p->share_src = NULL;
     p->nshares = 0;
 }
 
@@ -59,18 +88,24 @@ loom__client_blob(loom_client *c)
     return c->blob;
 }
 
+//  Record a share; the pipeline owns src from now on.
 static void
-s_record(loom_pipeline *p, const char *name, const uint8_t *hash, uint64_t size)
+s_record(loom_pipeline *p, const char *name, const uint8_t *hash, uint64_t size,
+         struct loom__share_src src)
 {
     size_t i = 0;
     while (i < p->nshares && strcmp(p->shares[i].name, name))
         i++;
     if (i == p->nshares) {
         p->shares = loom_xrealloc(p->shares, (p->nshares + 1) * sizeof *p->shares);
+        p->share_src = loom_xrealloc(p->share_src, (p->nshares + 1) * sizeof *p->share_src);
         p->nshares++;
         p->shares[i].name = loom_xstrdup(name);
-    } else
+    } else {
         free((void *)p->shares[i].hash.data);
+        s_src_free(&p->share_src[i]);
+    }
+    p->share_src[i] = src;
     uint8_t *h = loom_xmalloc(LOOM_HASH_SIZE);
     memcpy(h, hash, LOOM_HASH_SIZE);
     p->shares[i].hash = (loom_span){h, LOOM_HASH_SIZE};
@@ -114,6 +149,43 @@ s_check(loom_pipeline *p, const char *name)
     return p->client->error;
 }
 
+//  The private copy of shared bytes: an unlinked temp file in $TMPDIR
+//  (else /tmp), written from the caller's buffer. Returns its fd, or -1
+//  (logged: the share then cannot be restored after a broker restart).
+static int
+s_private_copy(const char *what, const void *data, size_t len)
+{
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir)
+        dir = "/tmp";
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/loom-share-XXXXXX", dir);
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(path);
+    }
+    int err = fd < 0 ? errno : 0;
+    for (size_t off = 0; fd >= 0 && off < len;) {
+        ssize_t w = write(fd, (const uint8_t *)data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            err = w < 0 ? errno : ENOSPC;
+            close(fd);
+            fd = -1;
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (fd < 0)
+        loom_log_warning("loom: %s: cannot keep a copy in %s (%s): it cannot be restored "
+                         "if the broker restarts without it",
+                         what, dir, strerror(err));
+    return fd;
+}
+
 int
 loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t len)
 {
@@ -129,8 +201,13 @@ loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t
     snprintf(what, sizeof what, "share '%s'", name);
     if (rc == 0)
         rc = loom__blob_put(p->client, what, hash, len, loom__blob_read_mem, &mem);
-    if (rc == 0)
-        s_record(p, name, hash, len);
+    if (rc == 0) {
+        //  An embedded cluster's broker never restarts alone: no copy.
+        struct loom__share_src src = {NULL, -1};
+        if (!p->client->cluster)
+            src.fd = s_private_copy(what, data, len);
+        s_record(p, name, hash, len, src);
+    }
     return rc;
 }
 
@@ -179,7 +256,47 @@ loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
     else
         rc = loom__blob_put(p->client, what, hash, size, loom__blob_read_fd, &fd);
     close(fd);
-    if (rc == 0)
-        s_record(p, name, hash, size);
+    if (rc == 0) {
+        char *abs = realpath(path, NULL); //  the cwd may change before a restart
+        s_record(p, name, hash, size, (struct loom__share_src){abs ? abs : loom_xstrdup(path), -1});
+    }
     return rc;
+}
+
+int
+loom__pipeline_shares_restore(loom_pipeline *p, char *err, size_t err_len)
+{
+    for (size_t i = 0; i < p->nshares; i++) {
+        const loom_wire_file *sh = &p->shares[i];
+        struct loom__share_src *src = &p->share_src[i];
+        char what[320];
+        snprintf(what, sizeof what, "share '%s'", sh->name);
+        //  A file that cannot be opened now still passes if the broker has
+        //  the blob: the reader is only called for what it lacks.
+        int fd = src->fd;
+        if (src->path)
+            fd = open(src->path, O_RDONLY | O_CLOEXEC);
+        int rc = loom__blob_put(p->client, what, sh->hash.data, sh->size, loom__blob_read_fd, &fd);
+        if (src->path && fd >= 0)
+            close(fd);
+        if (rc == 0)
+            continue;
+        if (src->path && fd < 0)
+            snprintf(err, err_len, "share '%s' lost by the restarted broker: cannot open %s",
+                     sh->name, src->path);
+        else if (src->path && (rc == LOOM_EPROTO || rc == LOOM_EIO))
+            snprintf(err, err_len,
+                     "share '%s' lost by the restarted broker: file %s changed since it "
+                     "was shared (its hash no longer matches)",
+                     sh->name, src->path);
+        else if (!src->path && src->fd < 0)
+            snprintf(err, err_len,
+                     "share '%s' lost by the restarted broker: the client kept no copy",
+                     sh->name);
+        else
+            snprintf(err, err_len, "share '%s' lost by the restarted broker: upload failed: %s",
+                     sh->name, loom_strerror(rc));
+        return LOOM_ECONNECT;
+    }
+    return 0;
 }

@@ -117,6 +117,15 @@ LOOM_EXPORT loom_pipeline *loom_pipeline_new(loom_client *c, const char *name);
 //  LOOM_ENOENT (no such path), LOOM_EIO, LOOM_ETIMEDOUT, LOOM_ETOOBIG
 //  (over the broker's store cap), LOOM_ENOTSUP (no blob channel); the
 //  error is logged with the name and path.
+//  If the broker restarts and lost them (no --store), the client uploads
+//  them again before its maps resume: a file from its path (so keep it
+//  unchanged while the pipeline lives), bytes from a private copy that
+//  loom_pipeline_share writes to an unlinked temp file in $TMPDIR (else
+//  /tmp) and keeps until the pipeline is destroyed (disk, not memory; no
+//  copy with the embedded cluster). If that copy cannot be written the
+//  call still succeeds (a warning is logged). A share that cannot be
+//  restored fails the pipeline's open maps with LOOM_ECONNECT and a
+//  message naming it.
 LOOM_EXPORT int loom_pipeline_share(loom_pipeline *p, const char *name, const void *data,
                                     size_t len);
 LOOM_EXPORT int loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path);
