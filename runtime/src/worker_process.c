@@ -45,7 +45,9 @@
 #define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
 
 //  Commands on the pipe, one frame each (the actor's "$TERM" aside).
-enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND };
+//  S_CMD_STOP: main -> I/O, pass nothing more on; I/O -> main, the answer,
+//  after which the pipe carries nothing that owns memory.
+enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND, S_CMD_STOP };
 
 typedef struct {
     int kind;
@@ -98,6 +100,7 @@ typedef struct {
     void *dealer;       //  to the broker; NULL between connections
     uint32_t gen;       //  current generation
     bool welcomed;      //  Welcome received on this connection
+    bool stopping;      //  the main thread leaves: pass nothing more to it
     bool hello_pending; //  Hello not yet accepted by the socket
     uint64_t epoch;     //  broker epoch of the Welcome
     uint32_t hb_ms;     //  heartbeat interval
@@ -283,6 +286,16 @@ s_io_hello(s_io *self)
 static void
 s_io_to_main(s_io *self, const s_cmd *cmd)
 {
+    if (self->stopping) {
+        //  Nobody will read it: free what it owns here (the broker requeues
+        //  a batch we do not answer).
+        if (cmd->kind == S_CMD_MSG) {
+            loom_msg *m = (loom_msg *)cmd->ptr;
+            loom_msg_destroy(&m);
+        } else if (cmd->kind == S_CMD_WELCOME)
+            free(cmd->ptr);
+        return;
+    }
     while (zmq_send(self->pipe_raw, cmd, sizeof *cmd, 0) < 0 && zmq_errno() == EINTR)
         ;
 }
@@ -472,6 +485,12 @@ s_io_on_pipe(s_io *self)
             return 0;
         if (size == 5 && memcmp(&cmd, "$TERM", 5) == 0)
             return -1;
+        if (size == (int)sizeof cmd && cmd.kind == S_CMD_STOP) {
+            s_cmd answer = {.kind = S_CMD_STOP};
+            s_io_to_main(self, &answer);
+            self->stopping = true;
+            continue;
+        }
         if (size != (int)sizeof cmd || cmd.kind != S_CMD_SEND)
             continue;
         if (cmd.gen != self->gen || !self->welcomed) {
@@ -1131,12 +1150,28 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     }
     //  Batches the I/O thread passed on and we will not run: free them
     //  (the broker requeues them when we are gone).
-    s_cmd left;
-    while (zmq_recv(self.pipe, &left, sizeof left, ZMQ_DONTWAIT) == (int)sizeof left)
+    //  The I/O thread answers STOP after everything it passed on before,
+    //  and passes nothing after it, so zactor_destroy (which discards what
+    //  it reads) cannot drop a batch we own.
+    s_cmd stop = {.kind = S_CMD_STOP};
+    while (zmq_send(self.pipe, &stop, sizeof stop, 0) < 0 && zmq_errno() == EINTR)
+        ;
+    int64_t give_up = loom_now_ms() + 5000;
+    while (loom_now_ms() < give_up) {
+        zmq_pollitem_t item = {self.pipe, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 100) <= 0)
+            continue;
+        s_cmd left;
+        if (zmq_recv(self.pipe, &left, sizeof left, ZMQ_DONTWAIT) != (int)sizeof left)
+            continue;
+        if (left.kind == S_CMD_STOP)
+            break;
         if (left.kind == S_CMD_MSG) {
             loom_msg *m = (loom_msg *)left.ptr;
             loom_msg_destroy(&m);
-        }
+        } else if (left.kind == S_CMD_WELCOME)
+            free(left.ptr);
+    }
     //  The results of the last batch are in the pipe ahead of $TERM: the
     //  I/O thread sends them before it closes.
     zactor_destroy(&self.io);
