@@ -1218,6 +1218,7 @@ s_broker_new(zsock_t *pipe, const loom_broker_opts *opts)
     s_router_setup(self->tasks, self->lim.max_frame);
     s_router_setup(self->blobs, self->lim.max_frame);
     self->bc = loom_blob_channel_new(self->blobs);
+    loom_blob_channel_set_quota(self->bc, self->lim.blob_quota);
     if (opts && (opts->curve_dir || opts->cert_path)) {
         //  Before any bind: CURVE_SERVER affects the binds that follow.
         char *err = NULL;
