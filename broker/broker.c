@@ -560,6 +560,14 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin version '%.80s' is invalid", o->version);
         return;
     }
+    //  Share names reach the workers: the same check as item file names.
+    for (size_t i = 0; i < o->nshares; i++)
+        if (!loom_file_name_valid(o->shares[i].name)) {
+            self->st.msgs_rejected++;
+            s_send_error(self, c, LOOM_EINVAL, o->map, "share name '%.80s' is invalid",
+                         o->shares[i].name);
+            return;
+        }
     char pkey[32];
     s_map_key(o->pipeline, pkey, sizeof pkey);
     if (!zhashx_lookup(c->pipeline_ids, pkey)) {

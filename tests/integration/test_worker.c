@@ -722,6 +722,64 @@ test_reduce_folds_batch_and_combines(void **state)
     loom_msg_destroy(&m);
 }
 
+//  Names from a hostile broker go through the one check (safe_paths)
+//  before anything else: a share named "../x" and an item file named
+//  "a/b" fail their items with a clear error; the worker goes on.
+static void
+test_bad_share_and_file_names_fail_items(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("names", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint8_t hash[32];
+    memset(hash, 0xab, sizeof hash);
+    loom_wire_file share = {.name = "../x", .hash = {hash, sizeof hash}, .size = 3};
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_MAP_OPEN;
+    m.u.map_open.map = 20;
+    m.u.map_open.plugin = "testkit";
+    m.u.map_open.version = "";
+    m.u.map_open.task = "echo";
+    m.u.map_open.shares = &share;
+    m.u.map_open.nshares = 1;
+    s_send(fb, p, &m);
+    const char *in[] = {"a", "b"};
+    s_batch(fb, p, 20, 0, in, 2, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 20, res, 2, NULL), 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(res[i].status, LOOM_EINVAL);
+        assert_non_null(strstr(res[i].error, "name '../x' is invalid"));
+    }
+    //  An item whose file is named "a/b", then a plain one: the first
+    //  fails naming it, the second runs.
+    s_map_open(fb, p, 21, "testkit", "echo", 0, false);
+    loom_wire_file file = {.name = "a/b", .hash = {hash, sizeof hash}, .size = 3};
+    loom_wire_item items[2];
+    memset(items, 0, sizeof items);
+    for (int i = 0; i < 2; i++) {
+        items[i].index = (uint64_t)i;
+        items[i].attempt = 1;
+        items[i].data = (loom_span){(const uint8_t *)"ok", 2};
+    }
+    items[0].files = &file;
+    items[0].nfiles = 1;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_TASK_BATCH;
+    m.u.task_batch.map = 21;
+    m.u.task_batch.items = items;
+    m.u.task_batch.nitems = 2;
+    s_send(fb, p, &m);
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 21, res, 2, NULL), 2);
+    assert_int_equal(res[0].status, LOOM_EINVAL);
+    assert_non_null(strstr(res[0].error, "name 'a/b' is invalid"));
+    assert_int_equal(res[1].status, 0);
+    assert_string_equal(res[1].data, "ok");
+}
+
 static void
 test_sigterm_to_worker_finishes_its_batch(void **state)
 {
@@ -1306,6 +1364,7 @@ main(void)
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycles_the_process, s_teardown),
         cmocka_unit_test_teardown(test_reduce_folds_batch_and_combines, s_teardown),
+        cmocka_unit_test_teardown(test_bad_share_and_file_names_fail_items, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),
