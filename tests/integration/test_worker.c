@@ -872,7 +872,9 @@ test_map_definition_bytes_are_capped(void **state)
     long after = s_rss_kb(p->pid);
     printf("worker RSS: %ld kB before, %ld kB after 200 MapOpens of 1 MiB args\n", before,
            after);
+#ifndef __SANITIZE_ADDRESS__ //  ASan keeps freed memory in quarantine: RSS tells nothing
     assert_true(after - before < 64 * 1024);
+#endif
     char err[256];
     assert_int_equal(s_one(fb, p, 100, err, sizeof err), LOOM_EPROTO); //  long gone
     assert_int_equal(s_one(fb, p, 298, NULL, 0), 0);
