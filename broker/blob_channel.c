@@ -32,7 +32,7 @@ struct loom_blob_channel {
     bool store_failed; //  opening it failed: answer errors
     zhashx_t *shares;  //  owner -> s_shares
     uint64_t quota;    //  bytes one peer may hold in the store (0: the cap)
-    zhashx_t *peers;   //  peer hex -> zhashx (blob hex -> uint64_t size) it uploaded
+    zhashx_t *peers;   //  with a quota: peer hex -> zhashx (blob hex -> its hash) it uploaded
     uint8_t *buf;      //  one chunk, for reads
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out, rejected;
 };
@@ -49,6 +49,13 @@ s_shares_free(void **item)
     }
     free(s->files);
     free(s);
+    *item = NULL;
+}
+
+static void
+s_hash_free(void **item)
+{
+    free(*item);
     *item = NULL;
 }
 
@@ -235,9 +242,7 @@ s_peer_usage(loom_blob_channel *self, loom_blob_store *st, const char *peer, con
     uint64_t used = 0;
     zlistx_t *keys = zhashx_keys(set);
     for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys)) {
-        uint8_t hash[LOOM_HASH_SIZE];
-        for (size_t i = 0; i < LOOM_HASH_SIZE; i++)
-            sscanf(k + 2 * i, "%2hhx", &hash[i]);
+        const uint8_t *hash = zhashx_lookup(set, k);
         uint64_t size = 0;
         if (skip && !memcmp(hash, skip, LOOM_HASH_SIZE))
             continue;
@@ -257,13 +262,20 @@ static void
 s_peer_charge(loom_blob_channel *self, const char *peer, const uint8_t *hash)
 {
     zhashx_t *set = zhashx_lookup(self->peers, peer);
+    if (!self->quota)
+        return; //  no quota: nothing to count
     if (!set) {
         set = zhashx_new();
+        zhashx_set_destructor(set, s_hash_free);
         zhashx_insert(self->peers, peer, set);
     }
     char hex[2 * LOOM_HASH_SIZE + 1];
     loom_blob_hex(hash, hex);
-    zhashx_update(set, hex, (void *)1);
+    if (!zhashx_lookup(set, hex)) {
+        uint8_t *h = loom_xmalloc(LOOM_HASH_SIZE);
+        memcpy(h, hash, LOOM_HASH_SIZE);
+        zhashx_insert(set, hex, h);
+    }
 }
 
 //  Refuse the upload of total bytes if peer would go over its quota or
@@ -522,6 +534,7 @@ loom_blob_channel_tick(loom_blob_channel *self, int64_t now_ms)
 void
 loom_blob_channel_set_quota(loom_blob_channel *self, uint64_t quota)
 {
+    LOOM_ASSERT(zhashx_size(self->peers) == 0); //  before any upload
     self->quota = quota;
 }
 
