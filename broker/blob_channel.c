@@ -31,6 +31,8 @@ struct loom_blob_channel {
     int64_t ttl_ms;
     bool store_failed; //  opening it failed: answer errors
     zhashx_t *shares;  //  owner -> s_shares
+    uint64_t quota;    //  bytes one peer may hold in the store (0: the cap)
+    zhashx_t *peers;   //  with a quota: peer hex -> zhashx (blob hex -> its hash) it uploaded
     uint8_t *buf;      //  one chunk, for reads
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out, rejected;
 };
@@ -50,6 +52,21 @@ s_shares_free(void **item)
     *item = NULL;
 }
 
+static void
+s_hash_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+static void
+s_peer_free(void **item)
+{
+    zhashx_t *set = *item;
+    zhashx_destroy(&set);
+    *item = NULL;
+}
+
 loom_blob_channel *
 loom_blob_channel_new(zsock_t *router)
 {
@@ -57,6 +74,8 @@ loom_blob_channel_new(zsock_t *router)
     self->router = router;
     self->shares = zhashx_new();
     zhashx_set_destructor(self->shares, s_shares_free);
+    self->peers = zhashx_new();
+    zhashx_set_destructor(self->peers, s_peer_free);
     self->buf = loom_xmalloc(LOOM_BLOB_CHUNK);
     return self;
 }
@@ -104,6 +123,7 @@ loom_blob_channel_destroy(loom_blob_channel **self_p)
     if (self->temporary && self->dir)
         s_remove_tree(self->dir);
     zhashx_destroy(&self->shares);
+    zhashx_destroy(&self->peers);
     free(self->dir);
     free(self->buf);
     free(self);
@@ -198,6 +218,95 @@ s_send_grant(loom_blob_channel *self, const uint8_t *rid, size_t rid_len, loom_s
     s_send(self, rid, rid_len, &m);
 }
 
+//  An Error with a message on the blob channel, before the status: the
+//  uploader says why its upload was refused.
+static void
+s_send_error(loom_blob_channel *self, const uint8_t *rid, size_t rid_len, int code,
+             const char *text)
+{
+    loom_msg m = {.type = LOOM_MSG_ERROR};
+    m.u.error.code = code;
+    m.u.error.message = text;
+    s_send(self, rid, rid_len, &m);
+}
+
+//  Bytes peer holds in the store: blobs it uploaded that are still
+//  stored, and its uploads in progress (forgotten ones are dropped),
+//  except blob skip (may be NULL: one it is starting again).
+static uint64_t
+s_peer_usage(loom_blob_channel *self, loom_blob_store *st, const char *peer, const uint8_t *skip)
+{
+    zhashx_t *set = zhashx_lookup(self->peers, peer);
+    if (!set)
+        return 0;
+    uint64_t used = 0;
+    zlistx_t *keys = zhashx_keys(set);
+    for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys)) {
+        const uint8_t *hash = zhashx_lookup(set, k);
+        uint64_t size = 0;
+        if (skip && !memcmp(hash, skip, LOOM_HASH_SIZE))
+            continue;
+        if (loom_blob_store_size(st, hash, &size) ||
+            loom_blob_store_upload_total(st, peer, hash, &size))
+            used += size;
+        else
+            zhashx_delete(set, k);
+    }
+    zlistx_destroy(&keys);
+    if (zhashx_size(set) == 0)
+        zhashx_delete(self->peers, peer);
+    return used;
+}
+
+static void
+s_peer_charge(loom_blob_channel *self, const char *peer, const uint8_t *hash)
+{
+    zhashx_t *set = zhashx_lookup(self->peers, peer);
+    if (!self->quota)
+        return; //  no quota: nothing to count
+    if (!set) {
+        set = zhashx_new();
+        zhashx_set_destructor(set, s_hash_free);
+        zhashx_insert(self->peers, peer, set);
+    }
+    char hex[2 * LOOM_HASH_SIZE + 1];
+    loom_blob_hex(hash, hex);
+    if (!zhashx_lookup(set, hex)) {
+        uint8_t *h = loom_xmalloc(LOOM_HASH_SIZE);
+        memcpy(h, hash, LOOM_HASH_SIZE);
+        zhashx_insert(set, hex, h);
+    }
+}
+
+//  Refuse the upload of total bytes if peer would go over its quota or
+//  the store over its cap: the uploader gets an Error naming the limit.
+static bool
+s_admit(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
+        const char *peer, const loom_wire_blob_have *h)
+{
+    uint64_t cap = loom_blob_store_cap(st);
+    uint64_t quota = self->quota && self->quota < cap ? self->quota : 0;
+    char text[256];
+    if (quota) {
+        uint64_t used = s_peer_usage(self, st, peer, h->hash.data);
+        if (h->size > quota || used + h->size > quota) {
+            snprintf(text, sizeof text,
+                     "blob quota: an upload of %llu bytes would take this client to %llu "
+                     "bytes in the store, over its quota of %llu (LOOM_BLOB_QUOTA)",
+                     (unsigned long long)h->size, (unsigned long long)(used + h->size),
+                     (unsigned long long)quota);
+            goto refuse;
+        }
+    }
+    return true;
+refuse:
+    loom_log_warning("broker: %s", text);
+    self->rejected++;
+    s_send_error(self, rid, rid_len, LOOM_ETOOBIG, text);
+    s_send_status(self, rid, rid_len, h->hash, 0, LOOM_ETOOBIG);
+    return false;
+}
+
 static void
 s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
           const char *peer, const loom_wire_blob_have *h)
@@ -207,8 +316,24 @@ s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size
         s_send_have(self, rid, rid_len, h->hash, size, true);
         return;
     }
+    if (!s_admit(self, st, rid, rid_len, peer, h))
+        return;
     bool done = false;
     int rc = loom_blob_store_upload_begin(st, peer, h->hash.data, h->size, &done);
+    if (rc == LOOM_ETOOBIG) {
+        char text[256];
+        snprintf(text, sizeof text,
+                 "blob store full: an upload of %llu bytes does not fit: %llu bytes stored "
+                 "(kept for open pipelines) and %llu being uploaded, cap %llu (loom broker "
+                 "--store-size)",
+                 (unsigned long long)h->size, (unsigned long long)loom_blob_store_bytes(st),
+                 (unsigned long long)loom_blob_store_pending(st),
+                 (unsigned long long)loom_blob_store_cap(st));
+        loom_log_warning("broker: %s", text);
+        s_send_error(self, rid, rid_len, rc, text);
+    }
+    if (rc == 0)
+        s_peer_charge(self, peer, h->hash.data);
     if (rc)
         s_send_status(self, rid, rid_len, h->hash, 0, rc);
     else if (done)
@@ -396,8 +521,21 @@ loom_blob_channel_release_prefix(loom_blob_channel *self, const char *prefix)
 void
 loom_blob_channel_tick(loom_blob_channel *self, int64_t now_ms)
 {
-    if (self->store)
+    if (self->store) {
         loom_blob_store_sweep(self->store, now_ms);
+        //  Forget peers none of whose uploads are left.
+        zlistx_t *keys = zhashx_keys(self->peers);
+        for (const char *k = zlistx_first(keys); k; k = zlistx_next(keys))
+            s_peer_usage(self, self->store, k, NULL);
+        zlistx_destroy(&keys);
+    }
+}
+
+void
+loom_blob_channel_set_quota(loom_blob_channel *self, uint64_t quota)
+{
+    LOOM_ASSERT(zhashx_size(self->peers) == 0); //  before any upload
+    self->quota = quota;
 }
 
 void

@@ -33,6 +33,12 @@ void loom_blob_channel_destroy(loom_blob_channel **self_p);
 int loom_blob_channel_set_store(loom_blob_channel *self, const char *dir, uint64_t cap,
                                 int64_t ttl_ms, bool temporary);
 
+//  The bytes one peer (one blob-channel connection) may hold in the
+//  store: blobs it uploaded still stored plus its uploads in progress.
+//  0, or more than the store's cap: the cap alone limits. Going over: the
+//  uploader gets an Error naming the quota and a status LOOM_ETOOBIG.
+void loom_blob_channel_set_quota(loom_blob_channel *self, uint64_t quota);
+
 //  Drain up to `budget` messages from the router and answer them.
 void loom_blob_channel_on_readable(loom_blob_channel *self, int budget);
 

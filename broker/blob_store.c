@@ -48,6 +48,9 @@ struct loom_blob_store {
     uint64_t tmp_seq;
 };
 
+static uint64_t s_pending(loom_blob_store *self);
+static void s_evict(loom_blob_store *self, uint64_t limit);
+
 void
 loom_blob_hex(const uint8_t *hash, char *hex)
 {
@@ -305,11 +308,17 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
                              uint64_t total, bool *done)
 {
     *done = false;
-    if (total > self->cap)
-        return LOOM_ETOOBIG;
     char key[512];
     s_upload_key(peer, hash, key, sizeof key);
     zhashx_delete(self->uploads, key);
+    //  Room for it: stored blobs, uploads in progress and this one within
+    //  the cap, after dropping unreferenced blobs (least recently used
+    //  first). Blobs pipelines still use are never dropped for room.
+    if (total > self->cap)
+        return LOOM_ETOOBIG;
+    s_evict(self, self->cap - total);
+    if (self->bytes + s_pending(self) + total > self->cap)
+        return LOOM_ETOOBIG;
     char hex[S_HEX_LEN + 1], sub[4096];
     loom_blob_hex(hash, hex);
     snprintf(sub, sizeof sub, "%s/%.2s", self->dir, hex);
@@ -447,6 +456,38 @@ s_remove(loom_blob_store *self, const char *hex, s_blob *b)
     zhashx_delete(self->blobs, hex);
 }
 
+//  Bytes announced by the uploads in progress.
+static uint64_t
+s_pending(loom_blob_store *self)
+{
+    uint64_t n = 0;
+    for (s_upload *u = zhashx_first(self->uploads); u; u = zhashx_next(self->uploads))
+        n += u->total;
+    return n;
+}
+
+//  Remove unreferenced blobs, least recently used first, while stored
+//  bytes and uploads in progress are over limit.
+static void
+s_evict(loom_blob_store *self, uint64_t limit)
+{
+    uint64_t pending = s_pending(self);
+    while (self->bytes + pending > limit) {
+        const char *victim = NULL;
+        s_blob *vb = NULL;
+        for (s_blob *b = zhashx_first(self->blobs); b; b = zhashx_next(self->blobs))
+            if (!b->refs && (!vb || b->last_use < vb->last_use)) {
+                vb = b;
+                victim = zhashx_cursor(self->blobs);
+            }
+        if (!vb)
+            break;
+        char hex[S_HEX_LEN + 1];
+        snprintf(hex, sizeof hex, "%s", victim);
+        s_remove(self, hex, vb);
+    }
+}
+
 void
 loom_blob_store_sweep(loom_blob_store *self, int64_t now_ms)
 {
@@ -465,20 +506,30 @@ loom_blob_store_sweep(loom_blob_store *self, int64_t now_ms)
     }
     zlistx_destroy(&keys);
     //  Over the cap: unreferenced blobs, least recently used first.
-    while (self->bytes > self->cap) {
-        const char *victim = NULL;
-        s_blob *vb = NULL;
-        for (s_blob *b = zhashx_first(self->blobs); b; b = zhashx_next(self->blobs))
-            if (!b->refs && (!vb || b->last_use < vb->last_use)) {
-                vb = b;
-                victim = zhashx_cursor(self->blobs);
-            }
-        if (!vb)
-            break;
-        char hex[S_HEX_LEN + 1];
-        snprintf(hex, sizeof hex, "%s", victim);
-        s_remove(self, hex, vb);
-    }
+    s_evict(self, self->cap);
+}
+
+uint64_t
+loom_blob_store_cap(const loom_blob_store *self)
+{
+    return self->cap;
+}
+
+uint64_t
+loom_blob_store_pending(loom_blob_store *self)
+{
+    return s_pending(self);
+}
+
+bool
+loom_blob_store_size(const loom_blob_store *self, const uint8_t *hash, uint64_t *size)
+{
+    char hex[S_HEX_LEN + 1];
+    loom_blob_hex(hash, hex);
+    s_blob *b = zhashx_lookup(self->blobs, hex);
+    if (b && size)
+        *size = b->size;
+    return b != NULL;
 }
 
 uint64_t

@@ -47,7 +47,9 @@ int loom_blob_store_read(loom_blob_store *self, const uint8_t *hash, uint64_t of
                          size_t cap, size_t *n, uint64_t *total);
 
 //  Start (or restart) the upload by `peer` of blob `hash` of `total`
-//  bytes. Returns 0; LOOM_ETOOBIG over the store's cap; LOOM_EIO. A blob
+//  bytes. Returns 0; LOOM_ETOOBIG when stored blobs, uploads in progress
+//  and this one would go over the store's cap even after dropping every
+//  unreferenced blob (blobs pipelines use are kept); LOOM_EIO. A blob
 //  of 0 bytes is checked and stored at once (*done true).
 int loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint8_t *hash,
                                  uint64_t total, bool *done);
@@ -77,6 +79,12 @@ void loom_blob_store_release_prefix(loom_blob_store *self, const char *prefix);
 //  Remove idle uploads, blobs past their time-to-live, and unreferenced
 //  blobs while over the cap. now_ms from loom_now_ms().
 void loom_blob_store_sweep(loom_blob_store *self, int64_t now_ms);
+
+//  The cap; bytes announced by uploads in progress; the size of a stored
+//  blob (false if not stored; not counted as a use).
+uint64_t loom_blob_store_cap(const loom_blob_store *self);
+uint64_t loom_blob_store_pending(loom_blob_store *self);
+bool loom_blob_store_size(const loom_blob_store *self, const uint8_t *hash, uint64_t *size);
 
 //  Blobs stored and their bytes.
 uint64_t loom_blob_store_count(const loom_blob_store *self);

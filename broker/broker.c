@@ -30,10 +30,12 @@
 #define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
 #define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
+#define LOOM_BROKER_USER_MAX 64 //  a ZAP User-Id: the Z85 public key (40 characters)
 #define LOOM_BROKER_MAX_CREDIT (1u << 20) //  items a worker process may ask for
 
 typedef struct {
     char key[2 * LOOM_RID_MAX + 1]; //  hex routing id: the sessions table key
+    char user[LOOM_BROKER_USER_MAX]; //  CURVE: the key it said Hello with (Z85), else ""
     uint8_t rid[LOOM_RID_MAX];
     size_t rid_len;
     uint64_t id;
@@ -463,8 +465,8 @@ s_free_worker_id(s_broker *self)
 }
 
 static void
-s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, s_session *old,
-           const loom_wire_hello *h)
+s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, const char *user,
+           s_session *old, const loom_wire_hello *h)
 {
     if (old) {
         //  Live, or dead and not yet ended: either way it ends now, so the
@@ -479,6 +481,7 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     }
     s_session *s = loom_xcalloc(1, sizeof *s);
     memcpy(s->key, key, strlen(key) + 1);
+    snprintf(s->user, sizeof s->user, "%s", user);
     memcpy(s->rid, rid, rid_len);
     s->rid_len = rid_len;
     s->id = ++self->next_session;
@@ -560,6 +563,14 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
         s_send_error(self, c, LOOM_EINVAL, o->map, "plugin version '%.80s' is invalid", o->version);
         return;
     }
+    //  Share names reach the workers: the same check as item file names.
+    for (size_t i = 0; i < o->nshares; i++)
+        if (!loom_file_name_valid(o->shares[i].name)) {
+            self->st.msgs_rejected++;
+            s_send_error(self, c, LOOM_EINVAL, o->map, "share name '%.80s' is invalid",
+                         o->shares[i].name);
+            return;
+        }
     char pkey[32];
     s_map_key(o->pipeline, pkey, sizeof pkey);
     if (!zhashx_lookup(c->pipeline_ids, pkey)) {
@@ -874,11 +885,22 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
 }
 
 static void
-s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg *msg)
+s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const char *user,
+              const loom_msg *msg)
 {
     char key[2 * LOOM_RID_MAX + 1];
     s_rid_key(rid, rid_len, key);
     s_session *any = zhashx_lookup(self->sessions, key);
+    if (any && strcmp(any->user, user) != 0) {
+        //  A session belongs to the CURVE key it said Hello with: another
+        //  connection that took the same routing id (the first one gone,
+        //  its session not yet expired) neither speaks for it nor ends it.
+        self->st.msgs_rejected++;
+        if (self->verbose)
+            loom_log_info("broker: %s from %s with another key: dropped",
+                          loom_msg_type_name(msg->type), key);
+        return;
+    }
     //  A session about to be ended does not own its late messages.
     s_session *s = any && !any->dead ? any : NULL;
     if (self->verbose)
@@ -895,7 +917,7 @@ s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg
         return;
     }
     if (msg->type == LOOM_MSG_HELLO) {
-        s_on_hello(self, rid, rid_len, key, any, &msg->u.hello);
+        s_on_hello(self, rid, rid_len, key, user, any, &msg->u.hello);
         return;
     }
     if (!s) {
@@ -940,12 +962,14 @@ s_on_tasks(zloop_t *loop, zsock_t *reader, void *arg)
         uint8_t rid[LOOM_RID_MAX];
         size_t rid_len = 0;
         loom_msg *msg = NULL;
-        int rc = loom_wire_recv(sock, rid, sizeof rid, &rid_len, &msg, ZMQ_DONTWAIT);
+        char user[LOOM_BROKER_USER_MAX];
+        int rc = loom_wire_recv_user(sock, rid, sizeof rid, &rid_len, &msg, ZMQ_DONTWAIT, user,
+                                     sizeof user);
         if (rc == LOOM_EAGAIN || rc == LOOM_EIO)
             break;
         self->st.msgs_in++;
         if (rc == 0 && rid_len > 0 && rid_len <= LOOM_RID_MAX)
-            s_on_task_msg(self, rid, rid_len, msg);
+            s_on_task_msg(self, rid, rid_len, user, msg);
         else
             self->st.msgs_rejected++;
         loom_msg_destroy(&msg);
@@ -1218,6 +1242,7 @@ s_broker_new(zsock_t *pipe, const loom_broker_opts *opts)
     s_router_setup(self->tasks, self->lim.max_frame);
     s_router_setup(self->blobs, self->lim.max_frame);
     self->bc = loom_blob_channel_new(self->blobs);
+    loom_blob_channel_set_quota(self->bc, self->lim.blob_quota);
     if (opts && (opts->curve_dir || opts->cert_path)) {
         //  Before any bind: CURVE_SERVER affects the binds that follow.
         char *err = NULL;

@@ -28,8 +28,10 @@ typedef struct {
     uint32_t max_batch;     //  items per TaskBatch, LOOM_MAX_BATCH (1024, also the most)
     uint32_t max_maps;      //  open maps per client, LOOM_MAX_MAPS (1024)
     uint32_t max_pipelines; //  open pipelines per client, LOOM_MAX_PIPELINES (1024)
-    //  Blob store quota (bytes), LOOM_BLOB_QUOTA: a hook for the blob
-    //  channel, which enforces it; 0 = default (not enforced here yet).
+    //  Bytes one client (one blob-channel connection) may hold in the
+    //  blob store, LOOM_BLOB_QUOTA: its stored uploads plus those in
+    //  progress. 0 = the store's cap (--store-size, 16 GiB) is the only
+    //  limit. An upload over it gets an Error naming the quota.
     uint64_t blob_quota;
 } loom_broker_opts;
 

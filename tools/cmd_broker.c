@@ -24,7 +24,7 @@ static void
 s_usage(void)
 {
     fprintf(stderr, "usage: loom broker [--bind EP] [--blob-bind EP] [--store DIR]\n"
-                    "                   [--store-size BYTES] [--store-ttl SECONDS]\n"
+                    "                   [--store-size BYTES] [--store-ttl SECONDS] [--blob-quota BYTES]\n"
                     "                   [--curve-dir DIR --cert FILE | --insecure] [--verbose]\n"
                     "defaults: --bind tcp://127.0.0.1:5555 --blob-bind tcp://127.0.0.1:5556\n");
 }
@@ -69,6 +69,7 @@ loom_cmd_broker(int argc, char **argv)
     const char *bind = "tcp://127.0.0.1:5555";
     const char *blob_bind = "tcp://127.0.0.1:5556";
     const char *store = NULL, *curve_dir = NULL, *store_size = "0", *store_ttl = "0";
+    const char *blob_quota = "0";
     const char *cert = NULL;
     bool insecure = false, verbose = false;
     for (int i = 1; i < argc; i++) {
@@ -82,6 +83,8 @@ loom_cmd_broker(int argc, char **argv)
             store = v;
         else if ((v = s_opt(argc, argv, &i, "--store-size", &missing)))
             store_size = v;
+        else if ((v = s_opt(argc, argv, &i, "--blob-quota", &missing)))
+            blob_quota = v;
         else if ((v = s_opt(argc, argv, &i, "--store-ttl", &missing)))
             store_ttl = v;
         else if ((v = s_opt(argc, argv, &i, "--curve-dir", &missing)))
@@ -130,15 +133,18 @@ loom_cmd_broker(int argc, char **argv)
     long long ttl_s = 0;
     if (*end == 0)
         ttl_s = strtoll(store_ttl, &end, 10);
+    unsigned long long quota = 0;
+    if (*end == 0)
+        quota = strtoull(blob_quota, &end, 10);
     if (*end != 0 || ttl_s < 0 || ttl_s > 100LL * 365 * 86400) {
-        fprintf(stderr, "loom broker: --store-size and --store-ttl take a number\n");
+        fprintf(stderr, "loom broker: --store-size, --store-ttl and --blob-quota take a number\n");
         return 2;
     }
 
     zsys_init();
     zsys_set_logident("loom-broker");
     char *task_ep = NULL, *blob_ep = NULL, *error = NULL;
-    loom_broker_opts bo = {.curve_dir = curve_dir, .cert_path = cert};
+    loom_broker_opts bo = {.curve_dir = curve_dir, .cert_path = cert, .blob_quota = quota};
     zactor_t *broker = loom_broker_start_opts(&bo, bind, blob_bind, &task_ep, &blob_ep, &error);
     if (!broker) {
         fprintf(stderr, "loom broker: %s\n", error ? error : "cannot start");

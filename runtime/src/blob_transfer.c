@@ -167,7 +167,10 @@ loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_re
         }
         last = loom_now_ms();
         bool finished = false;
-        if (in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash)) {
+        if (in->type == LOOM_MSG_ERROR && in->u.error.message)
+            //  Why the broker refuses (a quota, the store's cap): the status follows.
+            loom_log_error("loom: broker: %s", in->u.error.message);
+        else if (in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash)) {
             if (in->u.blob_have.have) {
                 rc = 0;
                 finished = true;

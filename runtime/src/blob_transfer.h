@@ -54,8 +54,8 @@ int loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blo
 int loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, int timeout_ms,
                         uint64_t *received);
 
-//  A share or file name: 1-255 bytes, no '/', '\\' or control
-//  characters, not "." or "..". (share.c)
+//  A share or file name: loom_file_name_valid (safe_paths.h), the one
+//  check the client, broker and workers apply. (share.c)
 bool loom__blob_name_valid(const char *name);
 
 //  Open path for reading: a regular file, or an error naming it (logged,

@@ -19,6 +19,7 @@
 #include "base.h"
 #include "executor.h"
 #include "plugin_loader.h"
+#include "safe_paths.h"
 
 #include <loom/loom.h>
 
@@ -269,17 +270,11 @@ s_file(loom_task *t, const char *name)
     return NULL;
 }
 
-//  Output file names: 1-255 bytes, no '/', '\\' or control characters,
-//  not "." or "..".
+//  Output file names: loom_file_name_valid, as everywhere else.
 static bool
 s_out_name_valid(const char *name)
 {
-    if (!name || !*name || strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
-        return false;
-    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
-        if (*c == '/' || *c == '\\' || *c < 0x20 || *c == 0x7f)
-            return false;
-    return true;
+    return loom_file_name_valid(name);
 }
 
 //  A writable path for output file `name` of the running item; NULL for an

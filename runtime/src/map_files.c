@@ -56,7 +56,8 @@ loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *co
         return LOOM_ESTATE;
     for (size_t i = 0; i < n; i++) {
         if (!loom__blob_name_valid(names[i])) {
-            loom_log_error("loom: file name '%.80s' is invalid (1-255 bytes, no '/')",
+            loom_log_error("loom: file name '%.80s' is invalid (1-255 bytes of A-Z a-z 0-9 . _ "
+                           "-, not starting with '.')",
                            names[i] ? names[i] : "(null)");
             return LOOM_EINVAL;
         }

@@ -14,6 +14,7 @@
     caller may free its buffer; the copy goes when the pipeline does).  */
 
 #include "blob_transfer.h"
+#include "safe_paths.h"
 #include "client_priv.h"
 
 #include <errno.h>
@@ -29,12 +30,8 @@
 bool
 loom__blob_name_valid(const char *name)
 {
-    if (!name || !*name || strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
-        return false;
-    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
-        if (*c == '/' || *c == '\\' || *c < 0x20 || *c == 0x7f)
-            return false;
-    return true;
+    //  The one check, the same the broker and the workers apply.
+    return loom_file_name_valid(name);
 }
 
 //  Where a share's bytes can be read again after a broker restart; both
@@ -140,7 +137,8 @@ s_check(loom_pipeline *p, const char *name)
     if (!p || !p->client)
         return LOOM_EINVAL;
     if (!loom__blob_name_valid(name)) {
-        loom_log_error("loom: share name '%.80s' is invalid (1-255 bytes, no '/')",
+        loom_log_error("loom: share name '%.80s' is invalid (1-255 bytes of A-Z a-z 0-9 . _ -, "
+                       "not starting with '.')",
                        name ? name : "(null)");
         return LOOM_EINVAL;
     }

@@ -1227,6 +1227,15 @@ s_refuse(void *sock, zmq_msg_t *frame)
 int
 loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p, int flags)
 {
+    return loom_wire_recv_user(sock, rid, rid_cap, rid_len, msg_p, flags, NULL, 0);
+}
+
+int
+loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
+                    int flags, char *user, size_t user_cap)
+{
+    if (user && user_cap)
+        user[0] = 0;
     LOOM_ASSERT(sock && msg_p);
     LOOM_ASSERT(!rid || rid_len);
     LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
@@ -1257,6 +1266,11 @@ loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg 
     }
     if (zmq_msg_more(&frame))
         return s_refuse(sock, &frame);
+    if (user && user_cap) {
+        const char *u = zmq_msg_gets(&frame, "User-Id");
+        if (u && strlen(u) < user_cap)
+            memcpy(user, u, strlen(u) + 1);
+    }
     int rc = loom_wire_decode(zmq_msg_data(&frame), zmq_msg_size(&frame), msg_p);
     zmq_msg_close(&frame);
     return rc;

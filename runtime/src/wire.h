@@ -290,6 +290,12 @@ int loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *
 int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
                    int flags);
 
+//  The same, with the sender's ZAP User-Id (with CURVE and zauth: the Z85
+//  text of its public key) copied into user (user_cap bytes; "" when the
+//  connection has none, or it does not fit).
+int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len,
+                        loom_msg **msg_p, int flags, char *user, size_t user_cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,7 @@
 #include "base.h"
 #include "blob_cache.h"
 #include "blob_transfer.h"
+#include "safe_paths.h"
 
 #include <loom/loom.h>
 #include <errno.h>
@@ -126,6 +127,19 @@ loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loom_wi
 {
     *path = NULL;
     *reason = NULL;
+    //  Share and item file names come from the broker: one check before
+    //  anything else (blob paths are built from the hash alone).
+    if (!loom_file_name_valid(f->name)) {
+        char name[96];
+        snprintf(name, sizeof name, "%.80s", f->name ? f->name : "(null)");
+        for (char *c = name; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
+        *reason = s_reason("name '%s' is invalid (1-255 bytes of A-Z a-z 0-9 . _ -, not "
+                           "starting with '.')%s",
+                           name, "");
+        return LOOM_EINVAL;
+    }
     if (!self->cache) {
         *reason = s_reason("%s: this worker has no blob cache%s", what, "");
         return LOOM_ENOTSUP;

@@ -28,6 +28,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <limits.h>
 #include <loom/loom.h>
 #include <pthread.h>
 #include <signal.h>
@@ -37,7 +38,8 @@
 
 #define S_FLUSH_BYTES (256 * 1024) //  send results early past this much data
 #define S_CANCELS 64               //  recently cancelled map ids remembered
-#define S_MAX_MAPS 4096            //  map definitions kept; the oldest go first
+#define S_MAX_MAPS 4096            //  map definitions kept (LOOM_WORKER_MAX_MAPS)
+#define S_MAX_MAP_BYTES (64 << 20) //  and their bytes (LOOM_WORKER_MAP_BYTES); LRU go first
 #define S_TICK_MS 20               //  I/O thread timer resolution
 #define S_HWM 100000               //  DEALER high-water marks
 #define S_EXIT_LINGER_MS 2000      //  time to flush results before exiting
@@ -83,6 +85,8 @@ typedef struct {
     char *error; //  owned; the reason when status != 0
     loom_file_list *shares; //  the pipeline's shares, fetched at the first batch
     bool shares_ready;      //  fetched and given to the executor
+    size_t bytes;           //  what its definition holds (args, shares)
+    uint64_t last_use;      //  use sequence: the least recently used go first
 } s_map;
 
 typedef struct {
@@ -125,6 +129,10 @@ typedef struct {
     uint32_t gen; //  generation of the maps below
     s_map *maps;
     size_t nmaps, capmaps;
+    size_t map_bytes;      //  sum of maps[].bytes
+    size_t max_maps;       //  at most this many definitions kept
+    size_t max_map_bytes;  //  and this many bytes of them
+    uint64_t map_use_seq;  //  last use stamp given
     long items_run;
     //  Results being collected for one batch.
     uint64_t out_map;
@@ -566,8 +574,10 @@ static s_map *
 s_map_find(s_worker *self, uint64_t id)
 {
     for (size_t i = 0; i < self->nmaps; i++)
-        if (self->maps[i].id == id)
+        if (self->maps[i].id == id) {
+            self->maps[i].last_use = ++self->map_use_seq;
             return &self->maps[i];
+        }
     return NULL;
 }
 
@@ -579,6 +589,7 @@ s_map_forget(s_worker *self, uint64_t id)
             free(self->maps[i].error);
             loom_file_list_free(&self->maps[i].shares);
             loom_executor_close_map(self->exec, id);
+            self->map_bytes -= self->maps[i].bytes;
             memmove(&self->maps[i], &self->maps[i + 1],
                     (self->nmaps - i - 1) * sizeof self->maps[0]);
             self->nmaps--;
@@ -593,12 +604,21 @@ s_map_forget_all(s_worker *self)
         s_map_forget(self, self->maps[0].id);
 }
 
+//  A new definition of map id holding bytes: room is made by forgetting
+//  the least recently used ones (a broker opening maps without end, or
+//  with huge args, cannot make this process hold more than the limits).
 static s_map *
-s_map_add(s_worker *self, uint64_t id)
+s_map_add(s_worker *self, uint64_t id, size_t bytes)
 {
     s_map_forget(self, id);
-    if (self->nmaps == S_MAX_MAPS)
-        s_map_forget(self, self->maps[0].id);
+    while (self->nmaps &&
+           (self->nmaps >= self->max_maps || self->map_bytes + bytes > self->max_map_bytes)) {
+        size_t lru = 0;
+        for (size_t i = 1; i < self->nmaps; i++)
+            if (self->maps[i].last_use < self->maps[lru].last_use)
+                lru = i;
+        s_map_forget(self, self->maps[lru].id);
+    }
     if (self->nmaps == self->capmaps) {
         self->capmaps = self->capmaps ? self->capmaps * 2 : 16;
         self->maps = (s_map *)loom_xrealloc(self->maps, self->capmaps * sizeof *self->maps);
@@ -606,6 +626,7 @@ s_map_add(s_worker *self, uint64_t id)
     s_map *mp = &self->maps[self->nmaps++];
     memset(mp, 0, sizeof *mp);
     mp->id = id;
+    mp->last_use = ++self->map_use_seq;
     return mp;
 }
 
@@ -1033,12 +1054,29 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
 static void
 s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
 {
-    s_map *mp = s_map_add(self, mo->map);
+    size_t bytes = sizeof(s_map) + mo->args.len;
+    for (size_t i = 0; i < mo->nshares; i++)
+        bytes += sizeof(loom_wire_file) + LOOM_HASH_SIZE + strlen(mo->shares[i].name) + 1;
+    bool too_big = bytes > self->max_map_bytes;
+    s_map *mp = s_map_add(self, mo->map, too_big ? 0 : bytes);
     mp->reduce = mo->reduce;
     mp->timeout_ms = mo->timeout_ms;
     char *reason = NULL;
-    int rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
+    int rc;
+    if (too_big) {
+        //  Refused: its items fail with this reason.
+        rc = LOOM_ETOOBIG;
+        reason = loom_xmalloc(256);
+        snprintf(reason, 256,
+                 "map definition of %zu bytes (args and shares) is over this worker's limit "
+                 "of %zu (LOOM_WORKER_MAP_BYTES)",
+                 bytes, self->max_map_bytes);
+    } else {
+        mp->bytes = bytes;
+        self->map_bytes += bytes;
+        rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
                                     mo->args.data, mo->args.len, mo->reduce, &reason);
+    }
     if (rc != 0) {
         mp->status = rc;
         mp->error = reason ? reason : loom_xstrdup(loom_strerror(rc));
@@ -1104,6 +1142,9 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     s_worker self;
     memset(&self, 0, sizeof self);
     self.opts = opts;
+    self.max_maps = (size_t)loom_env_long("LOOM_WORKER_MAX_MAPS", S_MAX_MAPS, 1, 1L << 20);
+    self.max_map_bytes =
+        (size_t)loom_env_long("LOOM_WORKER_MAP_BYTES", S_MAX_MAP_BYTES, 4096, LONG_MAX);
     pthread_mutex_init(&self.shared.lock, NULL);
     atomic_init(&self.shared.gen, 0);
     s_io_args args = {.opts = opts, .shared = &self.shared};

@@ -15,6 +15,7 @@
 #include <czmq.h>
 #include <loom/loom.h>
 
+#include "broker.h"
 #include "client_priv.h"
 #include "cluster.h"
 #include "base.h"
@@ -422,6 +423,45 @@ test_memory_stays_bounded_while_sharing_a_big_file(void **state)
     unlink(path);
 }
 
+//  A client over its blob quota (LOOM_BLOB_QUOTA) gets LOOM_ETOOBIG from
+//  loom_pipeline_share; another client's shares go on.
+static void
+test_blob_quota_refuses_the_client_over_it_only(void **state)
+{
+    (void)state;
+    char task[128], blob[128];
+    loom_test_ipc(task, sizeof task, "quota-task");
+    loom_test_ipc(blob, sizeof blob, "quota-blob");
+    loom_broker_opts bo = {.blob_quota = 4000};
+    char *bt = NULL, *bb = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(&bo, task, blob, &bt, &bb, &err);
+    assert_non_null(broker);
+    loom_client *a = loom_client_new(bt, NULL);
+    loom_client *b = loom_client_new(bt, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    loom_pipeline *pa = loom_pipeline_new(a, "a");
+    loom_pipeline *pb = loom_pipeline_new(b, "b");
+    char *buf = malloc(3000);
+    memset(buf, 'a', 3000);
+    assert_int_equal(loom_pipeline_share(pa, "one", buf, 3000), 0);
+    memset(buf, 'b', 3000);
+    assert_int_equal(loom_pipeline_share(pa, "two", buf, 2000), LOOM_ETOOBIG);
+    assert_int_equal(loom_pipeline_share(pb, "two", buf, 3000), 0); //  b is not a
+    assert_int_equal(loom_pipeline_share(pa, "small", buf, 500), 0); //  a within its quota
+    free(buf);
+    loom_pipeline_destroy(&pa);
+    loom_pipeline_destroy(&pb);
+    loom_client_destroy(&a);
+    loom_client_destroy(&b);
+    zactor_destroy(&broker);
+    free(bt);
+    free(bb);
+    free(err);
+    unlink(task + 6);
+    unlink(blob + 6);
+}
+
 int
 main(void)
 {
@@ -432,6 +472,7 @@ main(void)
         cmocka_unit_test(test_files_go_in_and_come_back_as_local_paths),
         cmocka_unit_test(test_memory_stays_bounded_while_sharing_a_big_file),
         cmocka_unit_test(test_full_cache_fails_items_clearly_and_the_worker_keeps_serving),
+        cmocka_unit_test(test_blob_quota_refuses_the_client_over_it_only),
     };
     return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
 }

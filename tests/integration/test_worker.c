@@ -722,6 +722,168 @@ test_reduce_folds_batch_and_combines(void **state)
     loom_msg_destroy(&m);
 }
 
+//  Names from a hostile broker go through the one check (safe_paths)
+//  before anything else: a share named "../x" and an item file named
+//  "a/b" fail their items with a clear error; the worker goes on.
+static void
+test_bad_share_and_file_names_fail_items(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("names", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint8_t hash[32];
+    memset(hash, 0xab, sizeof hash);
+    loom_wire_file share = {.name = "../x", .hash = {hash, sizeof hash}, .size = 3};
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_MAP_OPEN;
+    m.u.map_open.map = 20;
+    m.u.map_open.plugin = "testkit";
+    m.u.map_open.version = "";
+    m.u.map_open.task = "echo";
+    m.u.map_open.shares = &share;
+    m.u.map_open.nshares = 1;
+    s_send(fb, p, &m);
+    const char *in[] = {"a", "b"};
+    s_batch(fb, p, 20, 0, in, 2, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 20, res, 2, NULL), 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(res[i].status, LOOM_EINVAL);
+        assert_non_null(strstr(res[i].error, "name '../x' is invalid"));
+    }
+    //  An item whose file is named "a/b", then a plain one: the first
+    //  fails naming it, the second runs.
+    s_map_open(fb, p, 21, "testkit", "echo", 0, false);
+    loom_wire_file file = {.name = "a/b", .hash = {hash, sizeof hash}, .size = 3};
+    loom_wire_item items[2];
+    memset(items, 0, sizeof items);
+    for (int i = 0; i < 2; i++) {
+        items[i].index = (uint64_t)i;
+        items[i].attempt = 1;
+        items[i].data = (loom_span){(const uint8_t *)"ok", 2};
+    }
+    items[0].files = &file;
+    items[0].nfiles = 1;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_TASK_BATCH;
+    m.u.task_batch.map = 21;
+    m.u.task_batch.items = items;
+    m.u.task_batch.nitems = 2;
+    s_send(fb, p, &m);
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 21, res, 2, NULL), 2);
+    assert_int_equal(res[0].status, LOOM_EINVAL);
+    assert_non_null(strstr(res[0].error, "name 'a/b' is invalid"));
+    assert_int_equal(res[1].status, 0);
+    assert_string_equal(res[1].data, "ok");
+}
+
+static void
+s_map_open_args(s_fb *fb, s_peer *p, uint64_t map, const void *args, size_t len)
+{
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_MAP_OPEN;
+    m.u.map_open.map = map;
+    m.u.map_open.plugin = "testkit";
+    m.u.map_open.version = "";
+    m.u.map_open.task = "echo";
+    m.u.map_open.args = (loom_span){args, len};
+    s_send(fb, p, &m);
+}
+
+//  One item on map: its status (and error, if err).
+static int
+s_one(s_fb *fb, s_peer *p, uint64_t map, char *err, size_t cap)
+{
+    const char *in[] = {"x"};
+    s_batch(fb, p, map, 0, in, 1, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, map, res, 1, NULL), 1);
+    if (err)
+        snprintf(err, cap, "%s", res[0].error);
+    return res[0].status;
+}
+
+//  kB of VmRSS of pid, -1 if unreadable.
+static long
+s_rss_kb(uint32_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%u/status", pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+//  A broker opening maps without end cannot make a worker keep them all:
+//  beyond LOOM_WORKER_MAX_MAPS the least recently used definition goes.
+static void
+test_map_definitions_are_capped_lru(void **state)
+{
+    (void)state;
+    setenv("LOOM_WORKER_MAX_MAPS", "3", 1);
+    s_fb *fb = s_start("maxmaps", 1, NULL, NULL);
+    unsetenv("LOOM_WORKER_MAX_MAPS");
+    s_peer *p = s_worker(fb, 0);
+    for (uint64_t id = 1; id <= 3; id++)
+        s_map_open(fb, p, id, "testkit", "echo", 0, false);
+    assert_int_equal(s_one(fb, p, 1, NULL, 0), 0); //  1 used: 2 is now the oldest
+    s_map_open(fb, p, 4, "testkit", "echo", 0, false);
+    char err[256];
+    assert_int_equal(s_one(fb, p, 2, err, sizeof err), LOOM_EPROTO);
+    assert_non_null(strstr(err, "unknown map"));
+    assert_int_equal(s_one(fb, p, 1, NULL, 0), 0);
+    assert_int_equal(s_one(fb, p, 3, NULL, 0), 0);
+    assert_int_equal(s_one(fb, p, 4, NULL, 0), 0);
+}
+
+//  The bytes of map definitions (args, shares) are capped too
+//  (LOOM_WORKER_MAP_BYTES): 200 maps with 1 MB of args each leave the
+//  worker's RSS far below 200 MB; one definition over the cap alone is
+//  refused, its items failing with a reason naming the limit.
+static void
+test_map_definition_bytes_are_capped(void **state)
+{
+    (void)state;
+    setenv("LOOM_WORKER_MAP_BYTES", "4000000", 1);
+    s_fb *fb = s_start("mapbytes", 1, NULL, NULL);
+    unsetenv("LOOM_WORKER_MAP_BYTES");
+    s_peer *p = s_worker(fb, 0);
+    size_t len = 1 << 20;
+    char *args = malloc(5 * len);
+    memset(args, 'a', 5 * len);
+    long before = s_rss_kb(p->pid);
+    assert_true(before > 0);
+    for (uint64_t id = 100; id < 300; id++) {
+        s_map_open_args(fb, p, id, args, len);
+        if (id % 20 == 0)
+            s_heartbeat_all(fb);
+    }
+    assert_int_equal(s_one(fb, p, 299, NULL, 0), 0); //  all read by now
+    long after = s_rss_kb(p->pid);
+    printf("worker RSS: %ld kB before, %ld kB after 200 MapOpens of 1 MiB args\n", before,
+           after);
+#ifndef __SANITIZE_ADDRESS__ //  ASan keeps freed memory in quarantine: RSS tells nothing
+    assert_true(after - before < 64 * 1024);
+#endif
+    char err[256];
+    assert_int_equal(s_one(fb, p, 100, err, sizeof err), LOOM_EPROTO); //  long gone
+    assert_int_equal(s_one(fb, p, 298, NULL, 0), 0);
+    s_map_open_args(fb, p, 400, args, 5 * len);
+    assert_int_equal(s_one(fb, p, 400, err, sizeof err), LOOM_ETOOBIG);
+    assert_non_null(strstr(err, "LOOM_WORKER_MAP_BYTES"));
+    free(args);
+}
+
 static void
 test_sigterm_to_worker_finishes_its_batch(void **state)
 {
@@ -1306,6 +1468,9 @@ main(void)
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycles_the_process, s_teardown),
         cmocka_unit_test_teardown(test_reduce_folds_batch_and_combines, s_teardown),
+        cmocka_unit_test_teardown(test_bad_share_and_file_names_fail_items, s_teardown),
+        cmocka_unit_test_teardown(test_map_definitions_are_capped_lru, s_teardown),
+        cmocka_unit_test_teardown(test_map_definition_bytes_are_capped, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),

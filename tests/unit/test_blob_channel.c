@@ -58,6 +58,19 @@ s_stats(void)
     return st;
 }
 
+static loom_wire_stats
+s_stats_of(zactor_t *broker)
+{
+    zstr_send(broker, "STATS");
+    zframe_t *f = zframe_recv(broker);
+    loom_msg *m = NULL;
+    assert_int_equal(loom_wire_decode(zframe_data(f), zframe_size(f), &m), 0);
+    loom_wire_stats st = m->u.stats;
+    loom_msg_destroy(&m);
+    zframe_destroy(&f);
+    return st;
+}
+
 //  Next message from the broker within 2 s.
 static loom_msg *
 s_next(void)
@@ -179,13 +192,159 @@ test_bad_requests_get_a_status(void **state)
     loom_msg_destroy(&m);
     loom_wire_stats after = s_stats();
     assert_true(after.msgs_rejected > before.msgs_rejected);
-    //  Over the store's cap (16 GiB by default): refused at once.
+    //  Over the store's cap (16 GiB by default): refused at once, with an
+    //  Error that names the cap, then the status.
     have.u.blob_have.size = UINT64_MAX;
     s_send(&have);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_ERROR);
+    assert_int_equal(m->u.error.code, LOOM_ETOOBIG);
+    assert_non_null(strstr(m->u.error.message, "--store-size"));
+    loom_msg_destroy(&m);
     m = s_next();
     assert_int_equal(m->type, LOOM_MSG_BLOB_CHUNK);
     assert_int_equal(m->u.blob_chunk.status, LOOM_ETOOBIG);
     loom_msg_destroy(&m);
+}
+
+//  A source of size bytes filled from seed, and its hash.
+static uint8_t *
+s_source(size_t size, int seed, uint8_t *hash)
+{
+    uint8_t *data = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        data[i] = (uint8_t)(i * 7 + seed);
+    loom_blob_mem mem = {data, size};
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, hash), 0);
+    return data;
+}
+
+static int
+s_put(void *dealer, size_t size, int seed)
+{
+    uint8_t hash[LOOM_HASH_SIZE];
+    uint8_t *data = s_source(size, seed, hash);
+    loom_blob_mem mem = {data, size};
+    int rc = loom__blob_upload(dealer, hash, size, loom__blob_read_mem, &mem, 5000, NULL);
+    free(data);
+    return rc;
+}
+
+//  Next message on dealer within 2 s.
+static loom_msg *
+s_next_on(void *dealer)
+{
+    zmq_pollitem_t it = {dealer, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 2000), 1);
+    loom_msg *m = NULL;
+    assert_int_equal(loom_wire_recv(dealer, NULL, 0, NULL, &m, 0), 0);
+    return m;
+}
+
+//  The store's cap (--store-size) and a per-client quota (LOOM_BLOB_QUOTA):
+//  the one going over gets an Error naming the limit and the sizes, and
+//  a status LOOM_ETOOBIG; other clients' uploads go on; unreferenced
+//  blobs make room rather than refuse.
+static void
+test_store_cap_and_client_quota(void **state)
+{
+    (void)state;
+    char task[128], blob[128], dir[256];
+    loom_test_ipc(task, sizeof task, "bq-task");
+    loom_test_ipc(blob, sizeof blob, "bq-blob");
+    snprintf(dir, sizeof dir, "%s/loom-bq-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             (int)getpid());
+    loom_broker_opts o = {.blob_quota = 3000};
+    char *bt = NULL, *bb = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(&o, task, blob, &bt, &bb, &err);
+    assert_non_null(broker);
+    assert_int_equal(loom_broker_set_store(broker, dir, 5000, 0, true), 0);
+    void *a = loom__blob_dealer(zsys_init(), bb);
+    void *b = loom__blob_dealer(zsys_init(), bb);
+    void *c = loom__blob_dealer(zsys_init(), bb);
+    void *d = loom__blob_dealer(zsys_init(), bb);
+
+    //  a: 2000 bytes stored, then 1500 more would be 3500 > its quota 3000.
+    assert_int_equal(s_put(a, 2000, 1), 0);
+    uint8_t hash[LOOM_HASH_SIZE];
+    uint8_t *data = s_source(1500, 2, hash);
+    loom_msg have = {.type = LOOM_MSG_BLOB_HAVE};
+    have.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    have.u.blob_have.size = 1500;
+    assert_int_equal(loom_wire_send(a, NULL, 0, &have, 0), 0);
+    loom_msg *m = s_next_on(a);
+    assert_int_equal(m->type, LOOM_MSG_ERROR);
+    assert_int_equal(m->u.error.code, LOOM_ETOOBIG);
+    assert_non_null(strstr(m->u.error.message, "quota of 3000"));
+    assert_non_null(strstr(m->u.error.message, "1500 bytes"));
+    assert_non_null(strstr(m->u.error.message, "3500"));
+    loom_msg_destroy(&m);
+    m = s_next_on(a);
+    assert_int_equal(m->type, LOOM_MSG_BLOB_CHUNK);
+    assert_int_equal(m->u.blob_chunk.status, LOOM_ETOOBIG);
+    loom_msg_destroy(&m);
+    free(data);
+    //  The same through the upload call: the status comes back.
+    assert_int_equal(s_put(a, 1500, 2), LOOM_ETOOBIG);
+    //  b is not a: its upload goes on.
+    assert_int_equal(s_put(b, 1500, 3), 0);
+    //  The blob a already stored costs nothing more.
+    assert_int_equal(s_put(a, 2000, 1), 0);
+
+    //  The store's cap: c and d announce 2500 bytes each and send nothing
+    //  yet (uploads in progress: 5000 pending); the 3500 bytes stored are
+    //  unreferenced, so dropped to make room.
+    uint8_t hd[LOOM_HASH_SIZE];
+    uint8_t *dd = s_source(2500, 6, hd);
+    data = s_source(2500, 4, hash);
+    have.u.blob_have.size = 2500;
+    for (int i = 0; i < 2; i++) {
+        void *who = i ? d : c;
+        have.u.blob_have.hash = (loom_span){i ? hd : hash, LOOM_HASH_SIZE};
+        assert_int_equal(loom_wire_send(who, NULL, 0, &have, 0), 0);
+        m = s_next_on(who);
+        assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+        assert_false(m->u.blob_have.have);
+        loom_msg_destroy(&m);
+        m = s_next_on(who); //  the grant
+        assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+        loom_msg_destroy(&m);
+    }
+    loom_wire_stats st = s_stats_of(broker);
+    assert_int_equal(st.blob_store_bytes, 0);
+    //  Now b's 1500 bytes do not fit beside 5000 in progress: refused
+    //  with an Error naming the cap and the sizes.
+    uint8_t h2[LOOM_HASH_SIZE];
+    uint8_t *d2 = s_source(1500, 5, h2);
+    have.u.blob_have.hash = (loom_span){h2, LOOM_HASH_SIZE};
+    have.u.blob_have.size = 1500;
+    assert_int_equal(loom_wire_send(b, NULL, 0, &have, 0), 0);
+    m = s_next_on(b);
+    assert_int_equal(m->type, LOOM_MSG_ERROR);
+    assert_non_null(strstr(m->u.error.message, "cap 5000"));
+    assert_non_null(strstr(m->u.error.message, "5000 being uploaded"));
+    loom_msg_destroy(&m);
+    m = s_next_on(b);
+    assert_int_equal(m->u.blob_chunk.status, LOOM_ETOOBIG);
+    loom_msg_destroy(&m);
+    free(d2);
+    //  c's upload, in progress, completes (restarted: same total).
+    loom_blob_mem mem = {data, 2500};
+    assert_int_equal(
+        loom__blob_upload(c, hash, 2500, loom__blob_read_mem, &mem, 5000, NULL), 0);
+    free(data);
+    free(dd);
+    zmq_close(d);
+
+    zmq_close(a);
+    zmq_close(b);
+    zmq_close(c);
+    zactor_destroy(&broker);
+    free(bt);
+    free(bb);
+    free(err);
+    unlink(task + 6);
+    unlink(blob + 6);
 }
 
 int
@@ -194,6 +353,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
         cmocka_unit_test(test_bad_requests_get_a_status),
+        cmocka_unit_test(test_store_cap_and_client_quota),
     };
     return cmocka_run_group_tests_name("blob_channel", tests, s_setup, s_teardown);
 }

@@ -5,6 +5,7 @@
 #include "loom_test.h"
 
 #include <czmq.h>
+#include <sys/stat.h>
 
 #include "base.h"
 #include "broker.h"
@@ -1291,6 +1292,146 @@ test_bind_errors(void **state)
 
 #define PT(t) cmocka_unit_test_setup_teardown(t, s_setup, s_teardown)
 
+//  ---------------------------------------------------------------------
+//  CURVE: a session belongs to the key it said Hello with
+
+static loom_wire_stats
+s_stats_of(zactor_t *broker)
+{
+    zstr_send(broker, "STATS");
+    zframe_t *f = zframe_recv(broker);
+    loom_msg *m = NULL;
+    assert_int_equal(loom_wire_decode(zframe_data(f), zframe_size(f), &m), 0);
+    loom_wire_stats st = m->u.stats;
+    loom_msg_destroy(&m);
+    zframe_destroy(&f);
+    return st;
+}
+
+//  A DEALER with cert's keys, CURVE client of server, routing id rid.
+static void *
+s_curve_dealer(zcert_t *cert, zcert_t *server, const char *rid, const char *ep)
+{
+    zsock_t *d = zsock_new(ZMQ_DEALER);
+    assert_non_null(d);
+    zcert_apply(cert, d);
+    zsock_set_curve_serverkey(d, zcert_public_txt(server));
+    zsock_set_identity(d, rid);
+    zsock_set_linger(d, 0);
+    assert_int_equal(zsock_connect(d, "%s", ep), 0);
+    return d;
+}
+
+//  Two listed keys. A says Hello with routing id "victim", then goes away;
+//  its session lives on until it expires. B (the other listed key) connects
+//  with the same routing id: its messages are dropped and counted, never
+//  answered within A's session, and its Hello does not end A's session.
+static void
+test_session_bound_to_its_curve_key(void **state)
+{
+    (void)state;
+    char dir[256], bcert[300], task[128];
+    snprintf(dir, sizeof dir, "%s/loom-keys-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             (int)getpid());
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char allow[300];
+    snprintf(allow, sizeof allow, "%s/allow", dir);
+    assert_int_equal(mkdir(allow, 0700), 0);
+    zcert_t *server = zcert_new(), *a = zcert_new(), *b = zcert_new();
+    snprintf(bcert, sizeof bcert, "%s/broker", dir);
+    assert_int_equal(zcert_save(server, bcert), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/a", allow);
+    assert_int_equal(zcert_save_public(a, path), 0);
+    snprintf(path, sizeof path, "%s/b", allow);
+    assert_int_equal(zcert_save_public(b, path), 0);
+    const char *hb = getenv("LOOM_HEARTBEAT_MS");
+    char *hb_saved = hb ? strdup(hb) : NULL;
+    setenv("LOOM_HEARTBEAT_MS", "60000", 1); //  A's session must outlive the test
+    loom_test_ipc(task, sizeof task, "curvekey");
+    loom_broker_opts o = {.curve_dir = allow, .cert_path = bcert};
+    char *bt = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(&o, task, NULL, &bt, NULL, &err);
+    if (hb_saved)
+        setenv("LOOM_HEARTBEAT_MS", hb_saved, 1);
+    else
+        unsetenv("LOOM_HEARTBEAT_MS");
+    free(hb_saved);
+    assert_non_null(broker);
+
+    loom_msg hello = {.type = LOOM_MSG_HELLO};
+    hello.u.hello = (loom_wire_hello){.role = LOOM_ROLE_CLIENT, .host = "a", .pid = 1};
+    zsock_t *da = s_curve_dealer(a, server, "victim", bt);
+    assert_int_equal(loom_wire_send(zsock_resolve(da), NULL, 0, &hello, 0), 0);
+    zmq_pollitem_t it = {zsock_resolve(da), 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 5000), 1);
+    loom_msg *m = NULL;
+    assert_int_equal(loom_wire_recv(zsock_resolve(da), NULL, 0, NULL, &m, 0), 0);
+    assert_int_equal(m->type, LOOM_MSG_WELCOME);
+    uint64_t session = m->u.welcome.session;
+    loom_msg_destroy(&m);
+    zsock_destroy(&da);
+
+    //  B takes the routing id once the broker has let A's connection go
+    //  (until then libzmq refuses the id and B reconnects): it keeps
+    //  sending a MapOpen of a pipeline never opened, which A's session
+    //  would answer with an Error, until the broker has dropped some.
+    //  A connection that came too early stays refused: B starts again.
+    loom_msg mo = {.type = LOOM_MSG_MAP_OPEN};
+    mo.u.map_open =
+        (loom_wire_map_open){.map = 1, .pipeline = 7, .plugin = "echo", .version = "", .task = "echo"};
+    uint64_t base = s_stats_of(broker).msgs_rejected;
+    int64_t until = loom_now_ms() + 10000;
+    bool dropped = false;
+    zsock_t *db = NULL;
+    while (!dropped && loom_now_ms() < until) {
+        zsock_destroy(&db);
+        db = s_curve_dealer(b, server, "victim", bt);
+        assert_int_equal(loom_wire_send(zsock_resolve(db), NULL, 0, &mo, 0), 0);
+        zmq_pollitem_t ib = {zsock_resolve(db), 0, ZMQ_POLLIN, 0};
+        assert_int_equal(zmq_poll(&ib, 1, 200), 0); //  never an answer
+        dropped = s_stats_of(broker).msgs_rejected > base;
+    }
+    assert_true(dropped);
+    //  B's Hello on that routing id neither ends A's session nor gets one.
+    hello.u.hello.host = "b";
+    assert_int_equal(loom_wire_send(zsock_resolve(db), NULL, 0, &hello, 0), 0);
+    zmq_pollitem_t ib = {zsock_resolve(db), 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&ib, 1, 300), 0);
+    loom_wire_stats st = s_stats_of(broker);
+    assert_int_equal(st.clients, 1);
+    (void)session;
+    zsock_destroy(&db);
+
+    //  B on its own routing id is served.
+    db = s_curve_dealer(b, server, "b-own", bt);
+    assert_int_equal(loom_wire_send(zsock_resolve(db), NULL, 0, &hello, 0), 0);
+    zmq_pollitem_t ic = {zsock_resolve(db), 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&ic, 1, 5000), 1);
+    assert_int_equal(loom_wire_recv(zsock_resolve(db), NULL, 0, NULL, &m, 0), 0);
+    assert_int_equal(m->type, LOOM_MSG_WELCOME);
+    assert_int_not_equal(m->u.welcome.session, session);
+    loom_msg_destroy(&m);
+    zsock_destroy(&db);
+
+    zactor_destroy(&broker);
+    zcert_destroy(&server);
+    zcert_destroy(&a);
+    zcert_destroy(&b);
+    free(bt);
+    free(err);
+    unlink(task + 6);
+    snprintf(path, sizeof path, "%s/a", allow);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/b", allow);
+    unlink(path);
+    rmdir(allow);
+    unlink(bcert);
+    snprintf(path, sizeof path, "%s_secret", bcert);
+    unlink(path);
+    rmdir(dir);
+}
+
 int
 main(void)
 {
@@ -1326,6 +1467,7 @@ main(void)
         PT(test_client_expiry_cancels_map),
         PT(test_client_cancel),
         cmocka_unit_test(test_bind_errors),
+        cmocka_unit_test(test_session_bound_to_its_curve_key),
     };
     int rc = cmocka_run_group_tests_name("scheduler", sched, NULL, NULL);
     rc |= cmocka_run_group_tests_name("broker protocol", proto, NULL, NULL);
