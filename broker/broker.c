@@ -27,14 +27,14 @@
 #define LOOM_BROKER_MAX_BATCH 1024
 #define LOOM_BROKER_MAX_FRAME (64 * 1024 * 1024)
 #define LOOM_BROKER_HWM 100000
-#define LOOM_BROKER_DRAIN 1000 //  messages per socket per wake-up
+#define LOOM_BROKER_DRAIN 1000   //  messages per socket per wake-up
 #define LOOM_BROKER_BLOB_DRAIN 8 //  blob messages per wake-up
 #define LOOM_RID_MAX 256
-#define LOOM_BROKER_USER_MAX 64 //  a ZAP User-Id: the Z85 public key (40 characters)
+#define LOOM_BROKER_USER_MAX 64           //  a ZAP User-Id: the Z85 public key (40 characters)
 #define LOOM_BROKER_MAX_CREDIT (1u << 20) //  items a worker process may ask for
 
 typedef struct {
-    char key[2 * LOOM_RID_MAX + 1]; //  hex routing id: the sessions table key
+    char key[2 * LOOM_RID_MAX + 1];  //  hex routing id: the sessions table key
     char user[LOOM_BROKER_USER_MAX]; //  CURVE: the key it said Hello with (Z85), else ""
     uint8_t rid[LOOM_RID_MAX];
     size_t rid_len;
@@ -45,7 +45,7 @@ typedef struct {
     int64_t last_in, last_out; //  ms
     bool dead;                 //  to be ended at the next settle
     char *dead_reason;
-    bool dead_clean;  //  ended by a clean exit: charge its items nothing
+    bool dead_clean;       //  ended by a clean exit: charge its items nothing
     loom_sched_worker *sw; //  worker processes
     uint32_t worker_id;
     zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
@@ -68,9 +68,10 @@ typedef struct {
     int hb_ms;
     size_t ndead;
     loom_wire_stats st; //  counters kept here; the rest is computed
+    zsock_t *monitor;   //  disconnection events of the task ROUTER (PAIR), or NULL
     bool verbose;
-    loom_blob_channel *bc; //  the blob ROUTER's side (blob_channel.c)
-    char *blob_ep;         //  bound blob endpoint, told to peers in Welcome
+    loom_blob_channel *bc;    //  the blob ROUTER's side (blob_channel.c)
+    char *blob_ep;            //  bound blob endpoint, told to peers in Welcome
     loom_broker_opts lim;     //  limits in force (defaults filled in)
     loom_curve_server *curve; //  CURVE keys and allow-list, or NULL
     char *setup_error;        //  why BIND must fail (bad CURVE setup)
@@ -1177,6 +1178,10 @@ s_broker_destroy(s_broker **self_p)
     zhashx_destroy(&self->strangers);
     loom_blob_channel_destroy(&self->bc);
     free(self->blob_ep);
+    if (self->monitor) {
+        zmq_socket_monitor(zsock_resolve(self->tasks), NULL, 0);
+        zsock_destroy(&self->monitor);
+    }
     zsock_destroy(&self->tasks);
     zsock_destroy(&self->blobs);
     loom_curve_server_destroy(&self->curve);
@@ -1199,23 +1204,63 @@ s_limits(loom_broker_opts *lim, const loom_broker_opts *o)
     static const loom_broker_opts none = {0};
     if (!o)
         o = &none;
-    lim->max_frame = o->max_frame
-                         ? o->max_frame
-                         : (uint32_t)loom_env_long("LOOM_MAX_FRAME", LOOM_BROKER_MAX_FRAME, 4096,
-                                                   1L << 30);
+    lim->max_frame = o->max_frame ? o->max_frame
+                                  : (uint32_t)loom_env_long("LOOM_MAX_FRAME", LOOM_BROKER_MAX_FRAME,
+                                                            4096, 1L << 30);
     lim->max_batch = o->max_batch ? o->max_batch
-                                  : (uint32_t)loom_env_long("LOOM_MAX_BATCH",
-                                                            LOOM_BROKER_MAX_BATCH, 1,
-                                                            LOOM_WIRE_MAX_ITEMS);
+                                  : (uint32_t)loom_env_long("LOOM_MAX_BATCH", LOOM_BROKER_MAX_BATCH,
+                                                            1, LOOM_WIRE_MAX_ITEMS);
     if (lim->max_batch > LOOM_SCHED_MAX_BATCH)
         lim->max_batch = LOOM_SCHED_MAX_BATCH;
-    lim->max_maps = o->max_maps ? o->max_maps
-                                : (uint32_t)loom_env_long("LOOM_MAX_MAPS", 1024, 1, 1L << 24);
-    lim->max_pipelines =
-        o->max_pipelines ? o->max_pipelines
-                         : (uint32_t)loom_env_long("LOOM_MAX_PIPELINES", 1024, 1, 1L << 24);
-    lim->blob_quota = o->blob_quota ? o->blob_quota
-                                    : (uint64_t)loom_env_long("LOOM_BLOB_QUOTA", 0, 0, LONG_MAX);
+    lim->max_maps =
+        o->max_maps ? o->max_maps : (uint32_t)loom_env_long("LOOM_MAX_MAPS", 1024, 1, 1L << 24);
+    lim->max_pipelines = o->max_pipelines
+                             ? o->max_pipelines
+                             : (uint32_t)loom_env_long("LOOM_MAX_PIPELINES", 1024, 1, 1L << 24);
+    lim->blob_quota =
+        o->blob_quota ? o->blob_quota : (uint64_t)loom_env_long("LOOM_BLOB_QUOTA", 0, 0, LONG_MAX);
+}
+
+//  Connections libzmq closes never reach the broker as messages: a frame
+//  over ZMQ_MAXMSGSIZE makes it drop the connection unread. A socket
+//  monitor counts them (with peers that simply left) as connections_dropped.
+static int
+s_on_monitor(zloop_t *loop, zsock_t *reader, void *arg)
+{
+    (void)loop;
+    s_broker *self = (s_broker *)arg;
+    for (int n = 0; n < 256; n++) {
+        zmsg_t *msg = zmsg_recv_nowait(reader);
+        if (!msg)
+            break;
+        zframe_t *ev = zmsg_first(msg);
+        if (ev && zframe_size(ev) >= 2) {
+            uint16_t id;
+            memcpy(&id, zframe_data(ev), sizeof id);
+            if (id == ZMQ_EVENT_DISCONNECTED)
+                self->st.connections_dropped++;
+        }
+        zmsg_destroy(&msg);
+    }
+    return 0;
+}
+
+static void
+s_monitor_start(s_broker *self)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://loom-broker-monitor-%p", (void *)self);
+    if (zmq_socket_monitor(zsock_resolve(self->tasks), ep, ZMQ_EVENT_DISCONNECTED) != 0) {
+        loom_log_warning("broker: no connection monitor: %s", zmq_strerror(zmq_errno()));
+        return;
+    }
+    self->monitor = zsock_new(ZMQ_PAIR);
+    if (!self->monitor || zsock_connect(self->monitor, "%s", ep) != 0) {
+        zmq_socket_monitor(zsock_resolve(self->tasks), NULL, 0);
+        zsock_destroy(&self->monitor);
+        return;
+    }
+    zloop_reader(self->loop, self->monitor, s_on_monitor, self);
 }
 
 static s_broker *
@@ -1262,6 +1307,7 @@ s_broker_new(zsock_t *pipe, const loom_broker_opts *opts)
     zloop_reader(self->loop, pipe, s_on_pipe, self);
     zloop_reader(self->loop, self->tasks, s_on_tasks, self);
     zloop_reader_set_tolerant(self->loop, self->tasks);
+    s_monitor_start(self);
     int tick = self->hb_ms / 2 > 0 ? self->hb_ms / 2 : 1;
     zloop_timer(self->loop, (size_t)tick, 0, s_on_tick, self);
     return self;

@@ -35,6 +35,7 @@ s_print(const loom_wire_stats *st)
     U(msgs_in);
     U(msgs_out);
     U(msgs_rejected);
+    U(connections_dropped);
     U(blob_bytes_in);
     U(blob_bytes_out);
     U(blobs_stored);

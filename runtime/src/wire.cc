@@ -362,7 +362,8 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->items_done, s->items_failed, s->items_retried, s->results_dropped,
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
                            s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
-                           s->workers_blob_bytes_in, s->workers_blob_bytes_out)
+                           s->workers_blob_bytes_in, s->workers_blob_bytes_out,
+                           s->connections_dropped)
         .Union();
 }
 
@@ -950,6 +951,7 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->blob_store_bytes = s->blob_store_bytes();
     out->workers_blob_bytes_in = s->workers_blob_bytes_in();
     out->workers_blob_bytes_out = s->workers_blob_bytes_out();
+    out->connections_dropped = s->connections_dropped();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_

@@ -179,6 +179,7 @@ typedef struct {
     uint64_t results_dropped, msgs_in, msgs_out, msgs_rejected;
     uint64_t blob_bytes_in, blob_bytes_out, blobs_stored, blob_store_bytes;
     uint64_t workers_blob_bytes_in, workers_blob_bytes_out; //  sums of the workers' reports
+    uint64_t connections_dropped; //  task-channel disconnections (peer gone, or a protocol error)
 } loom_wire_stats;
 
 typedef struct {

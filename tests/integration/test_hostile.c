@@ -43,13 +43,13 @@ static pid_t s_worker_pid;
 //  The legitimate client
 
 typedef struct {
-    atomic_bool stop;       //  the attacks are over: close the map
+    atomic_bool stop; //  the attacks are over: close the map
     atomic_size_t submitted;
-    uint8_t *seen;          //  results per index
-    size_t bad_data;        //  results whose data is not their index
-    size_t failed;          //  results with an error
-    int rc;                 //  0, or what went wrong
-    atomic_bool started;    //  the first result came back
+    uint8_t *seen;       //  results per index
+    size_t bad_data;     //  results whose data is not their index
+    size_t failed;       //  results with an error
+    int rc;              //  0, or what went wrong
+    atomic_bool started; //  the first result came back
 } s_legit;
 
 static void *
@@ -164,8 +164,8 @@ s_wait_refused(uint64_t want, const char *what)
     while ((v = s_refused()) < want && loom_now_ms() < deadline)
         zmq_poll(NULL, 0, 5);
     if (v < want)
-        fail_msg("%s: not counted (refused+dropped %llu, want %llu)", what,
-                 (unsigned long long)v, (unsigned long long)want);
+        fail_msg("%s: not counted (refused+dropped %llu, want %llu)", what, (unsigned long long)v,
+                 (unsigned long long)want);
 }
 
 static zsock_t *
@@ -295,8 +295,8 @@ s_setup(void **state)
     assert_non_null(exe);
     char parent[32];
     snprintf(parent, sizeof parent, "%d", (int)getpid());
-    const char *argv[] = {exe,    "worker",  "--connect", s_ep, "--procs", "1",
-                          "--parent", parent, "--quiet",  NULL};
+    const char *argv[] = {exe, "worker",   "--connect", s_ep,      "--procs",
+                          "1", "--parent", parent,      "--quiet", NULL};
     assert_int_equal(posix_spawn(&s_worker_pid, exe, NULL, NULL, (char *const *)argv, environ), 0);
     //  Wait for the worker process's session.
     int64_t deadline = loom_now_ms() + S_WAIT_MS;
@@ -412,7 +412,18 @@ s_attack_frames(void)
 
     //  7. A frame over the size limit: libzmq drops the connection before
     //  the broker reads a byte of it (ZMQ_MAXMSGSIZE), so it is not in
-    //  msgs_in; the broker must not have received it.
+    //  msgs_in; the broker must not have received it, and its connection
+    //  monitor counts the dropped connection. First let the disconnections
+    //  of the sockets closed above settle, so the count is this one's.
+    uint64_t dropped_before = s_stats().connections_dropped;
+    for (int64_t quiet_since = loom_now_ms(); loom_now_ms() - quiet_since < 200;) {
+        zmq_poll(NULL, 0, 20);
+        uint64_t now = s_stats().connections_dropped;
+        if (now != dropped_before) {
+            dropped_before = now;
+            quiet_since = loom_now_ms();
+        }
+    }
     s = s_dealer();
     uint64_t rejected_before = s_stats().msgs_rejected;
     size_t big_len = 2 * S_MAX_FRAME;
@@ -420,6 +431,11 @@ s_attack_frames(void)
     assert_non_null(big);
     s_send_raw(s, big, big_len);
     free(big);
+    int64_t deadline = loom_now_ms() + S_WAIT_MS;
+    while (s_stats().connections_dropped == dropped_before && loom_now_ms() < deadline)
+        zmq_poll(NULL, 0, 5);
+    if (s_stats().connections_dropped == dropped_before)
+        fail_msg("frame over the size limit: the dropped connection was not counted");
     //  A message after it on the same socket is lost with the connection
     //  (or, if libzmq reconnected, arrives alone): either way the big
     //  frame never reaches the broker.
@@ -447,8 +463,8 @@ s_attack_as_worker(void)
     zsock_t *w = s_session(LOOM_ROLE_WORKER, 0);
     loom_wire_result res[16];
     for (int i = 0; i < 16; i++)
-        res[i] = (loom_wire_result){.index = (uint64_t)i * 97,
-                                    .data = {(const uint8_t *)"forged!!", 8}};
+        res[i] =
+            (loom_wire_result){.index = (uint64_t)i * 97, .data = {(const uint8_t *)"forged!!", 8}};
     loom_msg rb = {.type = LOOM_MSG_RESULT_BATCH};
     rb.u.result_batch = (loom_wire_result_batch){.map = 1, .nresults = 16, .results = res};
     uint64_t dropped = s_stats().results_dropped;
@@ -492,8 +508,10 @@ s_attack_as_worker(void)
                                              .data = {(const uint8_t *)"abc", 3}};
     s_send(w, &bc);
     loom_msg bp = {.type = LOOM_MSG_BLOB_PUT};
-    bp.u.blob_put = (loom_wire_blob_put){
-        .hash = {hash, sizeof hash}, .offset = 12345, .total = 3, .data = {(const uint8_t *)"abc", 3}};
+    bp.u.blob_put = (loom_wire_blob_put){.hash = {hash, sizeof hash},
+                                         .offset = 12345,
+                                         .total = 3,
+                                         .data = {(const uint8_t *)"abc", 3}};
     s_send(w, &bp);
     s_wait_refused(before + 2, "blob messages on the task channel");
     s_kinds++;
@@ -532,8 +550,8 @@ s_attack_duplicates(void)
                                     .attempt = tb->items[i].attempt,
                                     .data = tb->items[i].data};
     loom_msg rb = {.type = LOOM_MSG_RESULT_BATCH};
-    rb.u.result_batch = (loom_wire_result_batch){.map = tb->map, .nresults = tb->nitems,
-                                                 .results = res};
+    rb.u.result_batch =
+        (loom_wire_result_batch){.map = tb->map, .nresults = tb->nitems, .results = res};
     uint64_t before = s_refused();
     s_send(w, &rb);
     s_send(w, &rb);
@@ -554,8 +572,8 @@ s_attack_as_client(void)
     //  16. A map in a pipeline never opened.
     before = s_refused();
     loom_msg mo = {.type = LOOM_MSG_MAP_OPEN};
-    mo.u.map_open =
-        (loom_wire_map_open){.map = 1, .pipeline = 999, .plugin = "echo", .version = "", .task = "echo"};
+    mo.u.map_open = (loom_wire_map_open){
+        .map = 1, .pipeline = 999, .plugin = "echo", .version = "", .task = "echo"};
     s_send(c, &mo);
     s_expect_error(c, LOOM_ESTATE, "map in an unknown pipeline");
     s_wait_refused(before + 1, "map in an unknown pipeline");
@@ -569,8 +587,11 @@ s_attack_as_client(void)
     const char *bad_names[] = {"../../etc/passwd", "/tmp/x", "a b", "", "Echo", NULL};
     for (int i = 0; bad_names[i]; i++) {
         before = s_refused();
-        mo.u.map_open = (loom_wire_map_open){
-            .map = 10 + (uint64_t)i, .pipeline = 1, .plugin = bad_names[i], .version = "", .task = "echo"};
+        mo.u.map_open = (loom_wire_map_open){.map = 10 + (uint64_t)i,
+                                             .pipeline = 1,
+                                             .plugin = bad_names[i],
+                                             .version = "",
+                                             .task = "echo"};
         s_send(c, &mo);
         s_expect_error(c, LOOM_EINVAL, bad_names[i]);
         s_wait_refused(before + 1, "bad plugin name");
@@ -582,8 +603,11 @@ s_attack_as_client(void)
     const char *unknown[][2] = {{"no_such_plugin", "echo"}, {"echo", "no_such_task"}};
     for (int i = 0; i < 2; i++) {
         uint64_t id = 20 + (uint64_t)i;
-        mo.u.map_open = (loom_wire_map_open){
-            .map = id, .pipeline = 1, .plugin = unknown[i][0], .version = "", .task = unknown[i][1]};
+        mo.u.map_open = (loom_wire_map_open){.map = id,
+                                             .pipeline = 1,
+                                             .plugin = unknown[i][0],
+                                             .version = "",
+                                             .task = unknown[i][1]};
         s_send(c, &mo);
         loom_wire_item it = {.index = 0, .data = {(const uint8_t *)"x", 1}};
         loom_msg tb = {.type = LOOM_MSG_TASK_BATCH};
@@ -640,8 +664,8 @@ s_attack_as_client(void)
 
     //  22. Over the limits: items per batch, open maps, open pipelines,
     //  and an index far beyond the others.
-    mo.u.map_open =
-        (loom_wire_map_open){.map = 30, .pipeline = 1, .plugin = "echo", .version = "", .task = "echo"};
+    mo.u.map_open = (loom_wire_map_open){
+        .map = 30, .pipeline = 1, .plugin = "echo", .version = "", .task = "echo"};
     s_send(c, &mo);
     loom_wire_item items[S_MAX_BATCH + 1];
     for (size_t i = 0; i < S_MAX_BATCH + 1; i++)
@@ -902,8 +926,7 @@ main(void)
     zsys_set_logident("test-hostile");
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_hostile_peers_while_a_map_runs, s_setup,
-                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_peers_while_a_map_runs, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_limits_from_the_environment, s_setup_env,
                                         s_teardown_broker),
         cmocka_unit_test_setup_teardown(test_limits_have_safe_defaults, s_setup_default,
