@@ -80,38 +80,6 @@ loom_blob_channel_new(zsock_t *router)
     return self;
 }
 
-//  Remove dir and what the store puts in it (files one level of
-//  subdirectories down).
-static void
-s_remove_tree(const char *dir)
-{
-    DIR *top = opendir(dir);
-    if (top) {
-        struct dirent *e;
-        while ((e = readdir(top))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char sub[4096];
-            snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
-            DIR *d = opendir(sub);
-            if (d) {
-                struct dirent *f;
-                while ((f = readdir(d))) {
-                    char path[4096 + 512];
-                    snprintf(path, sizeof path, "%s/%s", sub, f->d_name);
-                    if (strcmp(f->d_name, ".") && strcmp(f->d_name, ".."))
-                        unlink(path);
-                }
-                closedir(d);
-                rmdir(sub);
-            } else
-                unlink(sub);
-        }
-        closedir(top);
-    }
-    rmdir(dir);
-}
-
 void
 loom_blob_channel_destroy(loom_blob_channel **self_p)
 {
@@ -121,7 +89,7 @@ loom_blob_channel_destroy(loom_blob_channel **self_p)
         return;
     loom_blob_store_destroy(&self->store);
     if (self->temporary && self->dir)
-        s_remove_tree(self->dir);
+        loom_remove_tree(self->dir, 2);
     zhashx_destroy(&self->shares);
     zhashx_destroy(&self->peers);
     free(self->dir);

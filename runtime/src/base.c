@@ -4,6 +4,8 @@
 #include "base.h"
 
 #include <czmq.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -108,4 +110,27 @@ loom__log_quiet(void)
 {
     const char *q = getenv("LOOM_QUIET");
     return q && *q && strcmp(q, "0") != 0;
+}
+
+int
+loom_remove_tree(const char *dir, int depth)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+                continue;
+            char path[4096];
+            if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+                continue;
+            struct stat sb;
+            if (depth > 0 && lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+                loom_remove_tree(path, depth - 1);
+            else
+                unlink(path);
+        }
+        closedir(d);
+    }
+    return rmdir(dir);
 }

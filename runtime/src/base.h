@@ -73,6 +73,11 @@ int64_t loom_now_us(void);
 //  True if name matches [a-z0-9_-]{1,64}: plugin, task and share names.
 bool loom_name_valid(const char *name);
 
+//  Remove dir and everything under it, down to `depth` levels of
+//  subdirectories, never following a symbolic link. Returns 0, or -1 with
+//  errno set by the last rmdir (dir itself not removed).
+int loom_remove_tree(const char *dir, int depth);
+
 //  An integer from the environment, or dflt when unset or not a number
 //  within [min, max].
 long loom_env_long(const char *var, long dflt, long min, long max);

@@ -305,29 +305,5 @@ loom_blob_cache_get(loom_blob_cache *self, void *dealer, const uint8_t *hash, ui
 void
 loom_blob_cache_remove_dir(const char *dir)
 {
-    DIR *top = opendir(dir);
-    if (top) {
-        struct dirent *e;
-        while ((e = readdir(top))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                continue;
-            char sub[4096];
-            snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name);
-            DIR *d = opendir(sub);
-            if (d) {
-                struct dirent *f;
-                while ((f = readdir(d))) {
-                    char path[4096 + 512];
-                    snprintf(path, sizeof path, "%s/%s", sub, f->d_name);
-                    if (strcmp(f->d_name, ".") && strcmp(f->d_name, ".."))
-                        unlink(path);
-                }
-                closedir(d);
-                rmdir(sub);
-            } else
-                unlink(sub);
-        }
-        closedir(top);
-    }
-    rmdir(dir);
+    loom_remove_tree(dir, 2);
 }

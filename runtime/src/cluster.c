@@ -53,35 +53,11 @@ s_make_dir(void)
     return NULL;
 }
 
-//  Remove dir and its contents, down to the blob cache's two levels.
-static void
-s_remove_dir_depth(const char *dir, int depth)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (streq(e->d_name, ".") || streq(e->d_name, ".."))
-                continue;
-            char path[1024];
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            struct stat sb;
-            if (depth > 0 && lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-                s_remove_dir_depth(path, depth - 1);
-            else
-                unlink(path);
-        }
-        closedir(d);
-    }
-    if (depth < 3)
-        rmdir(dir);
-}
-
 static void
 s_remove_dir(const char *dir)
 {
-    s_remove_dir_depth(dir, 3);
-    if (rmdir(dir) != 0)
+    //  Sockets, the blob store and the host cache, two levels below them.
+    if (loom_remove_tree(dir, 3) != 0)
         loom_log_warning("loom: cannot remove %s: %s", dir, strerror(errno));
 }
 

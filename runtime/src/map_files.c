@@ -201,31 +201,7 @@ loom__map_files_free(loom_map *m)
     if (!f)
         return;
     if (f->dir) {
-        DIR *top = opendir(f->dir);
-        if (top) {
-            struct dirent *e;
-            while ((e = readdir(top))) {
-                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-                    continue;
-                char sub[4096];
-                snprintf(sub, sizeof sub, "%s/%s", f->dir, e->d_name);
-                DIR *d = opendir(sub);
-                if (d) {
-                    struct dirent *x;
-                    while ((x = readdir(d))) {
-                        char path[4096 + 512];
-                        snprintf(path, sizeof path, "%s/%s", sub, x->d_name);
-                        if (strcmp(x->d_name, ".") && strcmp(x->d_name, ".."))
-                            unlink(path);
-                    }
-                    closedir(d);
-                    rmdir(sub);
-                } else
-                    unlink(sub);
-            }
-            closedir(top);
-        }
-        rmdir(f->dir);
+        loom_remove_tree(f->dir, 2);
         free(f->dir);
     }
     for (size_t i = 0; i < f->nowned; i++)

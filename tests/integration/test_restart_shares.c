@@ -10,6 +10,8 @@
 
 #include "loom_test.h"
 
+#include <glob.h>
+
 #include "faults_procs.h"
 
 #include "client_priv.h"
@@ -18,6 +20,24 @@
 #define S_BYTES_SIZE (2u << 20)
 
 //  Start the broker with extra arguments (NULL-terminated, up to 4).
+
+//  kill -9 the broker and remove the temporary blob store it cannot remove
+//  itself (loom-store-PID-* under $TMPDIR or /tmp).
+static void
+s_kill_broker(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    assert_true(s_wait_exit(pid, 5000) != -1);
+    const char *base = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char pattern[4096];
+    snprintf(pattern, sizeof pattern, "%s/loom-store-%d-*", base, (int)pid);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) == 0)
+        for (size_t i = 0; i < g.gl_pathc; i++)
+            loom_remove_tree(g.gl_pathv[i], 2);
+    globfree(&g);
+}
+
 static void
 s_broker_start_with(s_cluster *c, const char *const extra[])
 {
@@ -138,8 +158,7 @@ s_run(s_cluster *c, const char *const extra[], int away_ms)
             for (size_t h = 0; h < c->nhosts; h++)
                 s_stop(&c->hosts[h]);
             c->nhosts = 0;
-            kill(c->broker, SIGKILL);
-            assert_true(s_wait_exit(c->broker, 5000) != -1);
+            s_kill_broker(c->broker);
             c->broker = 0;
             s_broker_start_with(c, extra);
             //  No worker for away_ms: the client resumes meanwhile (its
@@ -292,8 +311,7 @@ test_share_that_cannot_be_restored_fails_its_maps(void **state)
     assert_non_null(f);
     fputs("after!", f); //  same size, other bytes
     fclose(f);
-    kill(c.broker, SIGKILL);
-    assert_true(s_wait_exit(c.broker, 5000) != -1);
+    s_kill_broker(c.broker);
     c.broker = 0;
     s_broker_start_with(&c, NULL);
 

@@ -41,6 +41,9 @@ s_teardown(void **state)
     zactor_destroy(&s_broker);
     unlink(s_blob_ep + 6);
     free(s_blob_ep);
+    char task[128];
+    loom_test_ipc(task, sizeof task, "bc-task");
+    unlink(task + 6);
     return 0;
 }
 
