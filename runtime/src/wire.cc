@@ -11,7 +11,11 @@
     loom_msg itself (16-byte aligned, since malloc is), verifies the copy
     with the FlatBuffers verifier, then fills the C structs. Arrays (items,
     results, files) live in one arena, msg->priv_. Every check that can
-    refuse a message runs before the message is handed out.  */
+    refuse a message runs before the message is handed out. The two hot
+    messages, when laid out exactly as the fast writer lays them out, are
+    read by a fast reader instead (no verifier, records in the message's
+    block); received from a socket they are not even copied: the message
+    keeps the frame, which loom_wire_forward can send on as it is.  */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -724,6 +728,224 @@ s_fast_encode(const loom_msg *m, uint8_t **raw_p, size_t *offset_p, size_t *size
     return 1;
 }
 
+//  --------------------------------------------------------------------------
+//  Fast path: reading what the fast writer wrote
+
+//  The verifier and the generated accessors cost some 300 instructions per
+//  item of a batch, on every hop. A TaskBatch or ResultBatch laid out
+//  exactly as s_fw_task_batch / s_fw_result_batch write it (the fixed
+//  header, vtables and body byte for byte, then each item where the writer
+//  would put it) is read here instead, with bounds checks and unaligned
+//  loads only. Every buffer this reader accepts has the writer's structure,
+//  so the verifier would accept it too (the tests check that); anything
+//  else, including any layout another FlatBuffers writer might choose, goes
+//  to the verifier as before. It never refuses: it only declines.
+
+//  Positions in the writer's layout (checked against a written batch by
+//  s_fr_templates).
+enum {
+    s_fr_proto = 24,     //  Message.proto, the one variable header field
+    s_fr_body = 68,      //  the batch table
+    s_fr_map = 72,       //  TaskBatch.map / ResultBatch.map
+    s_fr_item_vt = 44,   //  vtable of an Item / Result with data
+    s_fr_nodata_vt = 56, //  and without
+    s_fr_tb_items = 80,  //  TaskBatch.items (uoffset)
+    s_fr_tb_combine = 84,
+    s_fr_tb_vec = 88, //  its vector: length, then offsets
+    s_fr_rb_elapsed = 80,
+    s_fr_rb_results = 88, //  ResultBatch.results (uoffset)
+    s_fr_rb_partial = 92, //  has_partial
+    s_fr_rb_vec = 96,
+};
+
+static inline uint32_t
+s_r32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint64_t
+s_r64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+//  The header and body of a one-item batch of each kind as the writer
+//  lays them out: the bytes before the first item that do not depend on
+//  the batch's contents must match these.
+struct s_fr_template {
+    uint8_t task[s_fr_tb_vec];
+    uint8_t result[s_fr_rb_vec];
+};
+
+static const s_fr_template &
+s_fr_templates()
+{
+    static const s_fr_template t = [] {
+        s_fr_template out;
+        static const uint8_t one[1] = {0};
+        loom_wire_item it = {};
+        it.data = {one, 1};
+        loom_wire_result res = {};
+        res.data = {one, 1};
+        loom_msg m = {};
+        m.type = LOOM_MSG_TASK_BATCH;
+        m.u.task_batch.nitems = 1;
+        m.u.task_batch.items = &it;
+        uint8_t *raw;
+        size_t offset, size;
+        LOOM_ASSERT(s_fast_encode(&m, &raw, &offset, &size) == 1 && size > s_fr_tb_vec);
+        memcpy(out.task, raw, sizeof out.task);
+        free(raw);
+        m = {};
+        m.type = LOOM_MSG_RESULT_BATCH;
+        m.u.result_batch.nresults = 1;
+        m.u.result_batch.results = &res;
+        LOOM_ASSERT(s_fast_encode(&m, &raw, &offset, &size) == 1 && size > s_fr_rb_vec);
+        memcpy(out.result, raw, sizeof out.result);
+        free(raw);
+        //  The positions above are the writer's.
+        LOOM_ASSERT(s_r32(out.task) + 8 == s_fr_proto + 4 && out.task[s_fr_proto + 2] ==
+                    lw::Body_TaskBatch);
+        LOOM_ASSERT(s_r32(out.task + s_fr_proto + 4) + s_fr_proto + 4 == s_fr_body);
+        LOOM_ASSERT(s_r32(out.task + s_fr_tb_items) + s_fr_tb_items == s_fr_tb_vec);
+        LOOM_ASSERT(s_r32(out.result + s_fr_rb_results) + s_fr_rb_results == s_fr_rb_vec);
+        return out;
+    }();
+    return t;
+}
+
+//  The fixed bytes of a batch before its items (everything but the proto,
+//  the map, the elapsed time and the flags) match the writer's.
+static bool
+s_fr_header_ok(const uint8_t *b, const uint8_t *tpl, size_t items_at)
+{
+    return memcmp(b, tpl, s_fr_proto) == 0 &&
+           memcmp(b + s_fr_proto + 2, tpl + s_fr_proto + 2, s_fr_map - s_fr_proto - 2) == 0 &&
+           memcmp(b + items_at, tpl + items_at, 4) == 0;
+}
+
+//  How many items (results) the fast reader would read from b: 0 if b is
+//  not a plain batch (then the verifier decides). Sets *type.
+static size_t
+s_fr_count(const uint8_t *b, size_t len, loom_msg_type *type)
+{
+    const s_fr_template &t = s_fr_templates();
+    size_t vec;
+    if (len >= s_fr_rb_vec + 4 && b[s_fr_proto + 2] == lw::Body_ResultBatch &&
+        s_fr_header_ok(b, t.result, s_fr_rb_results)) {
+        *type = LOOM_MSG_RESULT_BATCH;
+        vec = s_fr_rb_vec;
+    } else if (len >= s_fr_tb_vec + 4 && b[s_fr_proto + 2] == lw::Body_TaskBatch &&
+               s_fr_header_ok(b, t.task, s_fr_tb_items)) {
+        *type = LOOM_MSG_TASK_BATCH;
+        vec = s_fr_tb_vec;
+    } else
+        return 0;
+    size_t n = s_r32(b + vec);
+    if (n == 0 || n > LOOM_WIRE_MAX_ITEMS || 4 * n > len - vec - 4)
+        return 0;
+    return n;
+}
+
+//  The next table position after pos: 4 modulo 8, as s_fw_table_pos.
+static inline size_t
+s_fr_table(size_t pos)
+{
+    return pos + ((4 - pos) & 7);
+}
+
+//  One item's table at tab, `fixed` bytes long with its data uoffset at
+//  tab + fixed - 4. Returns the position after it (and its data), or 0.
+static inline size_t
+s_fr_item(const uint8_t *b, size_t len, size_t slot, size_t tab, size_t fixed, loom_span *data)
+{
+    if (tab + fixed > len || s_r32(b + slot) != tab - slot)
+        return 0;
+    uint32_t vt = s_r32(b + tab);
+    if (vt == tab - s_fr_nodata_vt) {
+        *data = loom_span{NULL, 0};
+        return tab + fixed;
+    }
+    if (vt != tab - s_fr_item_vt || s_r32(b + tab + fixed - 4) != 4 || tab + fixed + 4 > len)
+        return 0;
+    size_t dlen = s_r32(b + tab + fixed);
+    if (dlen > len - tab - fixed - 4)
+        return 0;
+    *data = loom_span{b + tab + fixed + 4, dlen};
+    return tab + fixed + 4 + dlen;
+}
+
+//  Fill m from the plain batch b of n items (s_fr_count), its records in
+//  arena. Pointers borrow from b. Returns false (m half-filled: the caller
+//  starts again with the verifier) if b is not laid out as the writer does.
+static bool
+s_fr_decode(const uint8_t *b, size_t len, loom_msg_type type, size_t n, void *arena, loom_msg *m)
+{
+    uint16_t proto;
+    memcpy(&proto, b + s_fr_proto, sizeof proto);
+    m->type = type;
+    m->proto = proto;
+    size_t pos;
+    if (type == LOOM_MSG_TASK_BATCH) {
+        loom_wire_task_batch *out = &m->u.task_batch;
+        loom_wire_item *arr = static_cast<loom_wire_item *>(arena);
+        out->map = s_r64(b + s_fr_map);
+        out->combine = b[s_fr_tb_combine] != 0;
+        size_t slots = s_fr_tb_vec + 4;
+        pos = slots + 4 * n;
+        for (size_t i = 0; i < n; i++) {
+            size_t tab = s_fr_table(pos);
+            loom_wire_item *it = &arr[i];
+            pos = s_fr_item(b, len, slots + 4 * i, tab, 20, &it->data);
+            if (!pos)
+                return false;
+            it->index = s_r64(b + tab + 4);
+            it->attempt = s_r32(b + tab + 12);
+            it->nfiles = 0;
+            it->files = NULL;
+        }
+        out->nitems = n;
+        out->items = arr;
+    } else {
+        loom_wire_result_batch *out = &m->u.result_batch;
+        loom_wire_result *arr = static_cast<loom_wire_result *>(arena);
+        out->map = s_r64(b + s_fr_map);
+        out->elapsed_us = s_r64(b + s_fr_rb_elapsed);
+        out->has_partial = b[s_fr_rb_partial] != 0;
+        size_t slots = s_fr_rb_vec + 4;
+        pos = slots + 4 * n;
+        for (size_t i = 0; i < n; i++) {
+            size_t tab = s_fr_table(pos);
+            loom_wire_result *r = &arr[i];
+            pos = s_fr_item(b, len, slots + 4 * i, tab, 24, &r->data);
+            if (!pos)
+                return false;
+            r->index = s_r64(b + tab + 4);
+            r->attempt = s_r32(b + tab + 12);
+            memcpy(&r->status, b + tab + 16, sizeof r->status);
+            r->error = NULL;
+            r->nfiles = 0;
+            r->files = NULL;
+        }
+        out->nresults = n;
+        out->results = arr;
+    }
+    //  The writer ends on an 8-byte boundary.
+    return ((pos + 7) & ~(size_t)7) == len;
+}
+
+//  Size of one record of the arena of a batch of this type.
+static inline size_t
+s_fr_rec_size(loom_msg_type type)
+{
+    return type == LOOM_MSG_TASK_BATCH ? sizeof(loom_wire_item) : sizeof(loom_wire_result);
+}
+
 //  Build m. On success *raw_p is a malloc'd block holding the message at
 //  *offset_p, *size_p bytes long.
 static int
@@ -1099,22 +1321,27 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
     }
 }
 
-int
-loom_wire_decode(const void *data, size_t len, loom_msg **msg_p)
+//  Decode a copy of data: one block holds the loom_msg, the arena of a
+//  plain batch (the fast reader's records), then the frame's copy, which
+//  is 8-byte aligned for the verifier.
+static int
+s_decode_copy(const uint8_t *data, size_t len, bool verify_only, loom_msg **msg_p)
 {
-    LOOM_ASSERT(msg_p);
-    *msg_p = NULL;
-    if (!data || len < s_min_buffer || len > s_max_buffer)
-        return LOOM_EPROTO;
-    //  One block: the loom_msg, then the frame's aligned copy, which the
-    //  verifier checks and every decoded pointer borrows from.
-    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + len));
+    loom_msg_type type = LOOM_MSG_NONE;
+    size_t n = verify_only ? 0 : s_fr_count(data, len, &type);
+    size_t arena = n * s_fr_rec_size(type);
+    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + arena + len));
     if (!block)
         return LOOM_ENOMEM;
-    uint8_t *buf = block + s_buf_offset;
+    uint8_t *buf = block + s_buf_offset + arena;
     LOOM_ASSERT(((uintptr_t)buf & 7) == 0);
     memcpy(buf, data, len);
     loom_msg *m = reinterpret_cast<loom_msg *>(block);
+    memset(m, 0, sizeof *m);
+    if (n && s_fr_decode(buf, len, type, n, block + s_buf_offset, m)) {
+        *msg_p = m;
+        return 0;
+    }
     memset(m, 0, sizeof *m);
     int rc = s_decode(buf, len, m);
     if (rc) {
@@ -1126,6 +1353,66 @@ loom_wire_decode(const void *data, size_t len, loom_msg **msg_p)
     return 0;
 }
 
+int
+loom_wire_decode(const void *data, size_t len, loom_msg **msg_p)
+{
+    LOOM_ASSERT(msg_p);
+    *msg_p = NULL;
+    if (!data || len < s_min_buffer || len > s_max_buffer)
+        return LOOM_EPROTO;
+    return s_decode_copy(static_cast<const uint8_t *>(data), len, false, msg_p);
+}
+
+int
+loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p)
+{
+    LOOM_ASSERT(msg_p);
+    *msg_p = NULL;
+    if (!data || len < s_min_buffer || len > s_max_buffer)
+        return LOOM_EPROTO;
+    return s_decode_copy(static_cast<const uint8_t *>(data), len, true, msg_p);
+}
+
+//  Decode a received frame. A plain batch keeps the frame itself (moved
+//  into the message's block, closed by loom_msg_destroy) and borrows from
+//  it: no copy, and loom_wire_forward can send it on. Anything else is
+//  copied as loom_wire_decode does. frame is left empty or closed.
+static int
+s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
+{
+    const uint8_t *data = static_cast<const uint8_t *>(zmq_msg_data(frame));
+    size_t len = zmq_msg_size(frame);
+    if (!data || len < s_min_buffer || len > s_max_buffer)
+        return LOOM_EPROTO;
+    loom_msg_type type = LOOM_MSG_NONE;
+    size_t n = s_fr_count(data, len, &type);
+    if (n) {
+        size_t arena = n * s_fr_rec_size(type);
+        uint8_t *block =
+            static_cast<uint8_t *>(malloc(s_buf_offset + arena + sizeof(zmq_msg_t)));
+        if (!block)
+            return LOOM_ENOMEM;
+        zmq_msg_t *kept = reinterpret_cast<zmq_msg_t *>(block + s_buf_offset + arena);
+        zmq_msg_init(kept);
+        zmq_msg_move(kept, frame);
+        loom_msg *m = reinterpret_cast<loom_msg *>(block);
+        memset(m, 0, sizeof *m);
+        //  A very small message lives inside its zmq_msg_t: read it where
+        //  it is now.
+        if (s_fr_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, type, n,
+                        block + s_buf_offset, m)) {
+            m->frame_ = kept;
+            *msg_p = m;
+            return 0;
+        }
+        zmq_msg_move(frame, kept);
+        zmq_msg_close(kept);
+        free(block);
+        data = static_cast<const uint8_t *>(zmq_msg_data(frame));
+    }
+    return s_decode_copy(data, len, true, msg_p);
+}
+
 void
 loom_msg_destroy(loom_msg **msg_p)
 {
@@ -1133,6 +1420,8 @@ loom_msg_destroy(loom_msg **msg_p)
     loom_msg *m = *msg_p;
     if (!m)
         return;
+    if (m->frame_)
+        zmq_msg_close(static_cast<zmq_msg_t *>(m->frame_));
     free(m->priv_);
     free(m);
     *msg_p = NULL;
@@ -1273,7 +1562,35 @@ loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom
         if (u && strlen(u) < user_cap)
             memcpy(user, u, strlen(u) + 1);
     }
-    int rc = loom_wire_decode(zmq_msg_data(&frame), zmq_msg_size(&frame), msg_p);
+    int rc = s_decode_frame(&frame, msg_p);
     zmq_msg_close(&frame);
+    return rc;
+}
+
+bool
+loom_wire_forwardable(const loom_msg *m)
+{
+    return m && m->frame_ &&
+           (m->type == LOOM_MSG_TASK_BATCH || m->type == LOOM_MSG_RESULT_BATCH);
+}
+
+int
+loom_wire_forward(void *sock, const void *rid, size_t rid_len, loom_msg **msg_p, uint64_t map,
+                  int flags)
+{
+    LOOM_ASSERT(sock && msg_p && loom_wire_forwardable(*msg_p));
+    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
+    loom_msg *m = *msg_p;
+    zmq_msg_t *frame = static_cast<zmq_msg_t *>(m->frame_);
+    int rc = 0;
+    if (rid && zmq_send(sock, rid, rid_len, flags | ZMQ_SNDMORE) == -1)
+        rc = s_send_error(zmq_errno());
+    else {
+        //  The map id sits at the same place in both batches (s_fr_map).
+        memcpy(static_cast<uint8_t *>(zmq_msg_data(frame)) + s_fr_map, &map, sizeof map);
+        if (zmq_msg_send(frame, sock, flags) == -1)
+            rc = s_send_error(zmq_errno());
+    }
+    loom_msg_destroy(msg_p);
     return rc;
 }

@@ -12,6 +12,11 @@
     (depth and table limits), and every field is checked (union type known,
     required strings present) before anything is returned. A message that
     fails any check is refused with LOOM_EPROTO and never half-read.
+    TaskBatch and ResultBatch in the plain layout that encode writes for
+    batches without files, errors, partial or blob counters are read by a
+    cheaper reader that accepts only that exact layout (so only buffers the
+    verifier accepts) and leaves everything else to the verifier;
+    loom_wire_recv keeps such a frame instead of copying it.
 
     What decode requires (encode refuses to write anything else, with
     LOOM_EINVAL, so whatever we send we accept):
@@ -240,7 +245,8 @@ typedef struct loom_msg {
         loom_wire_blob_get blob_get;
         loom_wire_blob_chunk blob_chunk;
     } u;
-    void *priv_; //  decoder-owned storage; do not touch
+    void *priv_;  //  decoder-owned storage; do not touch
+    void *frame_; //  decoder-owned: the received frame a plain batch borrows from
 } loom_msg;
 
 //  Limits applied by decode, beyond the verifier's own.
@@ -259,6 +265,10 @@ int loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p);
 //  0 with *msg_p owned by the caller, or LOOM_EPROTO / LOOM_ENOMEM with
 //  *msg_p NULL.
 int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
+
+//  The same, always through the FlatBuffers verifier (never the fast
+//  reader of plain batches): for tests that compare the two.
+int loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p);
 
 //  Free a decoded message and set *msg_p to NULL. Accepts NULL.
 void loom_msg_destroy(loom_msg **msg_p);
@@ -296,6 +306,19 @@ int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_
 //  connection has none, or it does not fit).
 int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len,
                         loom_msg **msg_p, int flags, char *user, size_t user_cap);
+
+//  True if m is a TaskBatch or ResultBatch that loom_wire_recv read in
+//  the plain layout (as encode writes a batch without files, errors,
+//  partial or blob counters) and still holds its frame: it can go on as
+//  the same bytes.
+bool loom_wire_forwardable(const loom_msg *m);
+
+//  Send a forwardable message on as the frame it came in, with its map id
+//  replaced by `map` (no encoding, no copy), preceded by the routing id
+//  when rid is not NULL. Takes *msg_p whatever happens (sets it NULL): the
+//  spans it held are gone. Returns 0 or the codes of loom_wire_send.
+int loom_wire_forward(void *sock, const void *rid, size_t rid_len, loom_msg **msg_p, uint64_t map,
+                      int flags);
 
 #ifdef __cplusplus
 }

@@ -1436,6 +1436,184 @@ test_fast_path_reads_back_in_flatc(void **state)
     free(buf);
 }
 
+//  A random plain batch (what the fast writer lays out): n items or
+//  results of random lengths, some absent, some empty; data from pool.
+static void
+s_random_plain(uint64_t *seed, int type, size_t n, const uint8_t *pool, loom_wire_item *items,
+               loom_wire_result *results, loom_msg *m)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t len = s_rand(seed) % 40;
+        loom_span sp = {pool + s_rand(seed) % 64, len};
+        if (s_rand(seed) % 9 == 0)
+            sp = (loom_span){NULL, 0};
+        items[i] = (loom_wire_item){s_rand(seed), (uint32_t)s_rand(seed), sp, 0, NULL};
+        results[i] = (loom_wire_result){.index = s_rand(seed),
+                                        .attempt = (uint32_t)s_rand(seed),
+                                        .status = -(int32_t)(s_rand(seed) % 20),
+                                        .data = sp};
+    }
+    memset(m, 0, sizeof *m);
+    m->type = type;
+    if (type == LOOM_MSG_TASK_BATCH)
+        m->u.task_batch = (loom_wire_task_batch){s_rand(seed), s_rand(seed) % 2, n, items};
+    else
+        m->u.result_batch = (loom_wire_result_batch){.map = s_rand(seed),
+                                                     .elapsed_us = s_rand(seed),
+                                                     .nresults = n,
+                                                     .results = results,
+                                                     .has_partial = s_rand(seed) % 2};
+}
+
+//  Decode buf both ways: the fast reader of plain batches must agree with
+//  the FlatBuffers verifier on every input (accept the same, read the
+//  same). Returns whether it decoded.
+static bool
+s_assert_readers_agree(const uint8_t *buf, size_t len)
+{
+    loom_msg *fast = NULL, *verified = NULL;
+    int rc = loom_wire_decode(buf, len, &fast);
+    assert_int_equal(rc, loom__wire_decode_verified(buf, len, &verified));
+    if (rc == 0)
+        s_assert_msg_equal(verified, fast);
+    loom_msg_destroy(&fast);
+    loom_msg_destroy(&verified);
+    return rc == 0;
+}
+
+static void
+test_fast_reader_agrees_with_verifier(void **state)
+{
+    (void)state;
+    enum { N = 70 };
+    static uint8_t pool[128];
+    for (size_t i = 0; i < sizeof pool; i++)
+        pool[i] = (uint8_t)(i * 7);
+    loom_wire_item items[N];
+    loom_wire_result results[N];
+    uint64_t seed = 7;
+    size_t fast = 0, mutated_ok = 0, mutated_refused = 0;
+    for (int round = 0; round < 300; round++) {
+        int type = round % 2 ? LOOM_MSG_RESULT_BATCH : LOOM_MSG_TASK_BATCH;
+        size_t n = 1 + s_rand(&seed) % N;
+        loom_msg m;
+        s_random_plain(&seed, type, n, pool, items, results, &m);
+        void *enc;
+        size_t len;
+        assert_int_equal(loom_wire_encode(&m, &enc, &len), 0);
+        uint8_t *buf = enc;
+        //  As written: the fast reader takes it (its records live in the
+        //  message's own block, no separate arena) and reads it right.
+        loom_msg *out = NULL;
+        assert_int_equal(loom_wire_decode(buf, len, &out), 0);
+        assert_null(out->priv_);
+        s_assert_msg_equal(&m, out);
+        loom_msg_destroy(&out);
+        assert_true(s_assert_readers_agree(buf, len));
+        fast++;
+        //  Changed bytes, cut or grown: both readers still agree.
+        uint8_t *copy = malloc(len + 16);
+        for (int k = 0; k < 40; k++) {
+            memcpy(copy, buf, len);
+            size_t clen = len;
+            int what = (int)(s_rand(&seed) % 4);
+            if (what == 0)
+                clen = s_rand(&seed) % len;
+            else if (what == 1) {
+                clen = len + 8;
+                memset(copy + len, 0, 8);
+            } else {
+                int flips = 1 + (int)(s_rand(&seed) % 3);
+                for (int f = 0; f < flips; f++) {
+                    //  Mostly the structure (header and first items), where
+                    //  a random flip matters most.
+                    size_t at = s_rand(&seed) % (what == 2 && len > 200 ? 200 : len);
+                    copy[at] = (uint8_t)s_rand(&seed);
+                }
+            }
+            if (s_assert_readers_agree(copy, clen))
+                mutated_ok++;
+            else
+                mutated_refused++;
+        }
+        free(copy);
+        free(buf);
+    }
+    print_message("fast reader: %zu batches, mutated %zu decoded %zu refused\n", fast, mutated_ok,
+                  mutated_refused);
+    assert_true(mutated_ok > 0 && mutated_refused > 0);
+}
+
+//  A plain batch received on a ROUTER keeps its frame and goes on to
+//  another peer as the same bytes with only the map replaced; anything
+//  else is not forwardable.
+static void
+test_forward_sends_the_same_bytes(void **state)
+{
+    (void)state;
+    s_pair p;
+    s_pair_open(&p, "fwd");
+    void *other = zmq_socket(p.ctx, ZMQ_DEALER);
+    int zero = 0, timeout = 5000;
+    zmq_setsockopt(other, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(other, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    zmq_setsockopt(other, ZMQ_ROUTING_ID, "other", 5);
+    char endpoint[128];
+    snprintf(endpoint, sizeof endpoint, "inproc://wire-%d-fwd", (int)getpid());
+    assert_int_equal(zmq_connect(other, endpoint), 0);
+    //  The router knows `other` once it has said something.
+    loom_msg hb = {.type = LOOM_MSG_HEARTBEAT};
+    assert_int_equal(loom_wire_send(other, NULL, 0, &hb, 0), 0);
+    uint8_t rid[256];
+    size_t rid_len;
+    loom_msg *got = NULL;
+    assert_int_equal(loom_wire_recv(p.router, rid, sizeof rid, &rid_len, &got, 0), 0);
+    assert_false(loom_wire_forwardable(got));
+    loom_msg_destroy(&got);
+
+    static uint8_t pool[128];
+    loom_wire_item items[20];
+    loom_wire_result results[20];
+    uint64_t seed = 99;
+    for (int round = 0; round < 20; round++) {
+        int type = round % 2 ? LOOM_MSG_RESULT_BATCH : LOOM_MSG_TASK_BATCH;
+        loom_msg m;
+        s_random_plain(&seed, type, 1 + (size_t)round, pool, items, results, &m);
+        assert_int_equal(loom_wire_send(p.dealer, NULL, 0, &m, 0), 0);
+        assert_int_equal(loom_wire_recv(p.router, rid, sizeof rid, &rid_len, &got, 0), 0);
+        s_assert_msg_equal(&m, got);
+        assert_true(loom_wire_forwardable(got));
+        assert_int_equal(loom_wire_forward(p.router, "other", 5, &got, BIG64 + 3, ZMQ_DONTWAIT),
+                         0);
+        assert_null(got);
+        assert_int_equal(loom_wire_recv(other, NULL, 0, NULL, &got, 0), 0);
+        if (type == LOOM_MSG_TASK_BATCH)
+            m.u.task_batch.map = BIG64 + 3;
+        else
+            m.u.result_batch.map = BIG64 + 3;
+        s_assert_msg_equal(&m, got);
+        loom_msg_destroy(&got);
+    }
+    //  A batch the fast writer does not lay out (an error text) is decoded
+    //  as before, and is not forwardable.
+    loom_msg r;
+    s_sample(LOOM_MSG_RESULT_BATCH, &r);
+    assert_int_equal(loom_wire_send(p.dealer, NULL, 0, &r, 0), 0);
+    assert_int_equal(loom_wire_recv(p.router, rid, sizeof rid, &rid_len, &got, 0), 0);
+    s_assert_msg_equal(&r, got);
+    assert_false(loom_wire_forwardable(got));
+    loom_msg_destroy(&got);
+    //  Forwarding to a peer that is gone: an error, and the message is gone.
+    s_random_plain(&seed, LOOM_MSG_RESULT_BATCH, 3, pool, items, results, &r);
+    assert_int_equal(loom_wire_send(p.dealer, NULL, 0, &r, 0), 0);
+    assert_int_equal(loom_wire_recv(p.router, rid, sizeof rid, &rid_len, &got, 0), 0);
+    assert_int_equal(loom_wire_forward(p.router, "nobody", 6, &got, 1, ZMQ_DONTWAIT),
+                     LOOM_ECONNECT);
+    assert_null(got);
+    zmq_close(other);
+    s_pair_close(&p);
+}
+
 //  --------------------------------------------------------------------------
 //  Speed (printed, not asserted)
 
@@ -1545,6 +1723,8 @@ main(void)
         cmocka_unit_test(test_fast_path_shapes_roundtrip),
         cmocka_unit_test_setup_teardown(test_fast_path_reads_back_in_flatc, s_tmp_open,
                                         s_tmp_close),
+        cmocka_unit_test(test_fast_reader_agrees_with_verifier),
+        cmocka_unit_test(test_forward_sends_the_same_bytes),
         cmocka_unit_test(test_batch_speed),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
