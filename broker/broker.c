@@ -124,22 +124,44 @@ s_send_rid(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg *m
 //  Send to a session. A peer gone (LOOM_ECONNECT) or failing is ended; a
 //  peer not reading (LOOM_EAGAIN) loses the message.
 static int
-s_send(s_broker *self, s_session *s, const loom_msg *m)
+s_sent(s_broker *self, s_session *s, loom_msg_type type, int rc)
 {
-    if (s->dead)
-        return LOOM_ECONNECT;
-    int rc = s_send_rid(self, s->rid, s->rid_len, m);
     if (rc == 0)
         s->last_out = loom_now_ms();
     else if (rc == LOOM_EAGAIN)
         loom_log_warning("broker: session %llu is not reading: %s dropped",
-                         (unsigned long long)s->id, loom_msg_type_name(m->type));
+                         (unsigned long long)s->id, loom_msg_type_name(type));
     else if (rc == LOOM_ECONNECT || rc == LOOM_EIO)
         s_kill(self, s, rc == LOOM_ECONNECT ? "peer disconnected" : "send failed");
     else //  not encodable: an oversized message or our bug, not the peer's fault
-        loom_log_error("broker: cannot encode %s for session %llu: %d", loom_msg_type_name(m->type),
+        loom_log_error("broker: cannot encode %s for session %llu: %d", loom_msg_type_name(type),
                        (unsigned long long)s->id, rc);
     return rc;
+}
+
+static int
+s_send(s_broker *self, s_session *s, const loom_msg *m)
+{
+    if (s->dead)
+        return LOOM_ECONNECT;
+    return s_sent(self, s, m->type, s_send_rid(self, s->rid, s->rid_len, m));
+}
+
+//  Send a received batch on to a session as the same bytes, with `map` as
+//  its map id (loom_wire_forward). Takes *msg_p.
+static int
+s_forward(s_broker *self, s_session *s, loom_msg **msg_p, uint64_t map)
+{
+    loom_msg_type type = (*msg_p)->type;
+    if (s->dead) {
+        loom_msg_destroy(msg_p);
+        return LOOM_ECONNECT;
+    }
+    int rc = loom_wire_forward(zsock_resolve(self->tasks), s->rid, s->rid_len, msg_p, map,
+                               ZMQ_DONTWAIT);
+    if (rc == 0)
+        self->st.msgs_out++;
+    return s_sent(self, s, type, rc);
 }
 
 static void s_send_error(s_broker *self, s_session *s, int code, uint64_t map, const char *fmt, ...)
@@ -707,9 +729,16 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
     }
 }
 
+//  A worker's results: each one for an item in flight on that worker is
+//  taken and goes to the map's client; the rest are dropped (late or
+//  duplicate). When every result is taken, the batch was read in the plain
+//  layout and the map is not a reduce (whose partial stays here), the
+//  client gets the worker's frame itself with its own map id: no encoding.
+//  Takes *msg_p when it forwards it.
 static void
-s_on_result_batch(s_broker *self, s_session *w, const loom_wire_result_batch *rb)
+s_on_result_batch(s_broker *self, s_session *w, loom_msg **msg_p)
 {
+    const loom_wire_result_batch *rb = &(*msg_p)->u.result_batch;
     self->st.workers_blob_bytes_in += rb->blob_bytes_in;
     self->st.workers_blob_bytes_out += rb->blob_bytes_out;
     loom_sched_map *map = loom_sched_map_find(self->sched, rb->map);
@@ -724,32 +753,46 @@ s_on_result_batch(s_broker *self, s_session *w, const loom_wire_result_batch *rb
             self->st.results_dropped++;
         return;
     }
-    loom_wire_result *out = loom_xmalloc(rb->nresults * sizeof *out);
+    loom_wire_result *out = NULL; //  the results kept, once one was dropped
     size_t k = 0;
     for (size_t i = 0; i < rb->nresults; i++) {
         const loom_wire_result *r = &rb->results[i];
         loom_sched_item *it = loom_sched_take(self->sched, w->sw, map, r->index);
         if (!it) {
             self->st.results_dropped++;
+            if (!out) {
+                //  Every result before this one was kept.
+                out = loom_xmalloc(rb->nresults * sizeof *out);
+                memcpy(out, rb->results, k * sizeof *out);
+            }
             continue;
         }
         loom_sched_item_free(&it);
-        out[k++] = *r;
+        if (out)
+            out[k] = *r;
+        k++;
         if (r->status == 0)
             self->st.items_done++;
         else
             self->st.items_failed++;
     }
     if (k) {
-        loom_msg m = {.type = LOOM_MSG_RESULT_BATCH};
-        m.u.result_batch.map = loom_sched_map_owner_id(map);
-        m.u.result_batch.results = out;
-        m.u.result_batch.nresults = k;
-        m.u.result_batch.elapsed_us = rb->elapsed_us;
-        s_send(self, loom_sched_map_owner(map), &m);
-        if (rb->has_partial && loom_sched_map_def(map)->reduce)
+        bool reduce = loom_sched_map_def(map)->reduce;
+        if (rb->has_partial && reduce)
             loom_sched_map_add_partial(map, rb->partial.data, rb->partial.len);
         loom_sched_map_observe(map, rb->elapsed_us, rb->nresults);
+        s_session *client = loom_sched_map_owner(map);
+        uint64_t client_map = loom_sched_map_owner_id(map);
+        if (!out && !reduce && loom_wire_forwardable(*msg_p))
+            s_forward(self, client, msg_p, client_map);
+        else {
+            loom_msg m = {.type = LOOM_MSG_RESULT_BATCH};
+            m.u.result_batch.map = client_map;
+            m.u.result_batch.results = out ? out : rb->results;
+            m.u.result_batch.nresults = k;
+            m.u.result_batch.elapsed_us = rb->elapsed_us;
+            s_send(self, client, &m);
+        }
     }
     free(out);
 }
@@ -795,8 +838,9 @@ s_on_worker_exit(s_broker *self, s_session *sup, const loom_wire_worker_exit *we
 
 //  A message from a live session.
 static void
-s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
+s_on_session_msg(s_broker *self, s_session *s, loom_msg **msg_p)
 {
+    const loom_msg *msg = *msg_p;
     bool ok = true;
     switch (msg->type) {
     case LOOM_MSG_HEARTBEAT:
@@ -861,7 +905,7 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
         break;
     case LOOM_MSG_RESULT_BATCH:
         if ((ok = s->role == LOOM_ROLE_WORKER))
-            s_on_result_batch(self, s, &msg->u.result_batch);
+            s_on_result_batch(self, s, msg_p);
         break;
     case LOOM_MSG_ERROR:
         if (s->role == LOOM_ROLE_WORKER)
@@ -885,10 +929,12 @@ s_on_session_msg(s_broker *self, s_session *s, const loom_msg *msg)
     }
 }
 
+//  A message from the task ROUTER. May take *msg_p (a batch sent on).
 static void
 s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const char *user,
-              const loom_msg *msg)
+              loom_msg **msg_p)
 {
+    const loom_msg *msg = *msg_p;
     char key[2 * LOOM_RID_MAX + 1];
     s_rid_key(rid, rid_len, key);
     s_session *any = zhashx_lookup(self->sessions, key);
@@ -947,7 +993,7 @@ s_on_task_msg(s_broker *self, const uint8_t *rid, size_t rid_len, const char *us
     s->last_in = loom_now_ms();
     if (s->sw)
         loom_sched_worker_pause(s->sw, false);
-    s_on_session_msg(self, s, msg);
+    s_on_session_msg(self, s, msg_p);
 }
 
 //  ---------------------------------------------------------------------
@@ -970,7 +1016,7 @@ s_on_tasks(zloop_t *loop, zsock_t *reader, void *arg)
             break;
         self->st.msgs_in++;
         if (rc == 0 && rid_len > 0 && rid_len <= LOOM_RID_MAX)
-            s_on_task_msg(self, rid, rid_len, user, msg);
+            s_on_task_msg(self, rid, rid_len, user, &msg);
         else
             self->st.msgs_rejected++;
         loom_msg_destroy(&msg);
@@ -1131,6 +1177,7 @@ s_on_pipe(zloop_t *loop, zsock_t *reader, void *arg)
         rc = -1;
     else if (streq(cmd, "BIND"))
         s_on_bind(self, msg);
+
     else if (streq(cmd, "STATS")) {
         loom_msg m = {.type = LOOM_MSG_STATS};
         s_stats_fill(self, &m.u.stats);
