@@ -563,39 +563,40 @@ s_fw_message(uint8_t *b, lw::Body type, size_t *body_at)
     return pos + 12;
 }
 
+//  Whether m is a batch for the fast layout, checked as s_check would
+//  (one pass over the items), with the bytes it needs at most in *cap:
+//  header, body, vtables, and per item its offset, padding, table, length
+//  and data. False sends m to s_check and the builder.
 static bool
-s_fw_task_batch_ok(const loom_wire_task_batch *t)
-{
-    for (size_t i = 0; i < t->nitems; i++)
-        if (t->items[i].nfiles)
-            return false;
-    return true;
-}
-
-static bool
-s_fw_result_batch_ok(const loom_wire_result_batch *r)
-{
-    if (r->partial.data || r->blob_bytes_in || r->blob_bytes_out)
-        return false; //  blob counters are rare: the builder writes them
-    for (size_t i = 0; i < r->nresults; i++)
-        if (r->results[i].error || r->results[i].nfiles)
-            return false;
-    return true;
-}
-
-//  Bytes the fast layout needs at most: header, body, vtables, and per
-//  item its offset, padding, table, length and data.
-static size_t
-s_fw_size(const loom_msg *m)
+s_fw_plan(const loom_msg *m, size_t *cap)
 {
     size_t n = 256;
-    if (m->type == LOOM_MSG_TASK_BATCH)
-        for (size_t i = 0; i < m->u.task_batch.nitems; i++)
-            n = s_add(n, s_add(48, m->u.task_batch.items[i].data.len));
-    else
-        for (size_t i = 0; i < m->u.result_batch.nresults; i++)
-            n = s_add(n, s_add(48, m->u.result_batch.results[i].data.len));
-    return n;
+    if (m->type == LOOM_MSG_TASK_BATCH) {
+        const loom_wire_task_batch *t = &m->u.task_batch;
+        if (t->nitems > LOOM_WIRE_MAX_ITEMS || (t->nitems && !t->items))
+            return false;
+        for (size_t i = 0; i < t->nitems; i++) {
+            const loom_wire_item *it = &t->items[i];
+            if (it->nfiles || (!it->data.data && it->data.len))
+                return false;
+            n = s_add(n, s_add(48, it->data.len));
+        }
+    } else if (m->type == LOOM_MSG_RESULT_BATCH) {
+        const loom_wire_result_batch *r = &m->u.result_batch;
+        //  Blob counters are rare: the builder writes them.
+        if (r->nresults > LOOM_WIRE_MAX_ITEMS || (r->nresults && !r->results) ||
+            r->partial.data || r->partial.len || r->blob_bytes_in || r->blob_bytes_out)
+            return false;
+        for (size_t i = 0; i < r->nresults; i++) {
+            const loom_wire_result *res = &r->results[i];
+            if (res->error || res->nfiles || (!res->data.data && res->data.len))
+                return false;
+            n = s_add(n, s_add(48, res->data.len));
+        }
+    } else
+        return false;
+    *cap = n;
+    return true;
 }
 
 static size_t
@@ -700,17 +701,14 @@ s_fw_result_batch(uint8_t *b, size_t pos, size_t body_at, const loom_wire_result
 }
 
 //  Returns 1 with the message built (offset 0), 0 when m is not for the
-//  fast path, or LOOM_ENOMEM.
+//  fast path (s_check has not run), or LOOM_ENOMEM.
 static int
 s_fast_encode(const loom_msg *m, uint8_t **raw_p, size_t *offset_p, size_t *size_p)
 {
+    size_t cap;
+    if (!s_fw_plan(m, &cap) || cap > s_max_buffer)
+        return 0;
     bool task = m->type == LOOM_MSG_TASK_BATCH;
-    if (task ? !s_fw_task_batch_ok(&m->u.task_batch)
-             : m->type != LOOM_MSG_RESULT_BATCH || !s_fw_result_batch_ok(&m->u.result_batch))
-        return 0;
-    size_t cap = s_fw_size(m);
-    if (cap > s_max_buffer)
-        return 0;
     uint8_t *b = static_cast<uint8_t *>(malloc(cap));
     if (!b)
         return LOOM_ENOMEM;
@@ -952,12 +950,12 @@ static int
 s_encode(const loom_msg *m, uint8_t **raw_p, size_t *offset_p, size_t *size_p)
 {
     LOOM_ASSERT(m && raw_p && offset_p && size_p);
-    int rc = s_check(m);
-    if (rc)
-        return rc;
-    rc = s_fast_encode(m, raw_p, offset_p, size_p);
+    int rc = s_fast_encode(m, raw_p, offset_p, size_p);
     if (rc)
         return rc < 0 ? rc : 0;
+    rc = s_check(m);
+    if (rc)
+        return rc;
     size_t bound = s_bound(m);
     if (bound > s_max_buffer)
         return LOOM_ETOOBIG;
