@@ -127,6 +127,109 @@ s_u64map_free(s_u64map *m)
 }
 
 //  ---------------------------------------------------------------------
+//  A map's items in flight, by index. Indices are dense and the items in
+//  flight at once lie close together, so most sit in a ring indexed by
+//  `index & mask` (no hashing, no probing, no shifting on removal); an
+//  item whose slot is taken goes to a hash table beside it, and the ring
+//  doubles when that table holds more than a quarter of the ring's size.
+
+#define S_RING_MIN 512
+#define S_RING_MAX 65536
+
+typedef struct {
+    loom_sched_item **ring; //  slot index & mask: the item with that index, or NULL
+    size_t mask;            //  ring size - 1 (no ring yet: 0)
+    s_u64map spill;         //  index -> item, for items whose slot was taken
+    size_t n;               //  items in flight
+} s_flight;
+
+static void s_flight_put(s_flight *f, loom_sched_item *it);
+
+static void
+s_flight_grow(s_flight *f, size_t size)
+{
+    s_flight old = *f;
+    f->ring = loom_xcalloc(size, sizeof *f->ring);
+    f->mask = size - 1;
+    memset(&f->spill, 0, sizeof f->spill);
+    f->n = 0;
+    for (size_t i = 0; old.ring && i <= old.mask; i++)
+        if (old.ring[i])
+            s_flight_put(f, old.ring[i]);
+    for (size_t i = 0; i < old.spill.cap; i++)
+        if (old.spill.vals[i])
+            s_flight_put(f, old.spill.vals[i]);
+    free(old.ring);
+    s_u64map_free(&old.spill);
+}
+
+static void
+s_flight_put(s_flight *f, loom_sched_item *it)
+{
+    if (!f->ring)
+        s_flight_grow(f, S_RING_MIN);
+    loom_sched_item **slot = &f->ring[it->index & f->mask];
+    if (!*slot)
+        *slot = it;
+    else {
+        s_u64map_put(&f->spill, it->index, it);
+        if (f->spill.n * 4 > f->mask + 1 && f->mask + 1 < S_RING_MAX) {
+            f->n++;
+            s_flight_grow(f, 2 * (f->mask + 1));
+            return;
+        }
+    }
+    f->n++;
+}
+
+static loom_sched_item *
+s_flight_get(const s_flight *f, uint64_t index)
+{
+    if (!f->ring)
+        return NULL;
+    loom_sched_item *it = f->ring[index & f->mask];
+    if (it && it->index == index)
+        return it;
+    return f->spill.n ? s_u64map_get(&f->spill, index) : NULL;
+}
+
+//  Take out it, which is in flight.
+static void
+s_flight_del(s_flight *f, loom_sched_item *it)
+{
+    loom_sched_item **slot = &f->ring[it->index & f->mask];
+    if (*slot == it)
+        *slot = NULL;
+    else
+        s_u64map_del(&f->spill, it->index);
+    f->n--;
+}
+
+//  The first item in flight at or after position *pos (ring slots, then
+//  the spill table's), or NULL. Taking out the item returned and asking
+//  again from the same *pos goes on with the others.
+static loom_sched_item *
+s_flight_next(const s_flight *f, size_t *pos)
+{
+    size_t ring = f->ring ? f->mask + 1 : 0;
+    for (; *pos < ring; (*pos)++)
+        if (f->ring[*pos])
+            return f->ring[*pos];
+    for (; *pos - ring < f->spill.cap; (*pos)++)
+        if (f->spill.vals[*pos - ring])
+            return f->spill.vals[*pos - ring];
+    return NULL;
+}
+
+static void
+s_flight_free(s_flight *f)
+{
+    free(f->ring);
+    s_u64map_free(&f->spill);
+    memset(f, 0, sizeof *f);
+}
+
+//  ---------------------------------------------------------------------
 
 typedef struct {
     loom_sched_item *head, *tail;
@@ -139,7 +242,7 @@ struct loom_sched_map {
     uint64_t owner_id;  //  client's map id
     loom_sched_def def; //  strings and args owned
     s_list queue;       //  FIFO; requeued items go to the front
-    s_u64map in_flight; //  index -> item
+    s_flight in_flight; //  index -> item
     s_list failed;      //  finished with an error, not yet popped
     uint64_t *seen;     //  bit i: index seen_base + i was accepted
     size_t seen_words;  //  words allocated
@@ -375,7 +478,7 @@ s_unflight(loom_sched *self, loom_sched_item *it)
 {
     LOOM_ASSERT(it->worker);
     s_list_remove(&it->worker->items, it);
-    s_u64map_del(&it->map->in_flight, it->index);
+    s_flight_del(&it->map->in_flight, it);
     it->worker = NULL;
     self->in_flight--;
 }
@@ -390,15 +493,13 @@ loom_sched_map_destroy(loom_sched *self, loom_sched_map **map_p)
     self->queued -= m->queue.n;
     s_list_free(&m->queue);
     //  In-flight items live on their workers' lists: walk the table.
-    for (size_t i = 0; i < m->in_flight.cap; i++) {
-        loom_sched_item *it = m->in_flight.vals[i];
-        if (it) {
-            s_list_remove(&it->worker->items, it);
-            self->in_flight--;
-            loom_sched_item_free(&it);
-        }
+    size_t pos = 0;
+    for (loom_sched_item *it; (it = s_flight_next(&m->in_flight, &pos)); pos++) {
+        s_list_remove(&it->worker->items, it);
+        self->in_flight--;
+        loom_sched_item_free(&it);
     }
-    s_u64map_free(&m->in_flight);
+    s_flight_free(&m->in_flight);
     s_list_free(&m->failed);
     while (m->combines) {
         loom_sched_combine *c = m->combines;
@@ -595,14 +696,10 @@ loom_sched_map_fail(loom_sched *self, loom_sched_map *map, int status, const cha
         self->queued--;
         s_fail_item(map, it, status, map->fail_msg);
     }
-    for (size_t i = 0; i < map->in_flight.cap; i++) {
-        //  s_unflight deletes from the table and may shift entries back
-        //  into slot i: look at the same slot again.
-        while (map->in_flight.cap && map->in_flight.vals[i]) {
-            loom_sched_item *it = map->in_flight.vals[i];
-            s_unflight(self, it);
-            s_fail_item(map, it, status, map->fail_msg);
-        }
+    size_t pos = 0;
+    for (loom_sched_item *it; (it = s_flight_next(&map->in_flight, &pos));) {
+        s_unflight(self, it);
+        s_fail_item(map, it, status, map->fail_msg);
     }
     while (map->combines) {
         loom_sched_combine *c = map->combines;
@@ -642,11 +739,9 @@ size_t
 loom_sched_map_workers(loom_sched_map *map, loom_sched_worker **out, size_t cap)
 {
     size_t n = 0;
-    for (size_t i = 0; i < map->in_flight.cap; i++) {
-        loom_sched_item *it = map->in_flight.vals[i];
-        if (it)
-            n = s_add_worker(out, n, cap, it->worker);
-    }
+    size_t pos = 0;
+    for (loom_sched_item *it; (it = s_flight_next(&map->in_flight, &pos)); pos++)
+        n = s_add_worker(out, n, cap, it->worker);
     for (loom_sched_combine *c = map->combines; c; c = c->next)
         n = s_add_worker(out, n, cap, c->worker);
     return n;
@@ -1005,7 +1100,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                     it->worker = w;
                     it->batch = w->batches;
                     s_list_push_back(&w->items, it);
-                    s_u64map_put(&m->in_flight, it->index, it);
+                    s_flight_put(&m->in_flight, it);
                     self->in_flight++;
                     b->items[b->n++] = it;
                 }
@@ -1052,7 +1147,7 @@ loom_sched_batch_undo(loom_sched *self, loom_sched_batch *b)
 loom_sched_item *
 loom_sched_take(loom_sched *self, loom_sched_worker *w, loom_sched_map *map, uint64_t index)
 {
-    loom_sched_item *it = s_u64map_get(&map->in_flight, index);
+    loom_sched_item *it = s_flight_get(&map->in_flight, index);
     if (!it || it->worker != w)
         return NULL;
     s_unflight(self, it);

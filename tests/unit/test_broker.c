@@ -319,6 +319,74 @@ test_sched_credit_caps(void **state)
     loom_sched_destroy(&s2);
 }
 
+//  Items in flight whose indices share ring slots (multiples of 512, and
+//  more of them than the ring first holds): each is found once, by its
+//  own index only, whether it sits in the ring or beside it, through
+//  growth, a failed map and a destroyed one.
+static void
+test_sched_in_flight_colliding_indices(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    loom_sched *s = loom_sched_new();
+    loom_sched_map *m = s_map(s, 1000, 0, false);
+    loom_sched_map *gone = s_map(s, 1000, 0, false);
+    for (uint64_t i = 0; i < N; i++) {
+        uint64_t index = (i % 3 == 0) ? i * 512 : i;
+        assert_int_equal(loom_sched_submit(s, m, index, &i, sizeof i, NULL, 0), 0);
+        assert_int_equal(loom_sched_submit(s, gone, index, &i, sizeof i, NULL, 0), 0);
+    }
+    enum { NW = 4 }; //  2 x 1000 items each in flight at most
+    loom_sched_worker *ws[NW];
+    for (int i = 0; i < NW; i++)
+        ws[i] = loom_sched_worker_new(s, NULL, 1u << 20);
+    loom_sched_batch b;
+    size_t out = 0;
+    while (loom_sched_next_batch(s, &b))
+        out += b.n;
+    assert_int_equal(out, 2 * N);
+    assert_int_equal(loom_sched_map_in_flight(m), N);
+    //  Indices never submitted are not found.
+    for (int k = 0; k < NW; k++) {
+        assert_null(loom_sched_take(s, ws[k], m, 3));
+        assert_null(loom_sched_take(s, ws[k], m, (uint64_t)N * 512 + 512));
+    }
+    //  Take every other item of m, newest first: one worker holds each.
+    size_t taken = 0;
+    for (uint64_t i = N; i-- > 0;) {
+        uint64_t index = (i % 3 == 0) ? i * 512 : i;
+        if (i % 2)
+            continue;
+        loom_sched_item *it = NULL;
+        for (int k = 0; k < NW; k++) {
+            loom_sched_item *got = loom_sched_take(s, ws[k], m, index);
+            if (got) {
+                assert_null(it);
+                it = got;
+            }
+        }
+        assert_non_null(it);
+        assert_int_equal(it->index, index);
+        for (int k = 0; k < NW; k++)
+            assert_null(loom_sched_take(s, ws[k], m, index));
+        loom_sched_item_free(&it);
+        taken++;
+    }
+    assert_int_equal(loom_sched_map_in_flight(m), N - taken);
+    //  Fail m: every item still in flight comes out once.
+    size_t flying = loom_sched_map_in_flight(m);
+    loom_sched_map_fail(s, m, LOOM_EIO, "gone");
+    assert_int_equal(loom_sched_map_in_flight(m), 0);
+    size_t failed = 0;
+    for (loom_sched_item *it; (it = loom_sched_map_pop_failed(m)); failed++)
+        loom_sched_item_free(&it);
+    assert_int_equal(failed, flying);
+    loom_sched_map_destroy(s, &gone);
+    for (int k = 0; k < NW; k++)
+        assert_int_equal(loom_sched_worker_in_flight(ws[k]), 0);
+    loom_sched_destroy(&s);
+}
+
 static void
 test_sched_map_fail(void **state)
 {
@@ -1517,6 +1585,7 @@ main(void)
         cmocka_unit_test(test_sched_retries_exhausted),
         cmocka_unit_test(test_sched_credit_caps),
         cmocka_unit_test(test_sched_map_fail),
+        cmocka_unit_test(test_sched_in_flight_colliding_indices),
         cmocka_unit_test(test_sched_reduce_folds_partials),
         cmocka_unit_test(test_sched_fold_killing_workers_fails),
     };
