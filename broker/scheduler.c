@@ -10,7 +10,6 @@
 #include "scheduler.h"
 
 #include "base.h"
-#include "block_cache.h"
 
 #include <czmq.h>
 #include <math.h>
@@ -275,7 +274,24 @@ struct loom_sched_worker {
     loom_sched_worker *prev, *next;
 };
 
+//  Items with small inputs are carved front to back from slabs of
+//  S_SLAB_SIZE bytes: one malloc for a dozen items or so, not one each
+//  (the broker holds up to a window of items per client, more than a
+//  per-thread cache of blocks keeps). A slab is freed with its last item
+//  once it is no longer the one being carved; a long-lived item keeps its
+//  whole slab, which S_SLAB_SIZE bounds.
+#define S_SLAB_SIZE 2048
+#define S_SLAB_HEAD 16 //  the header, rounded up to keep items 16-aligned
+
+typedef struct loom_sched_slab {
+    size_t live; //  items carved and not freed, +1 while it is being carved
+    size_t used; //  bytes carved so far, header included
+} s_slab;
+
+_Static_assert(sizeof(s_slab) <= S_SLAB_HEAD, "slab header fits before the first item");
+
 struct loom_sched {
+    s_slab *slab;  //  the slab being carved, or NULL
     s_u64map maps; //  id -> map
     loom_sched_map *head, *tail;
     loom_sched_map *rr; //  next map to serve; NULL: head
@@ -343,8 +359,39 @@ loom_sched_item_free(loom_sched_item **item_p)
     if (it->data != (uint8_t *)(it + 1))
         free(it->data);
     free(it->reason);
-    loom__block_free(it);
+    s_slab *slab = it->slab;
+    if (!slab)
+        free(it);
+    else if (--slab->live == 0)
+        free(slab);
     *item_p = NULL;
+}
+
+//  A zeroed item with room for len bytes of input after it.
+static loom_sched_item *
+s_item_alloc(loom_sched *self, size_t len)
+{
+    size_t need = (sizeof(loom_sched_item) + len + 15) & ~(size_t)15;
+    if (need > (S_SLAB_SIZE - S_SLAB_HEAD) / 4) {
+        loom_sched_item *it = loom_xmalloc(sizeof *it + len);
+        memset(it, 0, sizeof *it);
+        return it;
+    }
+    s_slab *slab = self->slab;
+    if (!slab || slab->used + need > S_SLAB_SIZE) {
+        if (slab && --slab->live == 0)
+            free(slab);
+        slab = loom_xmalloc(S_SLAB_SIZE);
+        slab->live = 1;
+        slab->used = S_SLAB_HEAD;
+        self->slab = slab;
+    }
+    loom_sched_item *it = (loom_sched_item *)((uint8_t *)slab + slab->used);
+    slab->used += need;
+    slab->live++;
+    memset(it, 0, sizeof *it);
+    it->slab = slab;
+    return it;
 }
 
 static void
@@ -385,6 +432,8 @@ loom_sched_destroy(loom_sched **self_p)
     //  Removing workers may have put items back on maps already gone: none,
     //  since maps went first; the failed lists are empty too.
     s_u64map_free(&self->maps);
+    if (self->slab && --self->slab->live == 0)
+        free(self->slab);
     free(self);
     *self_p = NULL;
 }
@@ -646,10 +695,8 @@ loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const v
     int rc = s_seen_mark(map, index);
     if (rc)
         return rc;
-    //  One allocation: the input lives right after the item (from the
-    //  per-thread block cache: items come and go a batch at a time).
-    loom_sched_item *it = loom__block_alloc(sizeof *it + len);
-    memset(it, 0, sizeof *it);
+    //  One allocation: the input lives right after the item.
+    loom_sched_item *it = s_item_alloc(self, len);
     it->index = index;
     it->map = map;
     it->len = len;

@@ -48,6 +48,7 @@ struct loom_sched_item {
     loom_sched_map *map;
     loom_sched_worker *worker;    //  while in flight
     loom_sched_item *prev, *next; //  queue, worker's in-flight list or failed list
+    struct loom_sched_slab *slab; //  the slab the item was carved from, or NULL
 };
 
 //  A map's definition, as the client opened it (strings are copied).

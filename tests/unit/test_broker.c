@@ -387,6 +387,43 @@ test_sched_in_flight_colliding_indices(void **state)
     loom_sched_destroy(&s);
 }
 
+//  Items of every input size (carved from slabs, or alone when large)
+//  keep their input whatever order they are freed in, even after the
+//  scheduler is gone.
+static void
+test_sched_items_keep_their_input(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    static uint8_t input[N];
+    for (size_t i = 0; i < N; i++)
+        input[i] = (uint8_t)(i * 13);
+    loom_sched *s = loom_sched_new();
+    loom_sched_map *m = s_map(s, 100, 0, false);
+    for (uint64_t i = 0; i < N; i++)
+        assert_int_equal(loom_sched_submit(s, m, i, input, i, NULL, 0), 0);
+    loom_sched_worker *w = loom_sched_worker_new(s, NULL, 1u << 20);
+    loom_sched_item *held[N];
+    size_t nheld = 0;
+    loom_sched_batch b;
+    while (loom_sched_next_batch(s, &b))
+        for (size_t i = b.n; i-- > 0;) {
+            loom_sched_item *it = loom_sched_take(s, w, m, b.items[i]->index);
+            assert_non_null(it);
+            if (it->index % 3)
+                loom_sched_item_free(&it); //  most go at once, newest first
+            else
+                held[nheld++] = it;
+        }
+    assert_true(nheld > 0);
+    loom_sched_destroy(&s);
+    for (size_t i = 0; i < nheld; i++) {
+        assert_int_equal(held[i]->len, held[i]->index);
+        assert_memory_equal(held[i]->data, input, held[i]->len);
+        loom_sched_item_free(&held[i]);
+    }
+}
+
 static void
 test_sched_map_fail(void **state)
 {
@@ -1585,6 +1622,7 @@ main(void)
         cmocka_unit_test(test_sched_retries_exhausted),
         cmocka_unit_test(test_sched_credit_caps),
         cmocka_unit_test(test_sched_map_fail),
+        cmocka_unit_test(test_sched_items_keep_their_input),
         cmocka_unit_test(test_sched_in_flight_colliding_indices),
         cmocka_unit_test(test_sched_reduce_folds_partials),
         cmocka_unit_test(test_sched_fold_killing_workers_fails),
