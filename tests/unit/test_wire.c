@@ -1673,6 +1673,24 @@ s_write_corpus(const char *dir)
         s_write_file(path, buf, len);
         free(buf);
     }
+    //  Plain batches, for the fast reader.
+    static uint8_t pool[128];
+    loom_wire_item items[5];
+    loom_wire_result results[5];
+    uint64_t seed = 3;
+    for (int type = LOOM_MSG_TASK_BATCH; type <= LOOM_MSG_RESULT_BATCH; type++) {
+        if (type != LOOM_MSG_TASK_BATCH && type != LOOM_MSG_RESULT_BATCH)
+            continue;
+        loom_msg m;
+        s_random_plain(&seed, type, 5, pool, items, results, &m);
+        void *buf;
+        size_t len;
+        assert_int_equal(loom_wire_encode(&m, &buf, &len), 0);
+        char path[512];
+        snprintf(path, sizeof path, "%s/Plain%s.loom", dir, loom_msg_type_name(type));
+        s_write_file(path, buf, len);
+        free(buf);
+    }
     return 0;
 }
 
