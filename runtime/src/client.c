@@ -784,7 +784,7 @@ s_drain(loom_client *c)
             continue;
         }
         loom_msg *msg = NULL;
-        if (loom_wire_decode(zmq_msg_data(&zm), zmq_msg_size(&zm), &msg) != 0) {
+        if (loom_wire_decode_frame(&zm, &msg) != 0) {
             loom_log_warning("loom: dropped a malformed message from the broker");
             continue;
         }

@@ -1411,6 +1411,14 @@ s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
     return s_decode_copy(data, len, true, msg_p);
 }
 
+int
+loom_wire_decode_frame(void *frame, loom_msg **msg_p)
+{
+    LOOM_ASSERT(frame && msg_p);
+    *msg_p = NULL;
+    return s_decode_frame(static_cast<zmq_msg_t *>(frame), msg_p);
+}
+
 void
 loom_msg_destroy(loom_msg **msg_p)
 {

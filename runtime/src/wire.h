@@ -266,7 +266,12 @@ int loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p);
 //  *msg_p NULL.
 int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
 
-//  The same, always through the FlatBuffers verifier (never the fast
+//  Decode a received frame (a zmq_msg_t *): as loom_wire_decode, except
+//  that a plain batch takes the frame itself instead of a copy (the frame
+//  is left empty, still to be closed), as loom_wire_recv does.
+int loom_wire_decode_frame(void *frame, loom_msg **msg_p);
+
+//  The same as loom_wire_decode, always through the FlatBuffers verifier (never the fast
 //  reader of plain batches): for tests that compare the two.
 int loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p);
 
