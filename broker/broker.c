@@ -372,7 +372,8 @@ static int
 s_send_batch(s_broker *self, s_session *w, loom_sched_batch *b)
 {
     loom_wire_item items[LOOM_SCHED_MAX_BATCH];
-    loom_wire_file *files[LOOM_SCHED_MAX_BATCH] = {0};
+    loom_wire_file *files[LOOM_SCHED_MAX_BATCH]; //  the nfiles arrays allocated here
+    size_t nfiles = 0;
     for (size_t i = 0; i < b->n; i++) {
         if (b->combine) {
             items[i] = (loom_wire_item){.index = i, .data = {b->comb->data[i], b->comb->len[i]}};
@@ -382,12 +383,12 @@ s_send_batch(s_broker *self, s_session *w, loom_sched_batch *b)
         items[i] = (loom_wire_item){
             .index = it->index, .attempt = it->attempt, .data = {it->data, it->len}};
         if (it->nfiles) {
-            files[i] = loom_xcalloc(it->nfiles, sizeof *files[i]);
+            loom_wire_file *fs = files[nfiles++] = loom_xcalloc(it->nfiles, sizeof *fs);
             for (size_t f = 0; f < it->nfiles; f++)
-                files[i][f] = (loom_wire_file){.name = it->files[f].name,
-                                               .hash = {it->files[f].hash, it->files[f].hash_len},
-                                               .size = it->files[f].size};
-            items[i].files = files[i];
+                fs[f] = (loom_wire_file){.name = it->files[f].name,
+                                         .hash = {it->files[f].hash, it->files[f].hash_len},
+                                         .size = it->files[f].size};
+            items[i].files = fs;
             items[i].nfiles = it->nfiles;
         }
     }
@@ -397,7 +398,7 @@ s_send_batch(s_broker *self, s_session *w, loom_sched_batch *b)
     m.u.task_batch.items = items;
     m.u.task_batch.nitems = b->n;
     int rc = s_send(self, w, &m);
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < nfiles; i++)
         free(files[i]);
     return rc;
 }

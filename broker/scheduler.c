@@ -13,6 +13,7 @@
 
 #include <czmq.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -290,6 +291,61 @@ typedef struct loom_sched_slab {
 
 _Static_assert(sizeof(s_slab) <= S_SLAB_HEAD, "slab header fits before the first item");
 
+//  Free slabs kept per thread for the next ones (malloc and free of a
+//  slab cost some 500 instructions: a size past glibc's per-thread
+//  cache). Given back to malloc when the thread ends.
+#define S_SLAB_CACHE 64
+
+typedef struct {
+    void *slabs[S_SLAB_CACHE];
+    size_t n;
+    bool registered; //  the exit destructor knows this thread
+} s_slab_cache;
+
+static _Thread_local s_slab_cache s_slabs __attribute__((tls_model("initial-exec")));
+static pthread_key_t s_slab_key;
+static pthread_once_t s_slab_once = PTHREAD_ONCE_INIT;
+
+static void
+s_slab_cache_drain(void *arg)
+{
+    s_slab_cache *c = arg;
+    while (c->n)
+        free(c->slabs[--c->n]);
+}
+
+static void
+s_slab_key_init(void)
+{
+    LOOM_ASSERT(pthread_key_create(&s_slab_key, s_slab_cache_drain) == 0);
+}
+
+static s_slab *
+s_slab_new(void)
+{
+    s_slab_cache *c = &s_slabs;
+    s_slab *slab = c->n ? c->slabs[--c->n] : loom_xmalloc(S_SLAB_SIZE);
+    slab->live = 1;
+    slab->used = S_SLAB_HEAD;
+    return slab;
+}
+
+static void
+s_slab_free(s_slab *slab)
+{
+    s_slab_cache *c = &s_slabs;
+    if (c->n == S_SLAB_CACHE) {
+        free(slab);
+        return;
+    }
+    if (!c->registered) {
+        pthread_once(&s_slab_once, s_slab_key_init);
+        pthread_setspecific(s_slab_key, c);
+        c->registered = true;
+    }
+    c->slabs[c->n++] = slab;
+}
+
 struct loom_sched {
     s_slab *slab;  //  the slab being carved, or NULL
     s_u64map maps; //  id -> map
@@ -353,17 +409,20 @@ loom_sched_item_free(loom_sched_item **item_p)
     loom_sched_item *it = *item_p;
     if (!it)
         return;
-    for (size_t i = 0; i < it->nfiles; i++)
-        free(it->files[i].name);
-    free(it->files);
+    if (it->files) {
+        for (size_t i = 0; i < it->nfiles; i++)
+            free(it->files[i].name);
+        free(it->files);
+    }
     if (it->data != (uint8_t *)(it + 1))
         free(it->data);
-    free(it->reason);
+    if (it->reason)
+        free(it->reason);
     s_slab *slab = it->slab;
     if (!slab)
         free(it);
     else if (--slab->live == 0)
-        free(slab);
+        s_slab_free(slab);
     *item_p = NULL;
 }
 
@@ -380,10 +439,8 @@ s_item_alloc(loom_sched *self, size_t len)
     s_slab *slab = self->slab;
     if (!slab || slab->used + need > S_SLAB_SIZE) {
         if (slab && --slab->live == 0)
-            free(slab);
-        slab = loom_xmalloc(S_SLAB_SIZE);
-        slab->live = 1;
-        slab->used = S_SLAB_HEAD;
+            s_slab_free(slab);
+        slab = s_slab_new();
         self->slab = slab;
     }
     loom_sched_item *it = (loom_sched_item *)((uint8_t *)slab + slab->used);
@@ -433,7 +490,7 @@ loom_sched_destroy(loom_sched **self_p)
     //  since maps went first; the failed lists are empty too.
     s_u64map_free(&self->maps);
     if (self->slab && --self->slab->live == 0)
-        free(self->slab);
+        s_slab_free(self->slab);
     free(self);
     *self_p = NULL;
 }
