@@ -1182,7 +1182,11 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                 if (n > cap - w->items.n)
                     n = cap - w->items.n;
                 if (!m->def.chunk) {
-                    size_t spread = (m->queue.n + self->nworkers - 1) / self->nworkers;
+                    //  An even share of the map's items per worker: a short
+                    //  map spreads over all of them, and in the steady state
+                    //  a client's batch is not cut in two.
+                    size_t spread =
+                        (m->queue.n + m->in_flight.n + self->nworkers - 1) / self->nworkers;
                     if (n > spread)
                         n = spread;
                 }

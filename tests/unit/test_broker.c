@@ -131,17 +131,22 @@ test_sched_batch_size_from_elapsed(void **state)
     loom_sched_map_observe(fast, 10, 100);
     assert_int_equal(loom_sched_map_batch_size(fast), LOOM_SCHED_MAX_BATCH);
 
-    //  Spread: at most ceil(queued / workers) per batch: 10 over 2 gives
-    //  5, then the 5 left give 3, on the other (less loaded) worker.
+    //  Spread: at most ceil((queued + in flight) / workers) per batch: 10
+    //  over 2 gives 5, then the other 5 on the other (less loaded) worker.
     s_fill(s, fast, 0, 10);
     loom_sched_worker_new(s, NULL, 0);
     loom_sched_worker_new(s, NULL, 0);
-    loom_sched_batch b1, b2;
+    loom_sched_batch b1, b2, b3;
     assert_true(loom_sched_next_batch(s, &b1));
     assert_int_equal(b1.n, 5);
     assert_true(loom_sched_next_batch(s, &b2));
-    assert_int_equal(b2.n, 3);
+    assert_int_equal(b2.n, 5);
     assert_ptr_not_equal(b1.worker, b2.worker);
+    //  In the steady state (4 more while 10 are out), a batch is not cut
+    //  down to what is queued over the workers: 4, not 2.
+    s_fill(s, fast, 10, 14);
+    assert_true(loom_sched_next_batch(s, &b3));
+    assert_int_equal(b3.n, 4);
     loom_sched_destroy(&s);
 }
 
