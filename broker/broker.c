@@ -409,11 +409,16 @@ s_dispatch(s_broker *self)
     loom_sched_batch b;
     while (loom_sched_next_batch(self->sched, &b)) {
         s_session *w = loom_sched_worker_handle(b.worker);
+        //  A client's batch going out whole goes as its own bytes.
+        loom_msg *whole = loom_sched_batch_whole(&b);
         int rc = 0;
         if (b.open)
             rc = s_send_map_open(self, w, b.map);
-        if (rc == 0)
+        if (rc == 0 && whole)
+            rc = s_forward(self, w, &whole, loom_sched_map_id(b.map));
+        else if (rc == 0)
             rc = s_send_batch(self, w, &b);
+        loom_msg_destroy(&whole);
         if (rc) {
             //  Not sent: everything goes back; the worker gets nothing more
             //  until it talks to us again (or is ended, if it is gone).
@@ -669,8 +674,17 @@ s_on_pipeline_open(s_broker *self, s_session *c, const loom_wire_pipeline *p)
 }
 
 static void
-s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
+s_msg_free(void *msg)
 {
+    loom_msg *m = msg;
+    loom_msg_destroy(&m);
+}
+
+//  A client's new items. Takes *msg_p when it keeps the batch whole.
+static void
+s_on_task_batch(s_broker *self, s_session *c, loom_msg **msg_p)
+{
+    const loom_wire_task_batch *tb = &(*msg_p)->u.task_batch;
     loom_sched_map *map = s_client_map(c, tb->map);
     if (!map || tb->combine) {
         self->st.msgs_rejected++;
@@ -696,6 +710,20 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
                              (unsigned long long)tb->items[i].index, tb->items[i].files[f].name);
                 return;
             }
+    //  A plain batch of first attempts, each with its input, is kept as it
+    //  came: if its items go to one worker together, they go as its bytes.
+    loom_sched_chunk *chunk = NULL;
+    if (loom_wire_forwardable(*msg_p) && !loom_sched_map_failed(map)) {
+        bool plain = true;
+        for (size_t i = 0; plain && i < tb->nitems; i++)
+            plain = tb->items[i].attempt == 0 && tb->items[i].data.data;
+        if (plain) {
+            chunk = loom_sched_chunk_new(*msg_p, s_msg_free, tb->nitems);
+            *msg_p = NULL; //  the chunk's now; tb lives while the chunk holds it
+        }
+    }
+    uint64_t client_map = tb->map;
+    size_t accepted = 0;
     bool too_far = false;
     char owner[48];
     s_owner_key(c->id, loom_sched_map_def(map)->pipeline, owner, sizeof owner);
@@ -714,18 +742,21 @@ s_on_task_batch(s_broker *self, s_session *c, const loom_wire_task_batch *tb)
                 memcpy(fp[f].hash, it->files[f].hash.data, hl);
             fp[f].hash_len = hl;
         }
-        int rc = loom_sched_submit(self->sched, map, it->index, it->data.data, it->data.len, fp,
-                                   it->nfiles);
+        int rc = loom_sched_submit_from(self->sched, map, chunk, (uint32_t)i, it->index,
+                                        it->data.data, it->data.len, fp, it->nfiles);
         if (fp != files)
             free(fp);
-        if (rc == LOOM_ESTATE)
+        if (rc == 0)
+            accepted++;
+        else if (rc == LOOM_ESTATE)
             self->st.results_dropped++;
-        else if (rc)
+        else
             too_far = true;
     }
+    loom_sched_chunk_done(&chunk, accepted == tb->nitems); //  tb may be gone now
     if (too_far) {
         self->st.msgs_rejected++;
-        s_send_error(self, c, LOOM_ETOOBIG, tb->map,
+        s_send_error(self, c, LOOM_ETOOBIG, client_map,
                      "item index too far beyond the lowest index not yet submitted");
     }
 }
@@ -872,7 +903,7 @@ s_on_session_msg(s_broker *self, s_session *s, loom_msg **msg_p)
         break;
     case LOOM_MSG_TASK_BATCH:
         if ((ok = s->role == LOOM_ROLE_CLIENT))
-            s_on_task_batch(self, s, &msg->u.task_batch);
+            s_on_task_batch(self, s, msg_p);
         break;
     case LOOM_MSG_MAP_END:
         if ((ok = s->role == LOOM_ROLE_CLIENT)) {

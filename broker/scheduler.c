@@ -402,6 +402,8 @@ s_list_remove(s_list *l, loom_sched_item *it)
     l->n--;
 }
 
+static void s_chunk_unref(loom_sched_chunk *c);
+
 void
 loom_sched_item_free(loom_sched_item **item_p)
 {
@@ -418,6 +420,8 @@ loom_sched_item_free(loom_sched_item **item_p)
         free(it->data);
     if (it->reason)
         free(it->reason);
+    if (it->chunk)
+        s_chunk_unref(it->chunk);
     s_slab *slab = it->slab;
     if (!slab)
         free(it);
@@ -744,9 +748,90 @@ s_fail_item(loom_sched_map *m, loom_sched_item *it, int status, const char *mess
     m->done++;
 }
 
+struct loom_sched_chunk {
+    void *msg; //  the batch as it came; NULL once dropped or taken
+    void (*destroy)(void *msg);
+    size_t n;    //  items in the message
+    size_t refs; //  the submitter's, and one per item
+};
+
+loom_sched_chunk *
+loom_sched_chunk_new(void *msg, void (*destroy)(void *msg), size_t n)
+{
+    LOOM_ASSERT(msg && destroy);
+    loom_sched_chunk *c = loom_xcalloc(1, sizeof *c);
+    c->msg = msg;
+    c->destroy = destroy;
+    c->n = n;
+    c->refs = 1;
+    return c;
+}
+
+static void
+s_chunk_drop_msg(loom_sched_chunk *c)
+{
+    if (c->msg) {
+        c->destroy(c->msg);
+        c->msg = NULL;
+    }
+}
+
+static void
+s_chunk_unref(loom_sched_chunk *c)
+{
+    if (--c->refs == 0) {
+        s_chunk_drop_msg(c);
+        free(c);
+    }
+}
+
+void
+loom_sched_chunk_done(loom_sched_chunk **chunk_p, bool whole)
+{
+    LOOM_ASSERT(chunk_p);
+    loom_sched_chunk *c = *chunk_p;
+    if (!c)
+        return;
+    if (!whole)
+        s_chunk_drop_msg(c);
+    s_chunk_unref(c);
+    *chunk_p = NULL;
+}
+
+void *
+loom_sched_batch_whole(loom_sched_batch *b)
+{
+    LOOM_ASSERT(b);
+    if (b->combine || b->n == 0)
+        return NULL;
+    //  A chunk still holding its message has had no item dispatched: its
+    //  items are on their first run, in submission order in the queue.
+    loom_sched_chunk *c = b->items[0]->chunk;
+    bool whole = c && c->msg && c->n == b->n;
+    for (size_t i = 0; whole && i < b->n; i++)
+        whole = b->items[i]->chunk == c && b->items[i]->slot == i;
+    if (whole) {
+        void *msg = c->msg;
+        c->msg = NULL;
+        return msg;
+    }
+    for (size_t i = 0; i < b->n; i++)
+        if (b->items[i]->chunk)
+            s_chunk_drop_msg(b->items[i]->chunk);
+    return NULL;
+}
+
 int
 loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const void *data,
                   size_t len, const loom_sched_file *files, size_t nfiles)
+{
+    return loom_sched_submit_from(self, map, NULL, 0, index, data, len, files, nfiles);
+}
+
+int
+loom_sched_submit_from(loom_sched *self, loom_sched_map *map, loom_sched_chunk *chunk,
+                       uint32_t slot, uint64_t index, const void *data, size_t len,
+                       const loom_sched_file *files, size_t nfiles)
 {
     LOOM_ASSERT(self && map);
     int rc = s_seen_mark(map, index);
@@ -754,6 +839,11 @@ loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const v
         return rc;
     //  One allocation: the input lives right after the item.
     loom_sched_item *it = s_item_alloc(self, len);
+    if (chunk) {
+        it->chunk = chunk;
+        it->slot = slot;
+        chunk->refs++;
+    }
     it->index = index;
     it->map = map;
     it->len = len;
@@ -1160,6 +1250,21 @@ s_next_combine(loom_sched *self, loom_sched_batch *b)
     return false;
 }
 
+//  Whether w, busy with at least a client's batch worth of items, should
+//  wait for the room to take the whole batch at the head of m's queue
+//  (which it will have once enough results are back) rather than get a
+//  cut of it now: a whole batch goes as its own bytes.
+static bool
+s_wait_for_room(const loom_sched_map *m, const loom_sched_worker *w, size_t bs)
+{
+    const loom_sched_item *head = m->queue.head;
+    const loom_sched_chunk *c = head->chunk;
+    if (!c || !c->msg || head->slot != 0)
+        return false;
+    size_t cap = w->credit < 2 * bs ? w->credit : 2 * bs;
+    return c->n <= cap && w->items.n >= c->n && cap - w->items.n < c->n;
+}
+
 bool
 loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
 {
@@ -1176,6 +1281,8 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
         if (m->queue.n) {
             size_t bs = loom_sched_map_batch_size(m);
             loom_sched_worker *w = s_pick_worker(self, 2 * bs, m->queue.head->solo);
+            if (w && s_wait_for_room(m, w, bs))
+                w = NULL;
             if (w) {
                 size_t cap = w->credit < 2 * bs ? w->credit : 2 * bs;
                 size_t n = bs;
@@ -1192,6 +1299,11 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                 }
                 if (n < 1)
                     n = 1;
+                //  A client's batch at the head that fits and is not much
+                //  smaller goes out alone, so it can go as its own bytes.
+                loom_sched_chunk *c = m->queue.head->chunk;
+                if (c && c->msg && m->queue.head->slot == 0 && c->n <= n && 2 * c->n >= n)
+                    n = c->n;
                 if (m->queue.head->solo)
                     n = 1;
                 b->map = m;
@@ -1201,6 +1313,13 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                 while (b->n < n && m->queue.head && (b->n == 0 || !m->queue.head->solo)) {
                     loom_sched_item *it = m->queue.head;
                     if (b->n && bytes + it->len > LOOM_SCHED_MAX_BYTES)
+                        break;
+                    //  End before a client's batch that could go whole
+                    //  next time (once the batch is half full, or when
+                    //  that one is big): batches keep to the clients'.
+                    loom_sched_chunk *ic = it->chunk;
+                    if (b->n && ic && it->slot == 0 && ic->msg &&
+                        (2 * b->n >= n || 2 * ic->n >= n))
                         break;
                     bytes += it->len;
                     s_list_remove(&m->queue, it);

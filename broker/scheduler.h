@@ -24,6 +24,7 @@ typedef struct loom_sched loom_sched;
 typedef struct loom_sched_map loom_sched_map;
 typedef struct loom_sched_worker loom_sched_worker;
 typedef struct loom_sched_item loom_sched_item;
+typedef struct loom_sched_chunk loom_sched_chunk;
 
 //  A file attached to an item (by content hash; the blob channel moves it).
 typedef struct {
@@ -49,6 +50,8 @@ struct loom_sched_item {
     loom_sched_worker *worker;    //  while in flight
     loom_sched_item *prev, *next; //  queue, worker's in-flight list or failed list
     struct loom_sched_slab *slab; //  the slab the item was carved from, or NULL
+    loom_sched_chunk *chunk;      //  the client batch it came in (a reference), or NULL
+    uint32_t slot;                //  its place in that batch
 };
 
 //  A map's definition, as the client opened it (strings are copied).
@@ -132,6 +135,32 @@ uint64_t loom_sched_map_done(const loom_sched_map *map);
 //  already held or finished, LOOM_ETOOBIG for an index too far ahead.
 int loom_sched_submit(loom_sched *self, loom_sched_map *map, uint64_t index, const void *data,
                       size_t len, const loom_sched_file *files, size_t nfiles);
+
+//  A client's batch kept as it came (the broker's received message) while
+//  none of its items has gone to a worker: a batch of exactly its items,
+//  in order, can then go out as those bytes (loom_wire_forward) instead of
+//  being encoded again. The items still own copies of their inputs (for
+//  retries): the message is dropped when any of them is first dispatched,
+//  so it is kept only while its items are queued.
+//
+//  A chunk of the n items of msg (owned by the chunk: destroy(msg) frees
+//  it), with one reference for the caller.
+loom_sched_chunk *loom_sched_chunk_new(void *msg, void (*destroy)(void *msg), size_t n);
+
+//  loom_sched_submit of item `slot` of chunk (which the item references).
+int loom_sched_submit_from(loom_sched *self, loom_sched_map *map, loom_sched_chunk *chunk,
+                           uint32_t slot, uint64_t index, const void *data, size_t len,
+                           const loom_sched_file *files, size_t nfiles);
+
+//  Done submitting from the chunk: `whole` if every one of its n items was
+//  accepted (else its message is dropped at once). Drops the caller's
+//  reference and sets *chunk_p NULL.
+void loom_sched_chunk_done(loom_sched_chunk **chunk_p, bool whole);
+
+//  After loom_sched_next_batch: the message whose items are exactly b's,
+//  in order (owned by the caller now), or NULL; then the messages of the
+//  chunks of b's items are dropped, since they can never go out whole.
+void *loom_sched_batch_whole(loom_sched_batch *b);
 
 //  The client's MapEnd: `count` items in total.
 void loom_sched_map_set_count(loom_sched_map *map, uint64_t count);

@@ -429,6 +429,113 @@ test_sched_items_keep_their_input(void **state)
     }
 }
 
+static int s_chunk_msgs_freed;
+
+static void
+s_chunk_msg_free(void *msg)
+{
+    free(msg);
+    s_chunk_msgs_freed++;
+}
+
+//  A client's batch kept whole: a batch of exactly its items, on their
+//  first run, gives its message back (to go out as its bytes); anything
+//  else drops the message, and items still run.
+static void
+test_sched_chunk_goes_whole(void **state)
+{
+    (void)state;
+    s_chunk_msgs_freed = 0;
+    loom_sched *s = loom_sched_new();
+    loom_sched_map *m = s_map(s, 0, 0, false);
+    loom_sched_map_observe(m, 10, 100); //  fast: batches of up to 1024
+    loom_sched_worker *w = loom_sched_worker_new(s, NULL, 0);
+    //  Three client batches of 100: the first goes whole, the second had
+    //  a duplicate (not whole), the third is cut by a worker with room
+    //  for 50 only while idle.
+    uint64_t next = 0;
+    loom_sched_chunk *c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 100);
+    for (uint32_t i = 0; i < 100; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c, i, next, &next, 8, NULL, 0), 0);
+    loom_sched_chunk_done(&c, true);
+    assert_null(c);
+    loom_sched_batch b;
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.n, 100);
+    void *msg = loom_sched_batch_whole(&b);
+    assert_non_null(msg);
+    free(msg);
+    s_complete(s, &b);
+
+    c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 100);
+    for (uint32_t i = 0; i < 99; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c, i, next, &next, 8, NULL, 0), 0);
+    assert_int_equal(loom_sched_submit_from(s, m, c, 99, next - 1, &next, 8, NULL, 0),
+                     LOOM_ESTATE);
+    loom_sched_chunk_done(&c, false);
+    assert_int_equal(s_chunk_msgs_freed, 1);
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_null(loom_sched_batch_whole(&b));
+    s_complete(s, &b);
+
+    loom_sched_worker_remove(s, &w, NULL, false);
+    w = loom_sched_worker_new(s, NULL, 50);
+    uint64_t first = next;
+    c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 100);
+    for (uint32_t i = 0; i < 100; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c, i, next, &next, 8, NULL, 0), 0);
+    loom_sched_chunk_done(&c, true);
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.n, 50);
+    assert_int_equal(b.items[0]->index, first);
+    assert_null(loom_sched_batch_whole(&b)); //  dropped: it can never go whole now
+    assert_int_equal(s_chunk_msgs_freed, 2);
+    s_complete(s, &b);
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.n, 50);
+    assert_null(loom_sched_batch_whole(&b));
+    s_complete(s, &b);
+
+    //  A busy worker waits for the room to take a whole batch rather than
+    //  cut it; given the room, it gets it whole.
+    loom_sched_worker_remove(s, &w, NULL, false);
+    w = loom_sched_worker_new(s, NULL, 0);
+    c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 1000);
+    for (uint32_t i = 0; i < 1000; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c, i, next, &next, 8, NULL, 0), 0);
+    loom_sched_chunk_done(&c, true);
+    loom_sched_chunk *c2 = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 1000);
+    for (uint32_t i = 0; i < 1000; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c2, i, next, &next, 8, NULL, 0), 0);
+    loom_sched_chunk_done(&c2, true);
+    loom_sched_chunk *c3 = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 1000);
+    for (uint32_t i = 0; i < 1000; i++, next++)
+        assert_int_equal(loom_sched_submit_from(s, m, c3, i, next, &next, 8, NULL, 0), 0);
+    loom_sched_chunk_done(&c3, true);
+    loom_sched_batch b1, b2, b3;
+    assert_true(loom_sched_next_batch(s, &b1));
+    assert_int_equal(b1.n, 1000);
+    msg = loom_sched_batch_whole(&b1);
+    assert_non_null(msg);
+    free(msg);
+    assert_true(loom_sched_next_batch(s, &b2));
+    assert_int_equal(b2.n, 1000);
+    msg = loom_sched_batch_whole(&b2);
+    assert_non_null(msg);
+    free(msg);
+    assert_false(loom_sched_next_batch(s, &b3)); //  2000 out of 2048: waits
+    s_complete(s, &b1);
+    assert_true(loom_sched_next_batch(s, &b3));
+    assert_int_equal(b3.n, 1000);
+    msg = loom_sched_batch_whole(&b3);
+    assert_non_null(msg);
+    free(msg);
+    s_complete(s, &b2);
+    s_complete(s, &b3);
+    assert_int_equal(s_chunk_msgs_freed, 2);
+    loom_sched_destroy(&s);
+}
+
 static void
 test_sched_map_fail(void **state)
 {
@@ -1627,6 +1734,7 @@ main(void)
         cmocka_unit_test(test_sched_retries_exhausted),
         cmocka_unit_test(test_sched_credit_caps),
         cmocka_unit_test(test_sched_map_fail),
+        cmocka_unit_test(test_sched_chunk_goes_whole),
         cmocka_unit_test(test_sched_items_keep_their_input),
         cmocka_unit_test(test_sched_in_flight_colliding_indices),
         cmocka_unit_test(test_sched_reduce_folds_partials),
