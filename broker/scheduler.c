@@ -749,7 +749,10 @@ s_seen_mark(loom_sched_map *m, uint64_t index)
     if (m->seen[word] & bit)
         return LOOM_ESTATE;
     m->seen[word] |= bit;
-    //  Slide the window past full leading words.
+    //  Slide the window past full leading words, which can only start
+    //  when the first word fills up.
+    if (word != 0 || m->seen[0] != UINT64_MAX)
+        return 0;
     size_t full = 0;
     while (full < m->seen_words && m->seen[full] == UINT64_MAX)
         full++;
