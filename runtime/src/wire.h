@@ -321,7 +321,10 @@ bool loom_wire_forwardable(const loom_msg *m);
 //  Send a forwardable message on as the frame it came in, with its map id
 //  replaced by `map` (no encoding, no copy), preceded by the routing id
 //  when rid is not NULL. Takes *msg_p whatever happens (sets it NULL): the
-//  spans it held are gone. Returns 0 or the codes of loom_wire_send.
+//  spans it held are gone. Returns 0 or the codes of loom_wire_send. The
+//  map id is written into the frame's bytes: fine for a frame received
+//  over ipc or tcp, and over inproc when its sender let go of its bytes
+//  (loom's senders all do: nothing sends the same bytes twice).
 int loom_wire_forward(void *sock, const void *rid, size_t rid_len, loom_msg **msg_p, uint64_t map,
                       int flags);
 
