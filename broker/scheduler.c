@@ -1287,8 +1287,8 @@ s_wait_for_room(const loom_sched_map *m, const loom_sched_worker *w, size_t bs)
 {
     const loom_sched_item *head = m->queue.head;
     const loom_sched_chunk *c = head->chunk;
-    if (!c || !c->msg || head->slot != 0)
-        return false;
+    if (m->def.chunk || !c || !c->msg || head->slot != 0)
+        return false; //  a map with a set chunk gets batches of that size
     size_t cap = w->credit < 2 * bs ? w->credit : 2 * bs;
     return c->n <= cap && w->items.n >= c->n && cap - w->items.n < c->n;
 }
@@ -1329,7 +1329,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                     n = 1;
                 //  A client's batch at the head that fits and is not much
                 //  smaller goes out alone, so it can go as its own bytes.
-                loom_sched_chunk *c = m->queue.head->chunk;
+                loom_sched_chunk *c = m->def.chunk ? NULL : m->queue.head->chunk;
                 if (c && c->msg && m->queue.head->slot == 0 && c->n <= n && 2 * c->n >= n)
                     n = c->n;
                 if (m->queue.head->solo)
@@ -1345,7 +1345,7 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                     //  End before a client's batch that could go whole
                     //  next time (once the batch is half full, or when
                     //  that one is big): batches keep to the clients'.
-                    loom_sched_chunk *ic = it->chunk;
+                    loom_sched_chunk *ic = m->def.chunk ? NULL : it->chunk;
                     if (b->n && ic && it->slot == 0 && ic->msg &&
                         (2 * b->n >= n || 2 * ic->n >= n))
                         break;

@@ -533,6 +533,22 @@ test_sched_chunk_goes_whole(void **state)
     s_complete(s, &b2);
     s_complete(s, &b3);
     assert_int_equal(s_chunk_msgs_freed, 2);
+
+    //  A map with a set chunk gets batches of that size, whatever the
+    //  client's batches were.
+    loom_sched_map *m2 = s_map(s, 300, 0, false);
+    uint64_t k = 0;
+    for (int j = 0; j < 2; j++) {
+        c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 250);
+        for (uint32_t i = 0; i < 250; i++, k++)
+            assert_int_equal(loom_sched_submit_from(s, m2, c, i, k, &k, 8, NULL, 0), 0);
+        loom_sched_chunk_done(&c, true);
+    }
+    assert_true(loom_sched_next_batch(s, &b));
+    assert_int_equal(b.n, 300);
+    assert_null(loom_sched_batch_whole(&b));
+    s_complete(s, &b);
+    assert_int_equal(s_chunk_msgs_freed, 4);
     loom_sched_destroy(&s);
 }
 
