@@ -1097,6 +1097,19 @@ s_on_bind(s_broker *self, zmsg_t *msg)
     zstr_free(&blob_ep);
 }
 
+//  BIND-LOCAL inproc-endpoint: a second task endpoint for a client in this
+//  process (embedded mode), after BIND. Its messages skip libzmq's I/O
+//  thread; the broker treats them as any other peer's.
+static void
+s_on_bind_local(s_broker *self, zmsg_t *msg)
+{
+    char *ep = zmsg_popstr(msg);
+    bool ok = self->bound && ep && strncmp(ep, "inproc://", 9) == 0 &&
+              zsock_bind(self->tasks, "%s", ep) == 0;
+    zstr_send(self->pipe, ok ? "OK" : "ERROR");
+    zstr_free(&ep);
+}
+
 //  STORE dir cap ttl_ms [temp]: where and how the blob store lives.
 static void
 s_on_store(s_broker *self, zmsg_t *msg)
@@ -1131,6 +1144,8 @@ s_on_pipe(zloop_t *loop, zsock_t *reader, void *arg)
         rc = -1;
     else if (streq(cmd, "BIND"))
         s_on_bind(self, msg);
+    else if (streq(cmd, "BIND-LOCAL"))
+        s_on_bind_local(self, msg);
     else if (streq(cmd, "STATS")) {
         loom_msg m = {.type = LOOM_MSG_STATS};
         s_stats_fill(self, &m.u.stats);

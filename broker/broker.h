@@ -40,6 +40,9 @@ typedef struct {
 //  "BIND" task_ep blob_ep  -> replies "OK" bound_task bound_blob | "ERROR" message
 //      (blob_ep may be "" = none; `tcp://127.0.0.1:*` allowed: the reply
 //      carries the real endpoint; a bad CURVE setup fails here)
+//  "BIND-LOCAL" inproc_ep -> replies "OK" | "ERROR": after BIND, a second
+//      task endpoint (inproc:// only) for a client in the broker's process,
+//      whose messages then skip libzmq's I/O thread (embedded mode)
 //  "STATS"   -> replies one frame: an encoded Stats message (loom_wire_encode)
 //  "STORE" dir cap ttl_ms [temp] -> replies "OK" | "ERROR": the blob store's
 //      directory ("" = a private temp dir), size cap in bytes and time-to-live

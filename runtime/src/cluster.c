@@ -27,6 +27,7 @@ struct loom__cluster {
     char *dir;        //  private 0700 directory, removed at destroy
     char *task_ep;    //  ipc://DIR/tasks
     char *blob_ep;    //  ipc://DIR/blobs
+    char *local_ep;   //  inproc:// endpoint of the broker for the client
     zactor_t *broker; //  in-process broker
     pid_t supervisor; //  `loom worker` process, 0 if not started
 };
@@ -128,6 +129,18 @@ loom__cluster_new(int workers, const char *plugin_path)
         goto fail;
     }
     free(error);
+    //  The client talks to its broker over inproc (no trip through
+    //  libzmq's I/O thread); the worker processes over ipc.
+    self->local_ep = loom_xmalloc(64);
+    snprintf(self->local_ep, 64, "inproc://loom-cluster-%p", (void *)self);
+    zstr_sendx(self->broker, "BIND-LOCAL", self->local_ep, NULL);
+    char *reply = zstr_recv(self->broker);
+    bool local_ok = reply && streq(reply, "OK");
+    zstr_free(&reply);
+    if (!local_ok) {
+        loom_log_error("loom: the embedded broker cannot bind %s", self->local_ep);
+        goto fail;
+    }
     char *store = loom_xmalloc(strlen(self->dir) + 16);
     sprintf(store, "%s/store", self->dir);
     int src = loom_broker_set_store(self->broker, store, 0, 0, true);
@@ -181,6 +194,7 @@ loom__cluster_destroy(loom__cluster **self_p)
         s_remove_dir(self->dir);
     free(self->task_ep);
     free(self->blob_ep);
+    free(self->local_ep);
     free(self->dir);
     free(self);
     *self_p = NULL;
@@ -189,7 +203,7 @@ loom__cluster_destroy(loom__cluster **self_p)
 const char *
 loom__cluster_endpoint(const loom__cluster *self)
 {
-    return self->task_ep;
+    return self->local_ep;
 }
 
 const char *

@@ -609,6 +609,7 @@ typedef enum {
     W_SILENT,    //  never answers anything, never heartbeats
     W_HOLD,      //  keeps items without answering, heartbeats
     W_DUPLICATE, //  answers each batch twice
+    W_EXTRA,     //  answers each batch with its first result repeated at the end
     W_FAIL_OPEN  //  cannot load the plugin: Error + failed results
 } worker_mode;
 
@@ -685,6 +686,8 @@ s_worker_handle(fake_worker *w, loom_msg *m)
     if (!tb->combine) {
         r.u.result_batch.results = res;
         r.u.result_batch.nresults = tb->nitems;
+        if (w->mode == W_EXTRA && tb->nitems < LOOM_SCHED_MAX_BATCH)
+            res[r.u.result_batch.nresults++] = res[0];
     }
     if (w->reduce && w->mode != W_FAIL_OPEN) {
         r.u.result_batch.has_partial = true;
@@ -1048,6 +1051,72 @@ test_duplicate_results_dropped(void **state)
     assert_int_equal(st.items_done, n);
     //  No more results reach the client.
     assert_null(s_recv(client, 100));
+    free(c.seen);
+    zsock_destroy(&w.sock);
+    zsock_destroy(&client);
+}
+
+//  A batch with one result the broker must drop (a repeat within the
+//  batch) is not forwarded whole: the client gets every other result
+//  exactly once, and the repeat is counted.
+static void
+test_partly_dropped_batch_reencoded(void **state)
+{
+    fixture *f = *state;
+    const size_t n = 500;
+    zsock_t *client = s_peer(f);
+    s_hello(client, LOOM_ROLE_CLIENT, "", 1, 0);
+    fake_worker w;
+    s_worker_init(f, &w, W_EXTRA, "h", 10, 0);
+    fake_client c;
+    s_client_init(&c, n);
+    s_map_open(client, 3, "squares", false, 0);
+    s_submit(client, 3, 0, n);
+    s_map_end(client, 3, n);
+    assert_true(s_pump(client, &c, &w, 1, NULL, s_until_ended));
+    assert_int_equal(c.results, n);
+    assert_int_equal(c.failed, 0);
+    loom_wire_stats st = s_stats(f->broker);
+    assert_int_equal(st.items_done, n);
+    assert_true(st.results_dropped > 0 && st.results_dropped < n); //  one per batch
+    assert_null(s_recv(client, 100));
+    free(c.seen);
+    zsock_destroy(&w.sock);
+    zsock_destroy(&client);
+}
+
+//  BIND-LOCAL: a second task endpoint, inproc only and only once bound,
+//  where a client in the broker's process is served like any other.
+static void
+test_local_endpoint(void **state)
+{
+    fixture *f = *state;
+    zstr_sendx(f->broker, "BIND-LOCAL", "ipc:///tmp/not-inproc", NULL);
+    char *reply = zstr_recv(f->broker);
+    assert_string_equal(reply, "ERROR");
+    zstr_free(&reply);
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://test-broker-local-%d", (int)getpid());
+    zstr_sendx(f->broker, "BIND-LOCAL", ep, NULL);
+    reply = zstr_recv(f->broker);
+    assert_string_equal(reply, "OK");
+    zstr_free(&reply);
+
+    const size_t n = 300;
+    zsock_t *client = zsock_new(ZMQ_DEALER);
+    zsock_set_linger(client, 0);
+    assert_int_equal(zsock_connect(client, "%s", ep), 0);
+    s_hello(client, LOOM_ROLE_CLIENT, "", 1, 0);
+    fake_worker w;
+    s_worker_init(f, &w, W_NORMAL, "h", 10, 0);
+    fake_client c;
+    s_client_init(&c, n);
+    s_map_open(client, 1, "squares", false, 0);
+    s_submit(client, 1, 0, n);
+    s_map_end(client, 1, n);
+    assert_true(s_pump(client, &c, &w, 1, NULL, s_until_ended));
+    assert_int_equal(c.results, n);
+    assert_int_equal(c.failed, 0);
     free(c.seen);
     zsock_destroy(&w.sock);
     zsock_destroy(&client);
@@ -1460,6 +1529,8 @@ main(void)
         PT(test_two_workers_share),
         PT(test_silent_worker_expired),
         PT(test_duplicate_results_dropped),
+        PT(test_partly_dropped_batch_reencoded),
+        PT(test_local_endpoint),
         PT(test_worker_exit_requeues_at_once),
         PT(test_map_error_fails_all_items),
         PT(test_bad_names_refused),
