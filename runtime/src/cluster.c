@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -131,8 +132,11 @@ loom__cluster_new(int workers, const char *plugin_path)
     free(error);
     //  The client talks to its broker over inproc (no trip through
     //  libzmq's I/O thread); the worker processes over ipc.
+    //  Named once per cluster: a name reused right away could still be
+    //  held by the previous broker's socket, which libzmq closes later.
+    static atomic_uint s_clusters;
     self->local_ep = loom_xmalloc(64);
-    snprintf(self->local_ep, 64, "inproc://loom-cluster-%p", (void *)self);
+    snprintf(self->local_ep, 64, "inproc://loom-cluster-%u", atomic_fetch_add(&s_clusters, 1));
     zstr_sendx(self->broker, "BIND-LOCAL", self->local_ep, NULL);
     char *reply = zstr_recv(self->broker);
     bool local_ok = reply && streq(reply, "OK");
