@@ -30,7 +30,7 @@
 #define S_DEFAULT_TIMEOUT_MS 5000
 #define S_DEFAULT_RECONNECT_MS 30000 //  a lost broker may be away this long
 #define S_BROKER_HWM 100000
-#define S_DRAIN_MAX 256 //  frames taken from the DEALER per look
+#define S_DRAIN_MAX 256   //  frames taken from the DEALER per look
 #define S_TICK_MAX_MS 100 //  the background thread looks at least this often
 
 //  ---------------------------------------------------------------------------
@@ -199,27 +199,27 @@ s_recv_frame(void *sock, zmq_msg_t *zm)
 typedef enum { S_UP, S_CONNECTING, S_RESUMING, S_LOST } s_state;
 
 struct loom__link {
-    pthread_mutex_t mu;      //  guards everything below; its holder owns the DEALER
-    pthread_cond_t wake;     //  the background thread sleeps on it
-    pthread_t thread;        //  background thread
-    bool started;            //  it runs
-    bool stop;               //  asks it to end
-    zsock_t *dealer;         //  to the broker
-    void *dh;                //  its libzmq handle
-    char *endpoint;          //  broker
-    char *cert_path;         //  CURVE (for reconnections), or NULL
-    char *server_key;        //  its broker key, or NULL
-    int64_t reconnect_ms;    //  how long a lost broker may stay away
-    int64_t hb, expiry;      //  heartbeat interval; silence that means lost
-    s_state state;           //  see above
-    int64_t last_recv;       //  anything from the broker (loom_now_ms)
-    int64_t last_send;       //  anything to it
-    int64_t lost_at;         //  S_CONNECTING since
-    int64_t hello_at;        //  Hello sent (or DEALER made) at
-    bool hello_sent;         //  on the current DEALER
+    pthread_mutex_t mu;       //  guards everything below; its holder owns the DEALER
+    pthread_cond_t wake;      //  the background thread sleeps on it
+    pthread_t thread;         //  background thread
+    bool started;             //  it runs
+    bool stop;                //  asks it to end
+    zsock_t *dealer;          //  to the broker
+    void *dh;                 //  its libzmq handle
+    char *endpoint;           //  broker
+    char *cert_path;          //  CURVE (for reconnections), or NULL
+    char *server_key;         //  its broker key, or NULL
+    int64_t reconnect_ms;     //  how long a lost broker may stay away
+    int64_t hb, expiry;       //  heartbeat interval; silence that means lost
+    s_state state;            //  see above
+    int64_t last_recv;        //  anything from the broker (loom_now_ms)
+    int64_t last_send;        //  anything to it
+    int64_t lost_at;          //  S_CONNECTING since
+    int64_t hello_at;         //  Hello sent (or DEALER made) at
+    bool hello_sent;          //  on the current DEALER
     void *hb_buf, *hello_buf; //  encoded Heartbeat and Hello
     size_t hb_len, hello_len;
-    zmq_msg_t *q;            //  frames for the API thread, in order (owned)
+    zmq_msg_t *q; //  frames for the API thread, in order (owned)
     size_t q_len, q_cap;
 };
 

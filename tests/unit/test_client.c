@@ -839,7 +839,7 @@ test_idle_client_keeps_its_session(void **state)
     unsigned before = atomic_load(&env.fake->cfg.heartbeats);
     zclock_sleep(400); //  the user's own work, not a wait for something
     unsigned during = atomic_load(&env.fake->cfg.heartbeats) - before;
-    assert_true(during >= 5); //  one per 20 ms idle: about 20
+    assert_true(during >= 5);              //  one per 20 ms idle: about 20
     assert_null(s_fake_recv(env.fake, 0)); //  no new Hello: never reconnected
     assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
     assert_int_equal(r.index, 0);
