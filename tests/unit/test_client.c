@@ -1097,6 +1097,8 @@ test_embedded_cluster_end_to_end(void **state)
     assert_int_equal(stat(dir, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
     assert_true(sup > 0);
+    //  The client reaches the broker in its own process over inproc://.
+    assert_memory_equal(c->endpoint, "inproc://", 9);
 
     s_embedded_run(c, false, 2000);
     s_embedded_run(c, true, 2000);
