@@ -1,13 +1,20 @@
 /*  client: a connection to a loom broker (or an embedded local cluster),
-    its I/O thread, pipelines, and the dispatch of broker messages to maps.
+    its link, pipelines, and the dispatch of broker messages to maps.
 
-    The I/O thread (a zactor) owns the DEALER: it says Hello, waits for
-    Welcome, forwards encoded frames between the broker and the API thread
-    over an inproc PAIR without decoding them (it only peeks at the message
-    type to swallow the broker's heartbeats), sends heartbeats when the
-    connection is idle and reports a silent broker as lost. The API thread
-    encodes what it sends and decodes what it receives; map.c does the rest.
-    See runtime/wire/PROTOCOL.md.  */
+    The link owns the DEALER to the broker, under a mutex: whoever holds it
+    uses the socket. The API thread (the user's) takes it to send, and to
+    wait for the broker directly on the DEALER, with no thread between it
+    and the broker (an inproc pair to an I/O thread cost two thread
+    wake-ups per round trip); while it holds it, it also does the session's
+    duties when due. A background thread does them while the API thread is
+    away (in its own code, or in an on_result callback): it wakes when a
+    duty is due, or every S_TICK_MAX_MS, takes the mutex (waiting for the
+    API thread to leave its call), moves what the broker sent into a queue
+    without decoding it (it only peeks at the message type to swallow the
+    broker's heartbeats), sends heartbeats when the connection is idle,
+    reconnects to a silent broker and reports one gone too long as lost.
+    Only the API thread decodes and dispatches; map.c does the rest. See
+    runtime/wire/PROTOCOL.md.  */
 
 #include "client_priv.h"
 #include "blob_transfer.h"
@@ -17,15 +24,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
 #define S_DEFAULT_TIMEOUT_MS 5000
 #define S_DEFAULT_RECONNECT_MS 30000 //  a lost broker may be away this long
-#define S_PIPE_HWM 100000 //  frames (batches) each way on the inproc pair
 #define S_BROKER_HWM 100000
-#define S_DRAIN_MAX 256 //  frames moved per direction per wake-up
+#define S_DRAIN_MAX 256   //  frames taken from the DEALER per look
+#define S_TICK_MAX_MS 100 //  the background thread looks at least this often
 
 //  ---------------------------------------------------------------------------
 //  Library set-up, once per process
@@ -55,17 +61,12 @@ s_library_init(void)
 }
 
 //  ---------------------------------------------------------------------------
-//  I/O thread
+//  Handshake and frames
 
 typedef struct {
     const char *endpoint;      //  broker
-    char data_ep[64];          //  inproc pair
     int timeout_ms;            //  handshake
-    int reconnect_ms;          //  how long a lost broker may stay away
-    const char *cert_path;     //  CURVE, or NULL
-    const char *server_key;
     loom_wire_welcome welcome; //  out: the broker's Welcome
-    int status;                //  out: 0, or a negative code
     char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
 } s_io_args;
 
@@ -186,74 +187,90 @@ s_recv_frame(void *sock, zmq_msg_t *zm)
     }
 }
 
-static void
-s_io_actor(zsock_t *pipe, void *args)
+//  ---------------------------------------------------------------------------
+//  The link: the DEALER to the broker and the session around it
+
+//  S_UP: frames go both ways. S_CONNECTING: the broker was lost; a new
+//  DEALER says Hello and waits for Welcome, frames from the API thread are
+//  dropped. S_RESUMING: the Welcome is queued for the API thread, which
+//  marks the session resumed and then reopens its pipelines and maps and
+//  resubmits what has no result: what it sent before is dropped (it is
+//  redone). S_LOST: the broker stayed away too long.
+typedef enum { S_UP, S_CONNECTING, S_RESUMING, S_LOST } s_state;
+
+struct loom__link {
+    pthread_mutex_t mu;       //  guards everything below; its holder owns the DEALER
+    pthread_cond_t wake;      //  the background thread sleeps on it
+    pthread_t thread;         //  background thread
+    bool started;             //  it runs
+    bool stop;                //  asks it to end
+    zsock_t *dealer;          //  to the broker
+    void *dh;                 //  its libzmq handle
+    char *endpoint;           //  broker
+    char *cert_path;          //  CURVE (for reconnections), or NULL
+    char *server_key;         //  its broker key, or NULL
+    int64_t reconnect_ms;     //  how long a lost broker may stay away
+    int64_t hb, expiry;       //  heartbeat interval; silence that means lost
+    s_state state;            //  see above
+    int64_t last_recv;        //  anything from the broker (loom_now_ms)
+    int64_t last_send;        //  anything to it
+    int64_t lost_at;          //  S_CONNECTING since
+    int64_t hello_at;         //  Hello sent (or DEALER made) at
+    bool hello_sent;          //  on the current DEALER
+    void *hb_buf, *hello_buf; //  encoded Heartbeat and Hello
+    size_t hb_len, hello_len;
+    zmq_msg_t *q; //  frames for the API thread, in order (owned)
+    size_t q_len, q_cap;
+};
+
+//  A fresh DEALER to the endpoint, replacing the old one. Returns 0, or a
+//  code with the reason logged when `first` (later attempts repeat what
+//  worked once).
+static int
+s_link_dealer(loom__link *l, bool first)
 {
-    s_io_args *a = args;
-    zsock_t *dealer = zsock_new(ZMQ_DEALER);
-    zsock_t *data = zsock_new(ZMQ_PAIR);
-    LOOM_ASSERT(dealer && data);
-    zsock_set_immediate(dealer, 1);
-    zsock_set_linger(dealer, 0);
-    zsock_set_sndhwm(dealer, S_BROKER_HWM);
-    zsock_set_rcvhwm(dealer, S_BROKER_HWM);
-    zsock_set_sndhwm(data, S_PIPE_HWM);
-    zsock_set_rcvhwm(data, S_PIPE_HWM);
-    zsock_set_linger(data, 0);
-    void *dh = zsock_resolve(dealer);
-    void *ph = zsock_resolve(data);
-
-    a->status = 0;
+    zsock_destroy(&l->dealer);
+    l->dealer = zsock_new(ZMQ_DEALER);
+    LOOM_ASSERT(l->dealer);
+    zsock_set_immediate(l->dealer, 1);
+    zsock_set_linger(l->dealer, 0);
+    zsock_set_sndhwm(l->dealer, S_BROKER_HWM);
+    zsock_set_rcvhwm(l->dealer, S_BROKER_HWM);
+    l->dh = zsock_resolve(l->dealer);
     char *curve_err = NULL;
-    if (zsock_connect(data, "%s", a->data_ep) != 0)
-        a->status = LOOM_EIO;
-    else if (loom_curve_client_setup(dh, a->cert_path, a->server_key, &curve_err) != 0) {
-        loom_log_error("loom: %s", curve_err);
+    if (loom_curve_client_setup(l->dh, l->cert_path, l->server_key, first ? &curve_err : NULL) !=
+        0) {
+        if (first)
+            loom_log_error("loom: %s", curve_err ? curve_err : "CURVE set-up failed");
         free(curve_err);
-        a->status = LOOM_EINVAL;
-    } else if (zmq_connect(dh, a->endpoint) != 0) {
-        loom_log_error("loom: cannot connect to %s: %s", a->endpoint, zmq_strerror(zmq_errno()));
-        a->status = LOOM_EINVAL;
-    } else {
-        a->status = s_io_handshake(dh, a);
-        if (a->status == LOOM_ETIMEDOUT)
-            loom_log_error("loom: no answer from broker at %s within %d ms", a->endpoint,
-                           a->timeout_ms);
+        return LOOM_EINVAL;
     }
-    //  `a` lives on the API thread's stack until zactor_new returns: copy
-    //  what we need before we signal.
-    const char *endpoint = a->endpoint;
-    int64_t reconnect_ms = a->reconnect_ms;
-    //  CURVE keys for the reconnections (the options are the caller's).
-    char *cert_path = a->cert_path ? loom_xstrdup(a->cert_path) : NULL;
-    char *server_key = a->server_key ? loom_xstrdup(a->server_key) : NULL;
-    int64_t hb = a->welcome.heartbeat_ms;
-    int64_t expiry = hb * a->welcome.liveness;
-    bool failed = a->status != 0;
-    zsock_signal(pipe, 0);
-    if (failed) {
-        //  Wait for $TERM all the same, as zactor_destroy expects.
-        while (true) {
-            char *cmd = zstr_recv(pipe);
-            bool term = !cmd || streq(cmd, "$TERM");
-            zstr_free(&cmd);
-            if (term)
-                break;
-        }
-        free(cert_path);
-        free(server_key);
-        zsock_destroy(&data);
-        zsock_destroy(&dealer);
-        return;
+    if (zmq_connect(l->dh, l->endpoint) != 0) {
+        if (first)
+            loom_log_error("loom: cannot connect to %s: %s", l->endpoint,
+                           zmq_strerror(zmq_errno()));
+        return LOOM_EINVAL;
     }
+    return 0;
+}
 
-    int64_t last_recv = loom_now_ms(), last_send = last_recv;
-    void *hb_buf = NULL;
-    size_t hb_len = 0;
+static loom__link *
+s_link_new(const char *endpoint, const char *cert_path, const char *server_key,
+           int64_t reconnect_ms)
+{
+    loom__link *l = loom_xcalloc(1, sizeof *l);
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    l->endpoint = loom_xstrdup(endpoint);
+    l->cert_path = cert_path ? loom_xstrdup(cert_path) : NULL;
+    l->server_key = server_key ? loom_xstrdup(server_key) : NULL;
+    l->reconnect_ms = reconnect_ms;
     loom_msg hbm = {.type = LOOM_MSG_HEARTBEAT};
-    LOOM_ASSERT(loom_wire_encode(&hbm, &hb_buf, &hb_len) == 0);
-    void *hello_buf = NULL;
-    size_t hello_len = 0;
+    LOOM_ASSERT(loom_wire_encode(&hbm, &l->hb_buf, &l->hb_len) == 0);
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     loom_msg hello = {.type = LOOM_MSG_HELLO};
@@ -261,219 +278,254 @@ s_io_actor(zsock_t *pipe, void *args)
     hello.u.hello.host = host;
     hello.u.hello.pid = (uint32_t)getpid();
     hello.u.hello.software = loom_version();
-    LOOM_ASSERT(loom_wire_encode(&hello, &hello_buf, &hello_len) == 0);
+    LOOM_ASSERT(loom_wire_encode(&hello, &l->hello_buf, &l->hello_len) == 0);
+    return l;
+}
 
-    //  S_UP: forwarding both ways. S_CONNECTING: the broker was lost; a new
-    //  DEALER says Hello and waits for Welcome, frames from the API thread
-    //  are dropped. S_RESUMING: the Welcome went to the API thread, which
-    //  answers with a resume marker and then reopens its pipelines and maps
-    //  and resubmits what has no result: everything before the marker is
-    //  dropped (it is redone). S_LOST: the broker stayed away too long.
-    enum { S_UP, S_CONNECTING, S_RESUMING, S_LOST } state = S_UP;
-    int64_t lost_at = 0, hello_at = 0;
-    bool hello_sent = false;
+static void
+s_link_destroy(loom__link **l_p)
+{
+    loom__link *l = *l_p;
+    if (!l)
+        return;
+    if (l->started) {
+        pthread_mutex_lock(&l->mu);
+        l->stop = true;
+        pthread_cond_signal(&l->wake);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->thread, NULL);
+    }
+    for (size_t i = 0; i < l->q_len; i++)
+        zmq_msg_close(&l->q[i]);
+    free(l->q);
+    zsock_destroy(&l->dealer);
+    free(l->hb_buf);
+    free(l->hello_buf);
+    free(l->endpoint);
+    free(l->cert_path);
+    free(l->server_key);
+    pthread_cond_destroy(&l->wake);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+    *l_p = NULL;
+}
 
-    zmq_msg_t in, out; //  pending frames: broker -> API, API -> broker
-    zmq_msg_init(&in);
-    zmq_msg_init(&out);
-    bool has_in = false, has_out = false;
-    bool lost_told = true;
-    bool terminated = false;
-    while (!terminated) {
-        int64_t now = loom_now_ms();
-        bool up = state == S_UP || state == S_RESUMING;
-        int64_t wait = up ? last_send + hb - now : 10;
-        if (up && last_recv + expiry - now < wait)
-            wait = last_recv + expiry - now;
-        if (!lost_told || (state == S_CONNECTING && !hello_sent))
-            wait = 10;
-        if (wait < 0)
-            wait = 0;
-        short dev = (short)(has_in ? 0 : ZMQ_POLLIN);
-        if (has_out && state == S_UP)
-            dev |= ZMQ_POLLOUT;
-        zmq_pollitem_t items[3] = {
-            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
-            {dh, 0, state == S_LOST ? 0 : dev, 0},
-            {ph, 0,
-             (short)((has_out && state == S_UP ? 0 : ZMQ_POLLIN) | (has_in ? ZMQ_POLLOUT : 0)),
-             0},
-        };
-        if (zmq_poll(items, 3, (long)wait) < 0) {
-            if (zmq_errno() == EINTR)
-                continue;
+//  Send a copy of an encoded message we keep (Hello, Heartbeat).
+static int
+s_link_send_copy(loom__link *l, const void *buf, size_t len)
+{
+    zmq_msg_t zm;
+    zmq_msg_init_size(&zm, len);
+    memcpy(zmq_msg_data(&zm), buf, len);
+    if (zmq_msg_send(&zm, l->dh, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&zm);
+        return -1;
+    }
+    return 0;
+}
+
+//  One frame from the broker, in *zm: true to keep it for the API thread.
+//  Sets *reconnect when the broker has lost our session.
+static bool
+s_link_frame(loom__link *l, zmq_msg_t *zm, bool *reconnect)
+{
+    const uint8_t *b = zmq_msg_data(zm);
+    size_t len = zmq_msg_size(zm);
+    int type = s_peek_type(b, len);
+    if (type == LOOM_MSG_HEARTBEAT || len == 0)
+        return false;
+    if (type == LOOM_MSG_ERROR || type == LOOM_MSG_WELCOME) {
+        //  Rare: decode them here, the session depends on them.
+        loom_msg *m = NULL;
+        if (loom_wire_decode(b, len, &m) == 0) {
+            if (m->type == LOOM_MSG_ERROR && m->u.error.code == LOOM_ESTATE &&
+                m->u.error.map == 0 && m->u.error.pipeline == 0)
+                type = -2; //  the broker has no session for us
+            else if (m->type == LOOM_MSG_WELCOME) {
+                if (m->u.welcome.heartbeat_ms)
+                    l->hb = m->u.welcome.heartbeat_ms;
+                l->expiry = l->hb * (m->u.welcome.liveness ? m->u.welcome.liveness : 3);
+            }
+        }
+        loom_msg_destroy(&m);
+    }
+    if (l->state == S_CONNECTING) {
+        if (type == LOOM_MSG_WELCOME) {
+            loom_log_notice("loom: reconnected to the broker at %s after %d ms: resubmitting",
+                            l->endpoint, (int)(loom_now_ms() - l->lost_at));
+            l->state = S_RESUMING;
+            return true; //  the Welcome tells the API thread to resume
+        }
+        return false; //  anything else belongs to the session that is gone
+    }
+    if (type == -2) {
+        loom_log_notice("loom: the broker at %s lost our session: reconnecting", l->endpoint);
+        *reconnect = true;
+        return false;
+    }
+    return true;
+}
+
+//  The session's duties, by whichever thread holds the lock: move the
+//  frames the broker sent into the queue, detect a silent broker and
+//  reconnect, say Hello again, send heartbeats. Returns how many ms until
+//  something is due.
+static int64_t
+s_link_service(loom__link *l)
+{
+    bool reconnect = false;
+    for (int n = 0; n < S_DRAIN_MAX && l->state != S_LOST && !reconnect; n++) {
+        if (l->q_len == l->q_cap) {
+            size_t cap = l->q_cap ? l->q_cap * 2 : 64;
+            zmq_msg_t *q = loom_xmalloc(cap * sizeof *q);
+            for (size_t i = 0; i < l->q_len; i++) {
+                zmq_msg_init(&q[i]);
+                zmq_msg_move(&q[i], &l->q[i]);
+                zmq_msg_close(&l->q[i]);
+            }
+            free(l->q);
+            l->q = q;
+            l->q_cap = cap;
+        }
+        zmq_msg_t *zm = &l->q[l->q_len];
+        zmq_msg_init(zm);
+        if (s_recv_frame(l->dh, zm) <= 0) {
+            zmq_msg_close(zm);
             break;
         }
-        if (items[0].revents & ZMQ_POLLIN) {
-            char *cmd = zstr_recv(pipe);
-            if (!cmd || streq(cmd, "$TERM"))
-                terminated = true;
-            zstr_free(&cmd);
-        }
-        bool reconnect = false;
-        //  Broker -> API
-        for (int n = 0; n < S_DRAIN_MAX && state != S_LOST; n++) {
-            if (has_in) {
-                if (zmq_msg_send(&in, ph, ZMQ_DONTWAIT) < 0)
-                    break;
-                has_in = false;
+        l->last_recv = loom_now_ms();
+        if (s_link_frame(l, zm, &reconnect))
+            l->q_len++;
+        else
+            zmq_msg_close(zm);
+    }
+    int64_t now = loom_now_ms();
+    bool up = l->state == S_UP || l->state == S_RESUMING;
+    if (!reconnect && up && now - l->last_recv > l->expiry) {
+        loom_log_warning("loom: broker at %s silent for %d ms: reconnecting", l->endpoint,
+                         (int)(now - l->last_recv));
+        reconnect = true;
+    }
+    if (reconnect) {
+        if (up)
+            l->lost_at = now;
+        l->state = S_CONNECTING;
+        l->hello_sent = false;
+        l->hello_at = now;
+        s_link_dealer(l, false);
+    }
+    if (l->state == S_CONNECTING) {
+        if (now - l->lost_at > l->reconnect_ms) {
+            loom_log_error("loom: broker at %s gone for %d ms: lost", l->endpoint,
+                           (int)(now - l->lost_at));
+            l->state = S_LOST;
+        } else if (!l->hello_sent) {
+            if (s_link_send_copy(l, l->hello_buf, l->hello_len) == 0) {
+                l->hello_sent = true;
+                l->hello_at = now;
             }
-            int rc = s_recv_frame(dh, &in);
-            if (rc <= 0)
-                break;
-            last_recv = loom_now_ms();
-            const uint8_t *b = zmq_msg_data(&in);
-            size_t len = zmq_msg_size(&in);
-            int type = s_peek_type(b, len);
-            if (type == LOOM_MSG_HEARTBEAT || len == 0)
-                continue;
-            if (type == LOOM_MSG_ERROR || type == LOOM_MSG_WELCOME) {
-                //  Rare: decode them here, the session depends on them.
-                loom_msg *m = NULL;
-                if (loom_wire_decode(b, len, &m) == 0) {
-                    if (m->type == LOOM_MSG_ERROR && m->u.error.code == LOOM_ESTATE &&
-                        m->u.error.map == 0 && m->u.error.pipeline == 0)
-                        type = -2; //  the broker has no session for us
-                    else if (m->type == LOOM_MSG_WELCOME) {
-                        if (m->u.welcome.heartbeat_ms)
-                            hb = m->u.welcome.heartbeat_ms;
-                        expiry = hb * (m->u.welcome.liveness ? m->u.welcome.liveness : 3);
-                    }
-                }
-                loom_msg_destroy(&m);
-            }
-            if (state == S_CONNECTING) {
-                if (type == LOOM_MSG_WELCOME) {
-                    loom_log_notice("loom: reconnected to the broker at %s after %d ms: "
-                                    "resubmitting",
-                                    endpoint, (int)(loom_now_ms() - lost_at));
-                    state = S_RESUMING;
-                    has_in = true; //  the Welcome tells the API thread to resume
-                }
-                continue; //  anything else belongs to the session that is gone
-            }
-            if (type == -2) {
-                loom_log_notice("loom: the broker at %s lost our session: reconnecting",
-                                endpoint);
-                reconnect = true;
-                break;
-            }
-            has_in = true;
-        }
-        //  API -> broker
-        for (int n = 0; n < S_DRAIN_MAX && !reconnect; n++) {
-            if (has_out) {
-                if (state != S_UP) {
-                    zmq_msg_close(&out);
-                    zmq_msg_init(&out);
-                } else if (zmq_msg_send(&out, dh, ZMQ_DONTWAIT) < 0)
-                    break;
-                has_out = false;
-                last_send = loom_now_ms();
-            }
-            int rc = s_recv_frame(ph, &out);
-            if (rc <= 0)
-                break;
-            if (zmq_msg_size(&out) == 1 && *(const char *)zmq_msg_data(&out) == 'R') {
-                //  The resume marker: what follows is for this session.
-                if (state == S_RESUMING)
-                    state = S_UP;
-                continue;
-            }
-            has_out = true;
-        }
-        now = loom_now_ms();
-        if (!reconnect && (state == S_UP || state == S_RESUMING) && now - last_recv > expiry) {
-            loom_log_warning("loom: broker at %s silent for %d ms: reconnecting", endpoint,
-                             (int)(now - last_recv));
-            reconnect = true;
-        }
-        if (reconnect) {
-            if (state == S_UP || state == S_RESUMING)
-                lost_at = now;
-            state = S_CONNECTING;
-            hello_sent = false;
-            hello_at = now;
-            zsock_destroy(&dealer);
-            dealer = zsock_new(ZMQ_DEALER);
-            LOOM_ASSERT(dealer);
-            zsock_set_immediate(dealer, 1);
-            zsock_set_linger(dealer, 0);
-            zsock_set_sndhwm(dealer, S_BROKER_HWM);
-            zsock_set_rcvhwm(dealer, S_BROKER_HWM);
-            dh = zsock_resolve(dealer);
-            loom_curve_client_setup(dh, cert_path, server_key, NULL); //  checked at start
-            zmq_connect(dh, endpoint);
-        }
-        if (state == S_CONNECTING) {
-            if (now - lost_at > reconnect_ms) {
-                loom_log_error("loom: broker at %s gone for %d ms: lost", endpoint,
-                               (int)(now - lost_at));
-                state = S_LOST;
-                lost_told = false;
-            } else if (!hello_sent) {
-                zmq_msg_t zm;
-                zmq_msg_init_size(&zm, hello_len);
-                memcpy(zmq_msg_data(&zm), hello_buf, hello_len);
-                if (zmq_msg_send(&zm, dh, ZMQ_DONTWAIT) < 0)
-                    zmq_msg_close(&zm);
-                else {
-                    hello_sent = true;
-                    hello_at = now;
-                }
-            } else if (now - hello_at > expiry) {
-                //  No Welcome: try a fresh connection.
-                hello_sent = false;
-                zsock_destroy(&dealer);
-                dealer = zsock_new(ZMQ_DEALER);
-                LOOM_ASSERT(dealer);
-                zsock_set_immediate(dealer, 1);
-                zsock_set_linger(dealer, 0);
-                zsock_set_sndhwm(dealer, S_BROKER_HWM);
-                zsock_set_rcvhwm(dealer, S_BROKER_HWM);
-                dh = zsock_resolve(dealer);
-                loom_curve_client_setup(dh, cert_path, server_key, NULL);
-                zmq_connect(dh, endpoint);
-            }
-        }
-        if ((state == S_UP || state == S_RESUMING) && now - last_send >= hb &&
-            !(has_out && state == S_UP)) {
-            zmq_msg_t zm;
-            zmq_msg_init_size(&zm, hb_len);
-            memcpy(zmq_msg_data(&zm), hb_buf, hb_len);
-            if (zmq_msg_send(&zm, dh, ZMQ_DONTWAIT) < 0)
-                zmq_msg_close(&zm);
-            last_send = now;
-        }
-        if (!lost_told && !has_in) {
-            zmq_msg_t zm;
-            zmq_msg_init(&zm);
-            if (zmq_msg_send(&zm, ph, ZMQ_DONTWAIT) < 0)
-                zmq_msg_close(&zm);
-            else
-                lost_told = true;
+        } else if (now - l->hello_at > l->expiry) {
+            //  No Welcome: try a fresh connection.
+            l->hello_sent = false;
+            l->hello_at = now;
+            s_link_dealer(l, false);
         }
     }
-    free(hello_buf);
-    //  Forward what the API thread sent last (Cancel, PipelineClose), if the
-    //  connection takes it now.
-    for (int n = 0; n < S_DRAIN_MAX && state == S_UP; n++) {
-        if (has_out) {
-            if (zmq_msg_send(&out, dh, ZMQ_DONTWAIT) < 0)
-                break;
-            has_out = false;
-        }
-        if (s_recv_frame(ph, &out) <= 0)
-            break;
-        has_out = true;
+    up = l->state == S_UP || l->state == S_RESUMING;
+    if (up && now - l->last_send >= l->hb) {
+        s_link_send_copy(l, l->hb_buf, l->hb_len);
+        l->last_send = now;
     }
-    zmq_msg_close(&in);
-    zmq_msg_close(&out);
-    free(hb_buf);
-    free(cert_path);
-    free(server_key);
-    zsock_destroy(&data);
-    zsock_destroy(&dealer);
+    if (l->state == S_LOST)
+        return S_TICK_MAX_MS;
+    if (l->state == S_CONNECTING)
+        return 10;
+    int64_t wait = l->last_send + l->hb - now;
+    if (l->last_recv + l->expiry - now < wait)
+        wait = l->last_recv + l->expiry - now;
+    return wait > 0 ? wait : 0;
+}
+
+//  The background thread: while the API thread is away, does the session's
+//  duties when they are due (and at least every S_TICK_MAX_MS, to keep the
+//  DEALER's queue short). Sleeping on the condition releases the lock;
+//  waking takes it back, waiting for the API thread to leave its call.
+static void *
+s_link_thread(void *arg)
+{
+    loom__link *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        int64_t wait = s_link_service(l);
+        if (wait > S_TICK_MAX_MS)
+            wait = S_TICK_MAX_MS;
+        if (wait < 1)
+            wait = 1;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += wait / 1000;
+        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        if (!l->stop)
+            pthread_cond_timedwait(&l->wake, &l->mu, &ts);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+//  Start the background thread, with every signal blocked: they go to the
+//  user's threads, where loom_map_next sees EINTR. Returns 0 or LOOM_EIO.
+static int
+s_link_start(loom__link *l)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&l->thread, NULL, s_link_thread, l);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        loom_log_error("loom: cannot start the client's thread: %s", strerror(rc));
+        return LOOM_EIO;
+    }
+    l->started = true;
+    return 0;
+}
+
+//  Send an encoded message (lock held), taking *zm. While the DEALER has no
+//  room, keeps doing the session's duties. Between sessions the message is
+//  dropped: the API thread redoes everything once resumed. Returns 0, or
+//  LOOM_ECONNECT once the broker is lost.
+static int
+s_link_send(loom__link *l, zmq_msg_t *zm)
+{
+    while (true) {
+        if (l->state != S_UP) {
+            zmq_msg_close(zm);
+            return l->state == S_LOST ? LOOM_ECONNECT : 0;
+        }
+        if (zmq_msg_send(zm, l->dh, ZMQ_DONTWAIT) >= 0) {
+            l->last_send = loom_now_ms();
+            return 0;
+        }
+        if (zmq_errno() != EAGAIN && zmq_errno() != EINTR) {
+            zmq_msg_close(zm);
+            l->state = S_LOST;
+            return LOOM_ECONNECT;
+        }
+        //  Full, or not connected yet: wait for room, taking what comes.
+        int64_t wait = s_link_service(l);
+        if (l->state != S_UP)
+            continue;
+        zmq_pollitem_t item = {l->dh, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0};
+        if (zmq_poll(&item, 1, (long)wait) < 0 && zmq_errno() != EINTR) {
+            zmq_msg_close(zm);
+            l->state = S_LOST;
+            return LOOM_ECONNECT;
+        }
+    }
 }
 
 //  ---------------------------------------------------------------------------
@@ -512,30 +564,24 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
     }
     self->endpoint = loom_xstrdup(endpoint);
 
-    s_io_args args = {.endpoint = self->endpoint,
-                      .timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS,
-                      .reconnect_ms =
-                          opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS,
-                      .cert_path = opts->cert_path,
-                      .server_key = opts->server_key};
-    //  A counter too: a destroyed client's endpoint may still be bound
-    //  (libzmq closes sockets asynchronously) when malloc reuses its address.
-    static atomic_uint seq;
-    snprintf(args.data_ep, sizeof args.data_ep, "inproc://loom-client-%p-%u", (void *)self,
-             atomic_fetch_add(&seq, 1));
-    self->data = zsock_new(ZMQ_PAIR);
-    LOOM_ASSERT(self->data);
-    zsock_set_sndhwm(self->data, S_PIPE_HWM);
-    zsock_set_rcvhwm(self->data, S_PIPE_HWM);
-    zsock_set_linger(self->data, 0);
-    if (zsock_bind(self->data, "%s", args.data_ep) != 0) {
-        loom_log_error("loom: cannot bind %s", args.data_ep);
+    int timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS;
+    self->link = s_link_new(self->endpoint, opts->cert_path, opts->server_key,
+                            opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS);
+    if (s_link_dealer(self->link, true) != 0)
         goto fail;
-    }
-    self->data_handle = zsock_resolve(self->data);
-    self->io = zactor_new(s_io_actor, &args);
-    LOOM_ASSERT(self->io);
-    if (args.status != 0)
+    s_io_args args = {.endpoint = self->endpoint, .timeout_ms = timeout_ms};
+    int rc = s_io_handshake(self->link->dh, &args);
+    if (rc == LOOM_ETIMEDOUT)
+        loom_log_error("loom: no answer from broker at %s within %d ms", self->endpoint,
+                       timeout_ms);
+    if (rc != 0)
+        goto fail;
+    loom__link *l = self->link;
+    l->hb = args.welcome.heartbeat_ms;
+    l->expiry = l->hb * args.welcome.liveness;
+    l->last_recv = l->last_send = loom_now_ms();
+    l->state = S_UP;
+    if (s_link_start(l) != 0)
         goto fail;
 
     self->welcome = args.welcome;
@@ -568,8 +614,7 @@ loom_client_destroy(loom_client **self_p)
     }
     loom__maps_destroy(self, NULL);
     loom__client_blob_close(self);
-    zactor_destroy(&self->io);
-    zsock_destroy(&self->data);
+    s_link_destroy(&self->link);
     loom__cluster_destroy(&self->cluster);
     free(self->endpoint);
     free(self);
@@ -648,7 +693,7 @@ loom_pipeline_destroy(loom_pipeline **self_p)
 }
 
 //  ---------------------------------------------------------------------------
-//  Talking to the I/O thread
+//  Talking to the broker
 
 static void
 s_lost(loom_client *c)
@@ -657,8 +702,8 @@ s_lost(loom_client *c)
         c->error = LOOM_ECONNECT;
 }
 
-//  A new session with the broker: send the resume marker (the I/O thread
-//  drops what we sent before it), then reopen every pipeline and map and
+//  A new session with the broker: mark it resumed (the link dropped what
+//  we sent since it was lost), then reopen every pipeline and map and
 //  resubmit every input that has no result yet.
 static void
 s_resume(loom_client *c, const loom_wire_welcome *w)
@@ -666,16 +711,10 @@ s_resume(loom_client *c, const loom_wire_welcome *w)
     c->welcome.epoch = w->epoch;
     c->welcome.session = w->session;
     c->reconnects++;
-    zmq_msg_t zm;
-    zmq_msg_init_size(&zm, 1);
-    *(char *)zmq_msg_data(&zm) = 'R';
-    while (zmq_msg_send(&zm, c->data_handle, 0) < 0) {
-        if (zmq_errno() != EINTR) {
-            zmq_msg_close(&zm);
-            s_lost(c);
-            return;
-        }
-    }
+    pthread_mutex_lock(&c->link->mu);
+    if (c->link->state == S_RESUMING)
+        c->link->state = S_UP;
+    pthread_mutex_unlock(&c->link->mu);
     //  The blob DEALER may hold answers of the old broker: start clean, on
     //  the endpoint the new one gives.
     if (c->blob)
@@ -754,7 +793,7 @@ s_dispatch(loom_client *c, loom_msg *msg)
         break;
     }
     case LOOM_MSG_WELCOME:
-        //  The I/O thread reconnected (the broker restarted, or lost us).
+        //  The link reconnected (the broker restarted, or lost us).
         s_resume(c, &msg->u.welcome);
         break;
     default:
@@ -763,60 +802,65 @@ s_dispatch(loom_client *c, loom_msg *msg)
     loom_msg_destroy(&msg);
 }
 
-//  Receive and dispatch every frame already on the pair. Returns how many.
-static int
-s_drain(loom_client *c)
+//  Receive and dispatch the frames taken from the link. Returns how many.
+static size_t
+s_dispatch_frames(loom_client *c, zmq_msg_t *q, size_t n)
 {
-    int n = 0;
-    zmq_msg_t zm;
-    zmq_msg_init(&zm);
-    while (true) {
-        int rc = s_recv_frame(c->data_handle, &zm);
-        if (rc < 0) {
-            s_lost(c);
-            break;
-        }
-        if (rc == 0)
-            break;
-        n++;
-        if (zmq_msg_size(&zm) == 0) {
-            s_lost(c);
-            continue;
-        }
+    for (size_t i = 0; i < n; i++) {
         loom_msg *msg = NULL;
-        if (loom_wire_decode_frame(&zm, &msg) != 0) {
+        if (loom_wire_decode_frame(&q[i], &msg) != 0)
             loom_log_warning("loom: dropped a malformed message from the broker");
-            continue;
-        }
-        s_dispatch(c, msg);
+        else
+            s_dispatch(c, msg);
+        zmq_msg_close(&q[i]);
     }
-    zmq_msg_close(&zm);
+    free(q);
     return n;
 }
 
 int
 loom__client_pump(loom_client *c, int timeout_ms)
 {
+    if (c->error)
+        return c->error;
+    loom__link *l = c->link;
     int64_t deadline = timeout_ms < 0 ? -1 : loom_now_ms() + timeout_ms;
+    pthread_mutex_lock(&l->mu);
     while (true) {
-        if (s_drain(c) > 0)
-            return c->error ? c->error : 1;
-        if (c->error)
-            return c->error;
-        long wait = -1;
+        int64_t due = s_link_service(l);
+        if (l->q_len || l->state == S_LOST)
+            break;
+        long wait = (long)due;
         if (deadline >= 0) {
-            wait = (long)(deadline - loom_now_ms());
-            if (wait <= 0)
-                return 0;
+            int64_t left = deadline - loom_now_ms();
+            if (left <= 0)
+                break;
+            if (left < wait)
+                wait = (long)left;
         }
-        zmq_pollitem_t item = {c->data_handle, 0, ZMQ_POLLIN, 0};
+        //  This thread owns the DEALER now: wait on it directly, no hop.
+        zmq_pollitem_t item = {l->dh, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, wait) < 0) {
-            if (zmq_errno() == EINTR)
-                return 0; //  a signal: let the caller look at its flags
-            s_lost(c);
-            return c->error;
+            //  A signal: let the caller look at its flags.
+            if (zmq_errno() != EINTR)
+                l->state = S_LOST;
+            break;
         }
     }
+    //  Take the queue; dispatch without the lock (on_result may take long,
+    //  and may call loom_map_* which sends).
+    zmq_msg_t *q = l->q;
+    size_t n = l->q_len;
+    l->q = NULL;
+    l->q_len = l->q_cap = 0;
+    bool lost = l->state == S_LOST;
+    pthread_mutex_unlock(&l->mu);
+    s_dispatch_frames(c, q, n);
+    if (lost)
+        s_lost(c);
+    if (n > 0)
+        return c->error ? c->error : 1;
+    return c->error;
 }
 
 int
@@ -834,26 +878,12 @@ loom__client_send(loom_client *c, const loom_msg *m)
         free(buf);
         return LOOM_ENOMEM;
     }
-    while (zmq_msg_send(&zm, c->data_handle, ZMQ_DONTWAIT) < 0) {
-        if (zmq_errno() != EAGAIN) {
-            zmq_msg_close(&zm);
-            s_lost(c);
-            return c->error;
-        }
-        //  The pipe is full: keep taking results while the I/O thread
-        //  catches up, so neither side waits for the other.
-        zmq_pollitem_t item = {c->data_handle, 0, ZMQ_POLLIN | ZMQ_POLLOUT, 0};
-        if (zmq_poll(&item, 1, -1) < 0 && zmq_errno() != EINTR) {
-            zmq_msg_close(&zm);
-            s_lost(c);
-            return c->error;
-        }
-        if (item.revents & ZMQ_POLLIN)
-            s_drain(c);
-        if (c->error) {
-            zmq_msg_close(&zm);
-            return c->error;
-        }
+    pthread_mutex_lock(&c->link->mu);
+    rc = s_link_send(c->link, &zm);
+    pthread_mutex_unlock(&c->link->mu);
+    if (rc < 0) {
+        s_lost(c);
+        return c->error;
     }
     return 0;
 }

@@ -2,11 +2,10 @@
     I/O thread, pipelines, dispatch of broker messages) and map.c (maps:
     submission batching, window, reorder buffer, results).
 
-    Threads: the API thread (the user's) owns every struct here; the I/O
-    thread owns the DEALER to the broker and talks to the API thread over an
-    inproc PAIR (`data`). Frames on that pair are encoded Messages, forwarded
-    as they are in both directions, except one empty frame from the I/O
-    thread meaning "broker lost".  */
+    Threads: the API thread (the user's) owns every struct here; the link
+    (client.c) owns the DEALER to the broker under a mutex, shared by the
+    API thread, which sends and waits on it directly, and a background
+    thread that keeps the session alive while the API thread is away.  */
 
 #ifndef LOOM_CLIENT_PRIV_H
 #define LOOM_CLIENT_PRIV_H
@@ -18,6 +17,7 @@
 #include "wire.h"
 
 typedef struct loom__cluster loom__cluster;
+typedef struct loom__link loom__link;
 
 //  A decoded message from the broker, shared by the results that point
 //  into it; freed when the last of them has been delivered.
@@ -41,9 +41,7 @@ typedef struct {
 } loom__input;
 
 struct loom_client {
-    zactor_t *io;              //  I/O thread: owns the DEALER
-    zsock_t *data;             //  API end of the inproc pair to the I/O thread
-    void *data_handle;         //  its libzmq handle
+    loom__link *link;          //  the DEALER to the broker, its session (client.c)
     char *endpoint;            //  broker endpoint
     loom__cluster *cluster;    //  embedded mode, else NULL
     loom_wire_welcome welcome; //  broker's Welcome (defaults filled in)
@@ -125,7 +123,7 @@ struct loom_map {
     struct loom__map_files *files;
 };
 
-//  Encode m and hand it to the I/O thread. While the pipe is full, keeps
+//  Encode m and send it to the broker. While the DEALER is full, keeps
 //  receiving from the broker. Returns 0 or a negative code.
 int loom__client_send(loom_client *c, const loom_msg *m);
 

@@ -3,7 +3,7 @@
     Submission copies each input once, into the map's table of in-flight
     inputs (kept until its result comes, so that a later version can
     resubmit them after a broker restart), and queues it in the pending
-    TaskBatch, which is encoded and handed to the I/O thread when it holds
+    TaskBatch, which is encoded and sent to the broker when it holds
     256 items or 256 KiB, or when the caller is about to wait. At most
     `window` items are out without an answer (ordered maps: counted from the
     oldest result not yet released in order, which bounds the reorder ring);

@@ -26,6 +26,7 @@ typedef struct {
     char endpoint[128];
     uint32_t heartbeat_ms;
     uint32_t max_frame;
+    atomic_uint heartbeats; //  received from the client
 } s_fake_cfg;
 
 typedef struct {
@@ -101,7 +102,9 @@ s_fake_actor(zsock_t *pipe, void *args)
                                                       .max_frame = cfg->max_frame};
                     s_send_to(router, rid, &w);
                 }
-                if (msg->type != LOOM_MSG_HEARTBEAT)
+                if (msg->type == LOOM_MSG_HEARTBEAT)
+                    atomic_fetch_add(&cfg->heartbeats, 1);
+                else
                     zframe_send(&body, pipe, 0);
                 loom_msg_destroy(&msg);
             }
@@ -120,15 +123,25 @@ s_fake_actor(zsock_t *pipe, void *args)
     zsock_destroy(&router);
 }
 
+//  A fake broker on `endpoint` (NULL: a new one).
 static s_fake *
-s_fake_start(uint32_t heartbeat_ms, uint32_t max_frame)
+s_fake_start_at(const char *endpoint, uint32_t heartbeat_ms, uint32_t max_frame)
 {
     s_fake *f = calloc(1, sizeof *f);
-    loom_test_ipc(f->cfg.endpoint, sizeof f->cfg.endpoint, "c");
+    if (endpoint)
+        snprintf(f->cfg.endpoint, sizeof f->cfg.endpoint, "%s", endpoint);
+    else
+        loom_test_ipc(f->cfg.endpoint, sizeof f->cfg.endpoint, "c");
     f->cfg.heartbeat_ms = heartbeat_ms;
     f->cfg.max_frame = max_frame;
     f->actor = zactor_new(s_fake_actor, &f->cfg);
     return f;
+}
+
+static s_fake *
+s_fake_start(uint32_t heartbeat_ms, uint32_t max_frame)
+{
+    return s_fake_start_at(NULL, heartbeat_ms, max_frame);
 }
 
 static void
@@ -567,6 +580,8 @@ typedef struct {
     int calls;
     uint64_t index_sum;
     int failed;
+    pthread_t user;    //  the thread that calls loom
+    int other_threads; //  calls on another thread
 } s_collector;
 
 static void
@@ -574,6 +589,8 @@ s_collect(const loom_result *r, void *user)
 {
     s_collector *col = user;
     col->calls++;
+    if (!pthread_equal(pthread_self(), col->user))
+        col->other_threads++;
     col->index_sum += r->index;
     if (r->status)
         col->failed++;
@@ -585,7 +602,7 @@ test_on_result_gets_every_result(void **state)
     (void)state;
     s_env env;
     s_env_start(&env, 1000, 1 << 20);
-    s_collector col = {0};
+    s_collector col = {.user = pthread_self()};
     loom_map_opts o = {.on_result = s_collect, .user = &col};
     uint64_t id;
     loom_map *m = s_open_map(&env, &o, &id);
@@ -606,6 +623,7 @@ test_on_result_gets_every_result(void **state)
     assert_int_equal(col.calls, 300);
     assert_int_equal(col.index_sum, 299 * 300 / 2);
     assert_int_equal(col.failed, 150);
+    assert_int_equal(col.other_threads, 0);
     loom_map_destroy(&m);
     s_env_stop(&env);
 }
@@ -798,6 +816,83 @@ test_lost_broker_gives_econnect(void **state)
     assert_true(took >= 250 + S_WAIT_MS && took < 2000 + S_WAIT_MS);
     assert_int_equal(loom_map_submit(m, "x", 1), LOOM_ECONNECT);
     assert_null(loom_pipeline_new(env.client, "q"));
+    loom_map_destroy(&m);
+    s_env_stop(&env);
+}
+
+//  The user's thread stays away from loom (in its own code) far longer
+//  than the broker's expiry: the session stays alive, heartbeats go out.
+static void
+test_idle_client_keeps_its_session(void **state)
+{
+    (void)state;
+    s_env env;
+    s_env_start(&env, 100, 1 << 20); //  expiry 300 ms
+    uint64_t id;
+    loom_map *m = s_open_map(&env, NULL, &id);
+    s_submit_n(m, 1);
+    loom_result r;
+    assert_int_equal(loom_map_next(m, &r, 0), LOOM_EAGAIN); //  sends the item
+    loom_msg *tb = s_fake_expect(env.fake, LOOM_MSG_TASK_BATCH);
+    loom_msg_destroy(&tb);
+    s_fake_result1(env.fake, id, 0, 0);
+    unsigned before = atomic_load(&env.fake->cfg.heartbeats);
+    zclock_sleep(1000); //  the user's own work, not a wait for something
+    unsigned during = atomic_load(&env.fake->cfg.heartbeats) - before;
+    assert_true(during >= 4);              //  one per 100 ms idle: about 10
+    assert_null(s_fake_recv(env.fake, 0)); //  no new Hello: never reconnected
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
+    assert_int_equal(r.index, 0);
+    assert_int_equal(env.client->reconnects, 0);
+    loom_map_destroy(&m);
+    s_env_stop(&env);
+}
+
+//  The broker restarts while the user's thread is away: the client
+//  reconnects meanwhile, and resumes its map at the user's next call.
+static void
+test_reconnect_while_the_user_is_away(void **state)
+{
+    (void)state;
+    s_env env;
+    s_env_start(&env, 100, 1 << 20);
+    uint64_t id;
+    loom_map *m = s_open_map(&env, NULL, &id);
+    s_submit_n(m, 3);
+    loom_result r;
+    assert_int_equal(loom_map_next(m, &r, 0), LOOM_EAGAIN);
+    loom_msg *tb = s_fake_expect(env.fake, LOOM_MSG_TASK_BATCH);
+    loom_msg_destroy(&tb);
+    s_fake_result1(env.fake, id, 1, 0);
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
+    assert_int_equal(r.index, 1);
+    char ep[128];
+    snprintf(ep, sizeof ep, "%s", env.fake->cfg.endpoint);
+    s_fake_stop(&env.fake);
+    env.fake = s_fake_start_at(ep, 100, 1 << 20);
+    //  No loom call from here until the new broker has our Hello.
+    loom_msg *hello = s_fake_expect(env.fake, LOOM_MSG_HELLO);
+    loom_msg_destroy(&hello);
+    //  The next call resumes, once the Welcome (sent before the fake
+    //  reported the Hello) is in.
+    int64_t deadline = loom_now_ms() + S_WAIT_MS;
+    while (env.client->reconnects == 0 && loom_now_ms() < deadline)
+        assert_int_equal(loom_map_next(m, &r, 10), LOOM_EAGAIN);
+    assert_int_equal(env.client->reconnects, 1);
+    loom_msg *po = s_fake_expect(env.fake, LOOM_MSG_PIPELINE_OPEN);
+    loom_msg_destroy(&po);
+    loom_msg *mo = s_fake_expect(env.fake, LOOM_MSG_MAP_OPEN);
+    assert_int_equal(mo->u.map_open.map, id);
+    loom_msg_destroy(&mo);
+    tb = s_fake_expect(env.fake, LOOM_MSG_TASK_BATCH);
+    assert_int_equal(tb->u.task_batch.nitems, 2); //  the two without a result
+    uint64_t sum = tb->u.task_batch.items[0].index + tb->u.task_batch.items[1].index;
+    assert_int_equal(sum, 0 + 2);
+    loom_msg_destroy(&tb);
+    const uint64_t idx[] = {0, 2};
+    s_fake_results(env.fake, id, idx, 2, 0);
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
     loom_map_destroy(&m);
     s_env_stop(&env);
 }
@@ -1002,6 +1097,8 @@ test_embedded_cluster_end_to_end(void **state)
     assert_int_equal(stat(dir, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
     assert_true(sup > 0);
+    //  The client reaches the broker in its own process over inproc://.
+    assert_memory_equal(c->endpoint, "inproc://", 9);
 
     s_embedded_run(c, false, 2000);
     s_embedded_run(c, true, 2000);
@@ -1033,6 +1130,8 @@ main(void)
         cmocka_unit_test(test_stats_count_items),
         cmocka_unit_test(test_broker_error_ends_map_with_its_code),
         cmocka_unit_test(test_lost_broker_gives_econnect),
+        cmocka_unit_test(test_idle_client_keeps_its_session),
+        cmocka_unit_test(test_reconnect_while_the_user_is_away),
         cmocka_unit_test(test_item_over_frame_limit_is_refused),
         cmocka_unit_test(test_shares_and_files_not_supported_yet),
         cmocka_unit_test(test_embedded_cluster_end_to_end),
