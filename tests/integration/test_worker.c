@@ -982,6 +982,70 @@ test_large_results_are_flushed_early(void **state)
     assert_int_equal(results, 4);
 }
 
+//  While plugin code runs, the watchdog reads what the broker sends and
+//  queues it for the main thread; past S_INBOX_MAX (1000) queued it reads no
+//  more, yet the traffic still counts as a live broker. 1500 batches sent
+//  behind a 2.5 s item (longer than the 1 s expiry): every one is run, in
+//  order, on the same session, and the heartbeats never stop.
+static void
+test_batches_sent_during_a_long_item_are_all_run_in_order(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("queued", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    int peers = fb->npeers;
+    s_map_open(fb, p, 15, "testkit", "sleep", 0, false);
+    s_map_open(fb, p, 16, "testkit", "index", 0, false);
+    const char *slow[] = {"2500"};
+    s_batch(fb, p, 15, 0, slow, 1, false);
+    enum { N = 1500 };
+    for (uint64_t i = 0; i < N; i++) {
+        loom_wire_item item;
+        memset(&item, 0, sizeof item);
+        item.index = i;
+        item.attempt = 1;
+        loom_msg m;
+        memset(&m, 0, sizeof m);
+        m.type = LOOM_MSG_TASK_BATCH;
+        m.u.task_batch.map = 16;
+        m.u.task_batch.items = &item;
+        m.u.task_batch.nitems = 1;
+        //  Blocking: past the ROUTER's high-water mark, wait for the worker.
+        assert_int_equal(loom_wire_send(fb->sock, p->rid, p->rid_len, &m, 0), 0);
+    }
+    int hb0 = p->heartbeats;
+    uint64_t next = 0;
+    bool slept = false;
+    int64_t deadline = loom_now_ms() + 2 * S_WAIT_MS;
+    while ((next < N || !slept) && loom_now_ms() < deadline) {
+        s_peer *q = NULL;
+        loom_msg *m = s_expect(fb, LOOM_MSG_RESULT_BATCH, 1000, &q);
+        if (!m)
+            continue;
+        const loom_wire_result_batch *rb = &m->u.result_batch;
+        for (size_t i = 0; i < rb->nresults; i++) {
+            assert_int_equal(rb->results[i].status, 0);
+            if (rb->map == 15)
+                slept = true;
+            else {
+                assert_int_equal(rb->map, 16);
+                assert_true(slept); //  queued behind the long item
+                char want[32];
+                snprintf(want, sizeof want, "%" PRIu64, next);
+                assert_int_equal(rb->results[i].data.len, strlen(want));
+                assert_memory_equal(rb->results[i].data.data, want, strlen(want));
+                next++;
+            }
+        }
+        loom_msg_destroy(&m);
+    }
+    assert_true(slept);
+    assert_int_equal(next, N);
+    assert_int_equal(fb->npeers, peers); //  no new Hello: the session never expired
+    //  2.5 s at a 100 ms interval, some of it in a full queue.
+    assert_true(p->heartbeats - hb0 >= 10);
+}
+
 static void
 test_silent_broker_gets_a_new_hello(void **state)
 {
@@ -1474,6 +1538,8 @@ main(void)
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),
+        cmocka_unit_test_teardown(test_batches_sent_during_a_long_item_are_all_run_in_order,
+                                  s_teardown),
         cmocka_unit_test_teardown(test_silent_broker_gets_a_new_hello, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_supervisor_stops_everything, s_teardown),
         cmocka_unit_test_teardown(test_supervisor_killed_takes_workers_down, s_teardown),
