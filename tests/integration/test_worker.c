@@ -916,6 +916,46 @@ test_sigterm_to_worker_finishes_its_batch(void **state)
     loom_msg_destroy(&x);
 }
 
+//  SIGTERM while an item runs on: after the grace (250 ms) the watchdog
+//  hands the item back (no result: the broker requeues it) and the process
+//  exits 0, long before the item would end.
+static void
+test_sigterm_during_a_long_item_hands_it_back(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("handback", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 17, "testkit", "sleep", 0, false);
+    const char *in[] = {"5000"};
+    s_batch(fb, p, 17, 0, in, 1, false);
+    int64_t until = loom_now_ms() + 100; //  the item surely runs
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 20, &q);
+        loom_msg_destroy(&m);
+    }
+    int64_t t0 = loom_now_ms();
+    kill((pid_t)pid, SIGTERM);
+    loom_msg *x = NULL;
+    while (!x && loom_now_ms() - t0 < S_WAIT_MS) {
+        s_peer *from;
+        loom_msg *m = s_recv(fb, 100, &from);
+        if (m && m->type == LOOM_MSG_RESULT_BATCH)
+            assert_true(m->u.result_batch.map != 17);
+        if (m && m->type == LOOM_MSG_WORKER_EXIT)
+            x = m;
+        else
+            loom_msg_destroy(&m);
+    }
+    assert_non_null(x);
+    assert_true(loom_now_ms() - t0 < 3000);
+    assert_int_equal(x->u.worker_exit.pid, pid);
+    assert_int_equal(x->u.worker_exit.status, 0);
+    assert_int_equal(x->u.worker_exit.signal, 0);
+    loom_msg_destroy(&x);
+}
+
 static void
 test_cancel_skips_the_rest_of_the_map(void **state)
 {
@@ -1536,6 +1576,7 @@ main(void)
         cmocka_unit_test_teardown(test_map_definitions_are_capped_lru, s_teardown),
         cmocka_unit_test_teardown(test_map_definition_bytes_are_capped, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
+        cmocka_unit_test_teardown(test_sigterm_during_a_long_item_hands_it_back, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),
         cmocka_unit_test_teardown(test_batches_sent_during_a_long_item_are_all_run_in_order,
