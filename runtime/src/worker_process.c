@@ -41,6 +41,7 @@
 #include <loom/loom.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,13 +155,15 @@ typedef struct {
     size_t partial_len;
 } s_worker;
 
-static volatile sig_atomic_t s_stop;
+//  Set by the signal handler (on the watchdog thread), read by both
+//  threads: a lock-free atomic, which a handler may store to.
+static atomic_int s_stop;
 
 static void
 s_on_signal(int sig)
 {
     (void)sig;
-    s_stop = 1;
+    atomic_store(&s_stop, 1);
 }
 
 //  ---------------------------------------------------------------------
