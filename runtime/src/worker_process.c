@@ -56,6 +56,7 @@
 #define S_SMALL_OUTPUT 64          //  outputs up to this size are packed per batch
 #define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
 #define S_INBOX_MAX 1000           //  messages queued for the main thread before reads pause
+#define S_PARK_TICKS 10            //  ticks finding the main thread idle before the watchdog parks
 
 //  What the connection queues for the main thread.
 enum { S_IN_WELCOME = 1, S_IN_MSG };
@@ -104,11 +105,15 @@ typedef struct {
     int64_t start_ms;
     uint64_t cancels[S_CANCELS]; //  recently cancelled maps (this connection)
     size_t ncancels;             //  cancels ever recorded (ring position)
-    //  The watchdog thread; wd_quit is under wd_lock.
+    //  The watchdog thread; wd_quit is under wd_lock. While the main thread
+    //  idles (main_idle: it waits on the socket) the watchdog has nothing to
+    //  do and parks (wd_parked) until the main thread next lets go.
     pthread_t watchdog;
     pthread_mutex_t wd_lock;
     pthread_cond_t wd_cond;
     bool wd_quit;
+    atomic_bool main_idle;
+    atomic_bool wd_parked;
 } s_conn;
 
 //  One map the main thread knows.
@@ -558,7 +563,23 @@ s_watchdog(void *arg)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     pthread_mutex_lock(&self->wd_lock);
+    int idle_ticks = 0;
     while (!self->wd_quit) {
+        if (idle_ticks >= S_PARK_TICKS) {
+            //  Park, unless the main thread is busy again. Both sides store
+            //  then load (seq_cst): if it was still idle when we looked, its
+            //  next s_conn_let_go sees wd_parked and wakes us (under
+            //  wd_lock, so not before we wait).
+            idle_ticks = 0;
+            atomic_store(&self->wd_parked, true);
+            while (atomic_load(&self->main_idle) && atomic_load(&self->wd_parked) &&
+                   !self->wd_quit)
+                pthread_cond_wait(&self->wd_cond, &self->wd_lock);
+            //  A main thread that is busy but never lets go services the
+            //  connection itself: no need to wake for it.
+            atomic_store(&self->wd_parked, false);
+            continue;
+        }
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_nsec += S_TICK_MS * 1000000L;
@@ -570,6 +591,7 @@ s_watchdog(void *arg)
         if (self->wd_quit)
             break;
         pthread_mutex_unlock(&self->wd_lock);
+        idle_ticks = atomic_load(&self->main_idle) ? idle_ticks + 1 : 0;
         if (pthread_mutex_trylock(&self->lock) == 0) {
             s_conn_on_broker(self);
             s_conn_tick(self); //  may end the process
@@ -587,6 +609,8 @@ static void
 s_conn_start(s_conn *self, const loom_worker_process_opts *opts)
 {
     memset(self, 0, sizeof *self);
+    atomic_init(&self->main_idle, false);
+    atomic_init(&self->wd_parked, false);
     self->opts = opts;
     self->hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
     self->liveness = 3;
@@ -636,6 +660,12 @@ static void
 s_conn_let_go(s_conn *self)
 {
     pthread_mutex_unlock(&self->lock);
+    if (atomic_load(&self->wd_parked)) {
+        pthread_mutex_lock(&self->wd_lock);
+        atomic_store(&self->wd_parked, false);
+        pthread_cond_signal(&self->wd_cond);
+        pthread_mutex_unlock(&self->wd_lock);
+    }
 }
 
 static void
@@ -1269,7 +1299,9 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
         }
         int64_t wait = c->next_tick - loom_now_ms();
         zmq_pollitem_t item = {c->dealer, 0, ZMQ_POLLIN, 0};
+        atomic_store(&c->main_idle, true);
         int rc = zmq_poll(&item, 1, wait < 0 ? 0 : wait > S_TICK_MS ? S_TICK_MS : (long)wait);
+        atomic_store(&c->main_idle, false); //  before any let-go (see s_watchdog)
         if (rc < 0 && zmq_errno() != EINTR)
             break;
         s_conn_service(c);

@@ -643,6 +643,36 @@ test_item_timeout_reports_etimedout_then_exits(void **state)
     s_wait_hellos(fb, 2);
 }
 
+//  An idle worker's watchdog parks (after 200 ms); the first item after it
+//  must wake it, or a hung item would never time out.
+static void
+test_item_timeout_after_an_idle_spell(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("idletimeout", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 18, "testkit", "sleep", 200, false);
+    int64_t until = loom_now_ms() + 1000; //  the worker idles (and answers heartbeats)
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 50, &q);
+        loom_msg_destroy(&m);
+    }
+    const char *in[] = {"60000"};
+    s_batch(fb, p, 18, 0, in, 1, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 18, res, 1, NULL), 1);
+    assert_int_equal(res[0].status, LOOM_ETIMEDOUT);
+    s_peer *from = NULL;
+    loom_msg *x = s_expect(fb, LOOM_MSG_WORKER_EXIT, S_WAIT_MS, &from);
+    assert_non_null(x);
+    assert_int_equal(x->u.worker_exit.pid, pid);
+    assert_int_equal(x->u.worker_exit.status, 124);
+    loom_msg_destroy(&x);
+}
+
 static void
 test_heartbeats_continue_during_long_item(void **state)
 {
@@ -1569,6 +1599,7 @@ main(void)
         cmocka_unit_test_teardown(test_hostile_broker_messages_do_not_stop_the_worker, s_teardown),
         cmocka_unit_test_teardown(test_crash_reports_worker_exit_and_restarts, s_teardown),
         cmocka_unit_test_teardown(test_item_timeout_reports_etimedout_then_exits, s_teardown),
+        cmocka_unit_test_teardown(test_item_timeout_after_an_idle_spell, s_teardown),
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycles_the_process, s_teardown),
         cmocka_unit_test_teardown(test_reduce_folds_batch_and_combines, s_teardown),
