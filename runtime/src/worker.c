@@ -190,7 +190,7 @@ s_spawn(s_super *self, int i)
     pid_t me = getpid();
     //  The child starts with SIGTERM/SIGINT blocked: one sent before it has
     //  its handler stays pending instead of being lost (the worker process
-    //  unblocks them on its I/O thread once its handler is in place).
+    //  unblocks them on its watchdog thread once its handler is in place).
     sigset_t set, old;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);

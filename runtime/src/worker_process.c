@@ -1,12 +1,21 @@
 /*  worker_process: one loom worker process.
 
-    The main thread runs plugin code through the executor; the I/O thread
-    (a CZMQ actor) owns the DEALER to the broker. They talk over the actor's
-    inproc PAIR pipe with one fixed-size frame per command (s_cmd): the I/O
-    thread decodes what the broker sends and passes MapOpen, TaskBatch and
-    Cancel on as pointers (decoded once, no copy); the main thread encodes
-    its ResultBatch and Error messages and passes the buffers on, which the
-    I/O thread hands to libzmq without a copy.
+    The main thread does both the talking to the broker and the running of
+    plugin code, so that a task and its result cross no thread of ours: it
+    polls the DEALER itself, decodes a TaskBatch, runs its items through the
+    executor and sends the encoded ResultBatch, zero-copy, from the same
+    thread.
+
+    The connection (the DEALER and everything about it, s_conn) belongs to
+    whoever holds its mutex. The main thread holds it except while it runs
+    plugin code (an item, a reduce, a plugin's init) or fetches and uploads
+    blobs, which may take any time or hang. Then a watchdog thread, which
+    wakes every tick and only ever try-locks, takes the connection over:
+    it reads what the broker sends (queued for the main thread, a Cancel
+    recorded at once), heartbeats, notices a silent or restarted broker and
+    reconnects, reports an item past its timeout and ends the process, and
+    hands back a running item after a SIGTERM. The mutex is the full memory
+    barrier libzmq asks for when a socket changes threads.
 
     Every connection to the broker has a generation number. A reconnect
     (broker silent for the expiry, a restarted broker, a lost session) starts
@@ -14,7 +23,7 @@
     (the broker requeues it), and results tagged with an old generation are
     never sent.
 
-    The DEALER lives in a private ZeroMQ context so that the I/O thread can
+    The DEALER lives in a private ZeroMQ context so that the watchdog can
     flush it (close with linger, terminate that context) before the process
     exits, even while the main thread is stuck in a hung task.  */
 
@@ -34,47 +43,78 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S_FLUSH_BYTES (256 * 1024) //  send results early past this much data
 #define S_CANCELS 64               //  recently cancelled map ids remembered
 #define S_MAX_MAPS 4096            //  map definitions kept (LOOM_WORKER_MAX_MAPS)
 #define S_MAX_MAP_BYTES (64 << 20) //  and their bytes (LOOM_WORKER_MAP_BYTES); LRU go first
-#define S_TICK_MS 20               //  I/O thread timer resolution
+#define S_TICK_MS 20               //  timer resolution (heartbeats, expiry, timeouts)
 #define S_HWM 100000               //  DEALER high-water marks
 #define S_EXIT_LINGER_MS 2000      //  time to flush results before exiting
 #define S_SMALL_OUTPUT 64          //  outputs up to this size are packed per batch
 #define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
+#define S_INBOX_MAX 1000           //  messages queued for the main thread before reads pause
+#define S_PARK_TICKS 10            //  ticks finding the main thread idle before the watchdog parks
 
-//  Commands on the pipe, one frame each (the actor's "$TERM" aside).
-//  S_CMD_STOP: main -> I/O, pass nothing more on; I/O -> main, the answer,
-//  after which the pipe carries nothing that owns memory.
-enum { S_CMD_WELCOME = 1, S_CMD_MSG, S_CMD_SEND, S_CMD_STOP };
+//  What the connection queues for the main thread.
+enum { S_IN_WELCOME = 1, S_IN_MSG };
 
 typedef struct {
     int kind;
     uint32_t gen;       //  connection generation this belongs to
-    uint32_t worker_id; //  S_CMD_WELCOME
-    void *ptr;          //  S_CMD_MSG: loom_msg *; S_CMD_SEND: encoded bytes (malloc'd);
-                        //  S_CMD_WELCOME: the blob endpoint (malloc'd) or NULL
-    size_t len;         //  S_CMD_SEND: bytes at ptr
-} s_cmd;
+    uint32_t worker_id; //  S_IN_WELCOME
+    char *endpoint;     //  S_IN_WELCOME: the blob endpoint (owned) or NULL
+    loom_msg *msg;      //  S_IN_MSG: MapOpen, TaskBatch or Cancel (owned)
+} s_in;
 
-//  State both threads read: the running item (for timeouts), recent
-//  cancels, the current generation.
+//  An encoded message the socket did not take yet.
+typedef struct {
+    void *buf; //  malloc'd
+    size_t len;
+} s_out;
+
+//  The connection to the broker. Everything but the watchdog's own fields
+//  belongs to whoever holds `lock`.
 typedef struct {
     pthread_mutex_t lock;
-    bool running;        //  an item is running (fields below valid)
-    uint32_t item_gen;   //  generation of its batch
-    uint64_t map;        //  its map
-    uint64_t index;      //  its index
-    uint32_t attempt;    //  its attempt
+    const loom_worker_process_opts *opts;
+    void *ctx;          //  private context of the DEALER
+    void *dealer;       //  to the broker
+    uint32_t gen;       //  current generation
+    bool welcomed;      //  Welcome received on this connection
+    bool hello_pending; //  Hello not yet accepted by the socket
+    uint64_t epoch;     //  broker epoch of the Welcome
+    uint32_t hb_ms;     //  heartbeat interval
+    uint32_t liveness;  //  intervals of silence before the broker is dead
+    int64_t last_rx;    //  last message from the broker
+    int64_t last_tx;    //  last message to the broker
+    int64_t hello_at;   //  when Hello went out
+    int64_t stop_at;    //  when SIGTERM/SIGINT was first seen, or 0
+    int64_t next_tick;  //  when the timers are next due
+    zlist_t *pending;   //  s_out * waiting for the socket, in order
+    zlist_t *inbox;     //  s_in * for the main thread, in order
+    //  The item the main thread runs while it has let go (for timeouts).
+    bool running;
+    uint32_t item_gen; //  generation of its batch
+    uint64_t map;
+    uint64_t index;
+    uint32_t attempt;
     uint32_t timeout_ms; //  its map's timeout, 0: none
-    int64_t start_ms;    //  when it started
-    uint64_t cancels[S_CANCELS];
-    size_t ncancels; //  cancels ever recorded (ring position)
-    atomic_uint gen; //  current connection generation
-} s_shared;
+    int64_t start_ms;
+    uint64_t cancels[S_CANCELS]; //  recently cancelled maps (this connection)
+    size_t ncancels;             //  cancels ever recorded (ring position)
+    //  The watchdog thread; wd_quit is under wd_lock. While the main thread
+    //  idles (main_idle: it waits on the socket) the watchdog has nothing to
+    //  do and parks (wd_parked) until the main thread next lets go.
+    pthread_t watchdog;
+    pthread_mutex_t wd_lock;
+    pthread_cond_t wd_cond;
+    bool wd_quit;
+    atomic_bool main_idle;
+    atomic_bool wd_parked;
+} s_conn;
 
 //  One map the main thread knows.
 typedef struct {
@@ -89,39 +129,10 @@ typedef struct {
     uint64_t last_use;      //  use sequence: the least recently used go first
 } s_map;
 
-typedef struct {
-    const loom_worker_process_opts *opts;
-    s_shared *shared;
-} s_io_args;
-
-//  The I/O thread.
-typedef struct {
-    zsock_t *pipe;
-    void *pipe_raw;
-    const loom_worker_process_opts *opts;
-    s_shared *shared;
-    void *ctx;          //  private context of the DEALER
-    void *dealer;       //  to the broker; NULL between connections
-    uint32_t gen;       //  current generation
-    bool welcomed;      //  Welcome received on this connection
-    bool stopping;      //  the main thread leaves: pass nothing more to it
-    bool hello_pending; //  Hello not yet accepted by the socket
-    uint64_t epoch;     //  broker epoch of the Welcome
-    uint32_t hb_ms;     //  heartbeat interval
-    uint32_t liveness;  //  intervals of silence before the broker is dead
-    int64_t last_rx;    //  last message from the broker
-    int64_t last_tx;    //  last message to the broker
-    int64_t hello_at;   //  when Hello went out
-    int64_t stop_at;    //  when SIGTERM/SIGINT was first seen, or 0
-    zlist_t *pending;   //  s_cmd * waiting for the connection, in order
-} s_io;
-
 //  The main thread.
 typedef struct {
     const loom_worker_process_opts *opts;
-    s_shared shared;
-    zactor_t *io;
-    void *pipe;
+    s_conn conn;
     loom_executor *exec;
     loom_worker_blobs *blobs; //  blob channel and host cache
     bool out_dir_set;         //  the executor has its output dir
@@ -149,37 +160,51 @@ typedef struct {
     size_t partial_len;
 } s_worker;
 
-static volatile sig_atomic_t s_stop;
+//  Set by the signal handler (on the watchdog thread), read by both
+//  threads: a lock-free atomic, which a handler may store to.
+static atomic_int s_stop;
 
 static void
 s_on_signal(int sig)
 {
     (void)sig;
-    s_stop = 1;
+    atomic_store(&s_stop, 1);
 }
 
 //  ---------------------------------------------------------------------
-//  I/O thread
+//  The connection (called with its lock held)
 
 static void
-s_io_drop_pending(s_io *self)
+s_in_destroy(s_in **self_p)
 {
-    s_cmd *cmd;
-    while ((cmd = (s_cmd *)zlist_pop(self->pending))) {
-        free(cmd->ptr);
-        free(cmd);
+    s_in *self = *self_p;
+    if (!self)
+        return;
+    free(self->endpoint);
+    loom_msg_destroy(&self->msg);
+    free(self);
+    *self_p = NULL;
+}
+
+static void
+s_conn_drop_pending(s_conn *self)
+{
+    s_out *out;
+    while ((out = (s_out *)zlist_pop(self->pending))) {
+        free(out->buf);
+        free(out);
     }
 }
 
 static void
-s_io_connect(s_io *self)
+s_conn_connect(s_conn *self)
 {
     if (self->dealer) {
         int zero = 0;
         zmq_setsockopt(self->dealer, ZMQ_LINGER, &zero, sizeof zero);
         zmq_close(self->dealer);
     }
-    s_io_drop_pending(self);
+    s_conn_drop_pending(self);
     self->dealer = zmq_socket(self->ctx, ZMQ_DEALER);
     LOOM_ASSERT(self->dealer);
     int one = 1, zero = 0, hwm = S_HWM;
@@ -198,11 +223,8 @@ s_io_connect(s_io *self)
     if (zmq_connect(self->dealer, self->opts->endpoint) != 0)
         loom_log_error("worker %d: cannot connect to %s: %s", (int)getpid(), self->opts->endpoint,
                        zmq_strerror(zmq_errno()));
-    pthread_mutex_lock(&self->shared->lock);
-    self->shared->ncancels = 0;
-    pthread_mutex_unlock(&self->shared->lock);
+    self->ncancels = 0;
     self->gen++;
-    atomic_store(&self->shared->gen, self->gen);
     self->welcomed = false;
     self->hello_pending = true;
     int64_t now = loom_now_ms();
@@ -212,7 +234,7 @@ s_io_connect(s_io *self)
 }
 
 static int
-s_io_send(s_io *self, const loom_msg *m)
+s_conn_send(s_conn *self, const loom_msg *m)
 {
     int rc = loom_wire_send(self->dealer, NULL, 0, m, ZMQ_DONTWAIT);
     if (rc == 0)
@@ -236,7 +258,7 @@ s_free_unless_kept(void *data, void *hint)
 //  libzmq's now), LOOM_EAGAIN (not sent, still the caller's), or LOOM_EIO
 //  (not sent, freed).
 static int
-s_io_send_raw(s_io *self, void *buf, size_t len)
+s_conn_send_raw(s_conn *self, void *buf, size_t len)
 {
     bool *keep = (bool *)loom_xmalloc(sizeof *keep);
     *keep = false;
@@ -263,19 +285,38 @@ s_io_send_raw(s_io *self, void *buf, size_t len)
 
 //  Send what waits, in order; stops at the first that would block.
 static void
-s_io_flush_pending(s_io *self)
+s_conn_flush_pending(s_conn *self)
 {
-    s_cmd *cmd;
-    while ((cmd = (s_cmd *)zlist_first(self->pending))) {
-        if (s_io_send_raw(self, cmd->ptr, cmd->len) == LOOM_EAGAIN)
+    s_out *out;
+    while ((out = (s_out *)zlist_first(self->pending))) {
+        if (s_conn_send_raw(self, out->buf, out->len) == LOOM_EAGAIN)
             return;
         zlist_pop(self->pending);
-        free(cmd);
+        free(out);
     }
 }
 
+//  Send an encoded message (buf is taken) for generation gen: dropped
+//  when that connection is gone (the broker requeued its work), held in
+//  order when the socket is full.
 static void
-s_io_hello(s_io *self)
+s_conn_send_buf(s_conn *self, uint32_t gen, void *buf, size_t len)
+{
+    if (gen != self->gen || !self->welcomed) {
+        free(buf);
+        return;
+    }
+    if (zlist_size(self->pending) == 0 && s_conn_send_raw(self, buf, len) != LOOM_EAGAIN)
+        return;
+    s_out *out = (s_out *)loom_xmalloc(sizeof *out);
+    out->buf = buf;
+    out->len = len;
+    zlist_append(self->pending, out);
+    s_conn_flush_pending(self);
+}
+
+static void
+s_conn_hello(s_conn *self)
 {
     loom_msg m;
     memset(&m, 0, sizeof m);
@@ -285,31 +326,29 @@ s_io_hello(s_io *self)
     m.u.hello.pid = (uint32_t)getpid();
     m.u.hello.credit = self->opts->credit ? self->opts->credit : LOOM_WORKER_DEFAULT_CREDIT;
     m.u.hello.software = loom_version();
-    if (s_io_send(self, &m) == 0) {
+    if (s_conn_send(self, &m) == 0) {
         self->hello_pending = false;
         self->hello_at = loom_now_ms();
     }
 }
 
 static void
-s_io_to_main(s_io *self, const s_cmd *cmd)
+s_conn_to_main(s_conn *self, int kind, loom_msg **msg_p, uint32_t worker_id, char *endpoint)
 {
-    if (self->stopping) {
-        //  Nobody will read it: free what it owns here (the broker requeues
-        //  a batch we do not answer).
-        if (cmd->kind == S_CMD_MSG) {
-            loom_msg *m = (loom_msg *)cmd->ptr;
-            loom_msg_destroy(&m);
-        } else if (cmd->kind == S_CMD_WELCOME)
-            free(cmd->ptr);
-        return;
+    s_in *in = (s_in *)loom_xcalloc(1, sizeof *in);
+    in->kind = kind;
+    in->gen = self->gen;
+    in->worker_id = worker_id;
+    in->endpoint = endpoint;
+    if (msg_p) {
+        in->msg = *msg_p;
+        *msg_p = NULL;
     }
-    while (zmq_send(self->pipe_raw, cmd, sizeof *cmd, 0) < 0 && zmq_errno() == EINTR)
-        ;
+    zlist_append(self->inbox, in);
 }
 
 static void
-s_io_on_message(s_io *self, loom_msg **msg_p)
+s_conn_on_message(s_conn *self, loom_msg **msg_p)
 {
     loom_msg *m = *msg_p;
     switch (m->type) {
@@ -319,7 +358,7 @@ s_io_on_message(s_io *self, loom_msg **msg_p)
             if (w->epoch != self->epoch) {
                 loom_log_notice("worker %d: broker restarted (new epoch): saying hello again",
                                 (int)getpid());
-                s_io_connect(self);
+                s_conn_connect(self);
             }
             break;
         }
@@ -329,34 +368,26 @@ s_io_on_message(s_io *self, loom_msg **msg_p)
         self->liveness = w->liveness ? w->liveness : self->liveness;
         loom_log_info("worker %d: welcome as worker %u, heartbeat %u ms", (int)getpid(),
                       w->worker_id, self->hb_ms);
-        s_cmd cmd = {.kind = S_CMD_WELCOME,
-                     .gen = self->gen,
-                     .worker_id = w->worker_id,
-                     .ptr = w->blob_endpoint ? loom_xstrdup(w->blob_endpoint) : NULL};
-        s_io_to_main(self, &cmd);
+        s_conn_to_main(self, S_IN_WELCOME, NULL, w->worker_id,
+                       w->blob_endpoint ? loom_xstrdup(w->blob_endpoint) : NULL);
         break;
     }
     case LOOM_MSG_CANCEL:
-        if (self->welcomed) {
-            pthread_mutex_lock(&self->shared->lock);
-            self->shared->cancels[self->shared->ncancels++ % S_CANCELS] = m->u.cancel_map;
-            pthread_mutex_unlock(&self->shared->lock);
-        }
-        //  The main thread closes the map.
+        //  Recorded now, so that a running batch stops at its next item; the
+        //  main thread closes the map.
+        if (self->welcomed)
+            self->cancels[self->ncancels++ % S_CANCELS] = m->u.cancel_map;
         /* fall through */
     case LOOM_MSG_MAP_OPEN:
     case LOOM_MSG_TASK_BATCH:
-        if (self->welcomed) {
-            s_cmd cmd = {.kind = S_CMD_MSG, .gen = self->gen, .ptr = m};
-            s_io_to_main(self, &cmd);
-            *msg_p = NULL;
-        }
+        if (self->welcomed)
+            s_conn_to_main(self, S_IN_MSG, msg_p, 0, NULL);
         break;
     case LOOM_MSG_ERROR:
         if (m->u.error.code == LOOM_ESTATE) {
             loom_log_notice("worker %d: broker lost our session (%s): saying hello again",
                             (int)getpid(), m->u.error.message ? m->u.error.message : "");
-            s_io_connect(self);
+            s_conn_connect(self);
         } else
             loom_log_warning("worker %d: broker error %d: %s", (int)getpid(), m->u.error.code,
                              m->u.error.message ? m->u.error.message : "");
@@ -366,12 +397,21 @@ s_io_on_message(s_io *self, loom_msg **msg_p)
     }
 }
 
+//  Read what the broker sent. With the main thread's queue full, read
+//  nothing more (libzmq holds it), but count the traffic as a sign of life.
 static void
-s_io_on_broker(s_io *self)
+s_conn_on_broker(s_conn *self)
 {
-    for (int n = 0; n < 1000 && self->dealer; n++) {
-        loom_msg *m = NULL;
+    for (int n = 0; n < 1000; n++) {
         void *sock = self->dealer;
+        if (zlist_size(self->inbox) >= S_INBOX_MAX) {
+            int events = 0;
+            size_t size = sizeof events;
+            if (zmq_getsockopt(sock, ZMQ_EVENTS, &events, &size) == 0 && (events & ZMQ_POLLIN))
+                self->last_rx = loom_now_ms();
+            return;
+        }
+        loom_msg *m = NULL;
         int rc = loom_wire_recv(sock, NULL, 0, NULL, &m, ZMQ_DONTWAIT);
         if (rc == LOOM_EAGAIN || rc == LOOM_EIO)
             return;
@@ -380,38 +420,37 @@ s_io_on_broker(s_io *self)
             loom_log_warning("worker %d: malformed message from broker dropped", (int)getpid());
             continue;
         }
-        s_io_on_message(self, &m);
+        s_conn_on_message(self, &m);
         loom_msg_destroy(&m);
         if (sock != self->dealer)
-            return; //  reconnected: the new socket is polled next time
+            return; //  reconnected: the new socket is read next time
     }
 }
 
 //  The running item is past its timeout: report it, flush, and end the
 //  process (the main thread is stuck in plugin code).
 static LOOM_NORETURN void
-s_io_timeout(s_io *self, uint32_t gen, uint64_t map, uint64_t index, uint32_t attempt,
-             uint32_t timeout_ms)
+s_conn_timeout(s_conn *self)
 {
     loom_log_warning("worker %d: item %" PRIu64 " of map %" PRIu64 " timed out after %u ms",
-                     (int)getpid(), index, map, timeout_ms);
-    if (gen == self->gen && self->welcomed) {
-        s_io_flush_pending(self);
+                     (int)getpid(), self->index, self->map, self->timeout_ms);
+    if (self->item_gen == self->gen && self->welcomed) {
+        s_conn_flush_pending(self);
         char error[80];
-        snprintf(error, sizeof error, "item timed out after %u ms", timeout_ms);
+        snprintf(error, sizeof error, "item timed out after %u ms", self->timeout_ms);
         loom_wire_result r;
         memset(&r, 0, sizeof r);
-        r.index = index;
-        r.attempt = attempt;
+        r.index = self->index;
+        r.attempt = self->attempt;
         r.status = LOOM_ETIMEDOUT;
         r.error = error;
         loom_msg m;
         memset(&m, 0, sizeof m);
         m.type = LOOM_MSG_RESULT_BATCH;
-        m.u.result_batch.map = map;
+        m.u.result_batch.map = self->map;
         m.u.result_batch.results = &r;
         m.u.result_batch.nresults = 1;
-        m.u.result_batch.elapsed_us = (uint64_t)timeout_ms * 1000;
+        m.u.result_batch.elapsed_us = (uint64_t)self->timeout_ms * 1000;
         int sndtimeo = S_EXIT_LINGER_MS;
         zmq_setsockopt(self->dealer, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
         loom_wire_send(self->dealer, NULL, 0, &m, 0);
@@ -423,103 +462,13 @@ s_io_timeout(s_io *self, uint32_t gen, uint64_t map, uint64_t index, uint32_t at
     _exit(LOOM_WORKER_EXIT_TIMEDOUT);
 }
 
-static void s_io_finish(s_io *self);
-static int s_io_on_pipe(s_io *self);
-
-//  Stopping (SIGTERM/SIGINT) while an item still runs past the grace
-//  period: hand it back. Send the results already made, and exit cleanly
-//  (status 0): the broker requeues what we held without charging it.
-static LOOM_NORETURN void
-s_io_hand_back(s_io *self)
-{
-    loom_log_info("worker %d: stopping: handing back the running item", (int)getpid());
-    s_io_on_pipe(self);
-    s_io_finish(self);
-    _exit(0);
-}
-
-static void
-s_io_tick(s_io *self)
-{
-    int64_t now = loom_now_ms();
-    if (s_stop && !self->stop_at)
-        self->stop_at = now;
-    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
-    if (self->hello_pending)
-        s_io_hello(self);
-    else if (!self->welcomed && now - self->hello_at > expiry) {
-        loom_log_notice("worker %d: no welcome from %s after %" PRId64 " ms: retrying",
-                        (int)getpid(), self->opts->endpoint, now - self->hello_at);
-        s_io_connect(self);
-        s_io_hello(self);
-    } else if (self->welcomed && now - self->last_rx > expiry) {
-        loom_log_notice("worker %d: broker silent for %" PRId64 " ms: reconnecting", (int)getpid(),
-                        now - self->last_rx);
-        s_io_connect(self);
-        s_io_hello(self);
-    }
-    if (self->welcomed) {
-        if (zlist_size(self->pending))
-            s_io_flush_pending(self);
-        if (now - self->last_tx >= self->hb_ms) {
-            loom_msg m;
-            memset(&m, 0, sizeof m);
-            m.type = LOOM_MSG_HEARTBEAT;
-            s_io_send(self, &m);
-            self->last_tx = now; //  do not retry every tick when the send failed
-        }
-    }
-    s_shared *sh = self->shared;
-    pthread_mutex_lock(&sh->lock);
-    bool late = sh->running && sh->timeout_ms > 0 && now - sh->start_ms >= sh->timeout_ms;
-    bool running = sh->running;
-    uint32_t gen = sh->item_gen, attempt = sh->attempt, timeout_ms = sh->timeout_ms;
-    uint64_t map = sh->map, index = sh->index;
-    pthread_mutex_unlock(&sh->lock);
-    if (late)
-        s_io_timeout(self, gen, map, index, attempt, timeout_ms);
-    if (self->stop_at && running && now - self->stop_at >= S_STOP_GRACE_MS)
-        s_io_hand_back(self);
-}
-
-//  Commands from the main thread. Returns -1 on $TERM.
-static int
-s_io_on_pipe(s_io *self)
-{
-    for (int n = 0; n < 1000; n++) {
-        s_cmd cmd;
-        int size = zmq_recv(self->pipe_raw, &cmd, sizeof cmd, ZMQ_DONTWAIT);
-        if (size < 0)
-            return 0;
-        if (size == 5 && memcmp(&cmd, "$TERM", 5) == 0)
-            return -1;
-        if (size == (int)sizeof cmd && cmd.kind == S_CMD_STOP) {
-            s_cmd answer = {.kind = S_CMD_STOP};
-            s_io_to_main(self, &answer);
-            self->stopping = true;
-            continue;
-        }
-        if (size != (int)sizeof cmd || cmd.kind != S_CMD_SEND)
-            continue;
-        if (cmd.gen != self->gen || !self->welcomed) {
-            free(cmd.ptr); //  for a session that is gone: the broker requeued it
-            continue;
-        }
-        s_cmd *held = (s_cmd *)loom_xmalloc(sizeof *held);
-        *held = cmd;
-        zlist_append(self->pending, held);
-        s_io_flush_pending(self);
-    }
-    return 0;
-}
-
 //  Leave: send what waits, close with a linger so it reaches the broker.
 static void
-s_io_finish(s_io *self)
+s_conn_finish(s_conn *self)
 {
     if (self->welcomed)
-        s_io_flush_pending(self);
-    s_io_drop_pending(self);
+        s_conn_flush_pending(self);
+    s_conn_drop_pending(self);
     int linger = S_EXIT_LINGER_MS;
     zmq_setsockopt(self->dealer, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close(self->dealer);
@@ -528,43 +477,201 @@ s_io_finish(s_io *self)
     self->ctx = NULL;
 }
 
-static void
-s_io_actor(zsock_t *pipe, void *arg)
+//  Stopping (SIGTERM/SIGINT) while an item still runs past the grace
+//  period: hand it back. Send the results already made (the main thread
+//  sends each at once while stopping), and exit cleanly (status 0): the
+//  broker requeues what we held without charging it.
+static LOOM_NORETURN void
+s_conn_hand_back(s_conn *self)
 {
-    s_io_args *args = (s_io_args *)arg;
-    s_io self;
-    memset(&self, 0, sizeof self);
-    self.pipe = pipe;
-    self.pipe_raw = zsock_resolve(pipe);
-    self.opts = args->opts;
-    self.shared = args->shared;
-    self.hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
-    self.liveness = 3;
-    self.pending = zlist_new();
-    self.ctx = zmq_ctx_new();
-    LOOM_ASSERT(self.ctx);
+    loom_log_info("worker %d: stopping: handing back the running item", (int)getpid());
+    s_conn_finish(self);
+    _exit(0);
+}
+
+//  The timers: Hello, a silent broker, heartbeats, the running item's
+//  timeout and the stop grace.
+static void
+s_conn_tick(s_conn *self)
+{
+    int64_t now = loom_now_ms();
+    self->next_tick = now + S_TICK_MS;
+    if (s_stop && !self->stop_at)
+        self->stop_at = now;
+    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
+    if (self->hello_pending)
+        s_conn_hello(self);
+    else if (!self->welcomed && now - self->hello_at > expiry) {
+        loom_log_notice("worker %d: no welcome from %s after %" PRId64 " ms: retrying",
+                        (int)getpid(), self->opts->endpoint, now - self->hello_at);
+        s_conn_connect(self);
+        s_conn_hello(self);
+    } else if (self->welcomed && now - self->last_rx > expiry) {
+        loom_log_notice("worker %d: broker silent for %" PRId64 " ms: reconnecting", (int)getpid(),
+                        now - self->last_rx);
+        s_conn_connect(self);
+        s_conn_hello(self);
+    }
+    if (self->welcomed) {
+        if (zlist_size(self->pending))
+            s_conn_flush_pending(self);
+        if (now - self->last_tx >= self->hb_ms) {
+            loom_msg m;
+            memset(&m, 0, sizeof m);
+            m.type = LOOM_MSG_HEARTBEAT;
+            s_conn_send(self, &m);
+            self->last_tx = now; //  do not retry every tick when the send failed
+        }
+    }
+    //  `running` is only ever set while the main thread has let go.
+    if (self->running && self->timeout_ms > 0 && now - self->start_ms >= self->timeout_ms)
+        s_conn_timeout(self);
+    if (self->stop_at && self->running && now - self->stop_at >= S_STOP_GRACE_MS)
+        s_conn_hand_back(self);
+}
+
+//  Read what arrived and run the timers when due.
+static void
+s_conn_service(s_conn *self)
+{
+    s_conn_on_broker(self);
+    if (loom_now_ms() >= self->next_tick)
+        s_conn_tick(self);
+}
+
+//  The same, only when the timers are due (between items: cheap).
+static void
+s_conn_service_due(s_conn *self)
+{
+    if (loom_now_ms() >= self->next_tick) {
+        s_conn_on_broker(self);
+        s_conn_tick(self);
+    }
+}
+
+//  The watchdog: every tick, take the connection if the main thread has
+//  let go of it (it runs plugin code) and do its work. Never waits for the
+//  lock: when the main thread holds it, the main thread does that work.
+static void *
+s_watchdog(void *arg)
+{
+    s_conn *self = (s_conn *)arg;
     //  Signals go to this thread, never to the one running plugin code.
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    s_io_connect(&self);
-    zsock_signal(pipe, 0);
-    while (true) {
-        zmq_pollitem_t items[2] = {{self.pipe_raw, 0, ZMQ_POLLIN, 0},
-                                   {self.dealer, 0, ZMQ_POLLIN, 0}};
-        int rc = zmq_poll(items, 2, S_TICK_MS);
-        if (rc < 0 && zmq_errno() != EINTR)
+    pthread_mutex_lock(&self->wd_lock);
+    int idle_ticks = 0;
+    while (!self->wd_quit) {
+        if (idle_ticks >= S_PARK_TICKS) {
+            //  Park, unless the main thread is busy again. Both sides store
+            //  then load (seq_cst): if it was still idle when we looked, its
+            //  next s_conn_let_go sees wd_parked and wakes us (under
+            //  wd_lock, so not before we wait).
+            idle_ticks = 0;
+            atomic_store(&self->wd_parked, true);
+            while (atomic_load(&self->main_idle) && atomic_load(&self->wd_parked) &&
+                   !self->wd_quit)
+                pthread_cond_wait(&self->wd_cond, &self->wd_lock);
+            //  A main thread that is busy but never lets go services the
+            //  connection itself: no need to wake for it.
+            atomic_store(&self->wd_parked, false);
+            continue;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += S_TICK_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&self->wd_cond, &self->wd_lock, &until);
+        if (self->wd_quit)
             break;
-        if (rc > 0 && (items[0].revents & ZMQ_POLLIN) && s_io_on_pipe(&self) < 0)
-            break;
-        if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
-            s_io_on_broker(&self);
-        s_io_tick(&self);
+        pthread_mutex_unlock(&self->wd_lock);
+        idle_ticks = atomic_load(&self->main_idle) ? idle_ticks + 1 : 0;
+        if (pthread_mutex_trylock(&self->lock) == 0) {
+            s_conn_on_broker(self);
+            s_conn_tick(self); //  may end the process
+            pthread_mutex_unlock(&self->lock);
+        }
+        pthread_mutex_lock(&self->wd_lock);
     }
-    s_io_finish(&self);
-    zlist_destroy(&self.pending);
+    pthread_mutex_unlock(&self->wd_lock);
+    return NULL;
+}
+
+//  Connect, and start the watchdog. The caller holds the connection
+//  from here on.
+static void
+s_conn_start(s_conn *self, const loom_worker_process_opts *opts)
+{
+    memset(self, 0, sizeof *self);
+    atomic_init(&self->main_idle, false);
+    atomic_init(&self->wd_parked, false);
+    self->opts = opts;
+    self->hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
+    self->liveness = 3;
+    self->pending = zlist_new();
+    self->inbox = zlist_new();
+    self->ctx = zmq_ctx_new();
+    LOOM_ASSERT(self->pending && self->inbox && self->ctx);
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_mutex_init(&self->wd_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->wd_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_lock(&self->lock);
+    s_conn_connect(self);
+    s_conn_tick(self);
+    int rc = pthread_create(&self->watchdog, NULL, s_watchdog, self);
+    LOOM_ASSERT(rc == 0);
+}
+
+//  Stop the watchdog, flush what waits, close; drop what the main thread
+//  did not take (the broker requeues it). Called holding the connection.
+static void
+s_conn_stop(s_conn *self)
+{
+    pthread_mutex_lock(&self->wd_lock);
+    self->wd_quit = true;
+    pthread_cond_signal(&self->wd_cond);
+    pthread_mutex_unlock(&self->wd_lock);
+    pthread_join(self->watchdog, NULL);
+    s_conn_finish(self);
+    s_in *in;
+    while ((in = (s_in *)zlist_pop(self->inbox)))
+        s_in_destroy(&in);
+    zlist_destroy(&self->inbox);
+    zlist_destroy(&self->pending);
+    pthread_mutex_unlock(&self->lock);
+    pthread_mutex_destroy(&self->lock);
+    pthread_mutex_destroy(&self->wd_lock);
+    pthread_cond_destroy(&self->wd_cond);
+}
+
+//  The main thread lets go of the connection for plugin code or blob
+//  transfers, and takes it back after.
+static void
+s_conn_let_go(s_conn *self)
+{
+    pthread_mutex_unlock(&self->lock);
+    if (atomic_load(&self->wd_parked)) {
+        pthread_mutex_lock(&self->wd_lock);
+        atomic_store(&self->wd_parked, false);
+        pthread_cond_signal(&self->wd_cond);
+        pthread_mutex_unlock(&self->wd_lock);
+    }
+}
+
+static void
+s_conn_take(s_conn *self)
+{
+    pthread_mutex_lock(&self->lock);
 }
 
 //  ---------------------------------------------------------------------
@@ -633,23 +740,22 @@ s_map_add(s_worker *self, uint64_t id, size_t bytes)
 static bool
 s_cancelled(s_worker *self, uint64_t map)
 {
-    s_shared *sh = &self->shared;
-    bool found = false;
-    pthread_mutex_lock(&sh->lock);
-    size_t n = sh->ncancels < S_CANCELS ? sh->ncancels : S_CANCELS;
-    for (size_t i = 0; i < n && !found; i++)
-        found = sh->cancels[i] == map;
-    pthread_mutex_unlock(&sh->lock);
-    return found;
+    s_conn *c = &self->conn;
+    size_t n = c->ncancels < S_CANCELS ? c->ncancels : S_CANCELS;
+    for (size_t i = 0; i < n; i++)
+        if (c->cancels[i] == map)
+            return true;
+    return false;
 }
 
 //  Our work belongs to a connection that is gone.
 static bool
 s_stale(s_worker *self, uint32_t gen)
 {
-    return atomic_load(&self->shared.gen) != gen;
+    return self->conn.gen != gen;
 }
 
+//  Encode and send (the connection drops it if generation gen is gone).
 static void
 s_to_io(s_worker *self, uint32_t gen, const loom_msg *m)
 {
@@ -659,13 +765,7 @@ s_to_io(s_worker *self, uint32_t gen, const loom_msg *m)
         loom_log_error("worker %d: cannot encode %s", (int)getpid(), loom_msg_type_name(m->type));
         return;
     }
-    s_cmd cmd = {.kind = S_CMD_SEND, .gen = gen, .ptr = buf, .len = len};
-    while (zmq_send(self->pipe, &cmd, sizeof cmd, 0) < 0) {
-        if (zmq_errno() != EINTR) {
-            free(buf);
-            return;
-        }
-    }
+    s_conn_send_buf(&self->conn, gen, buf, len);
 }
 
 static void
@@ -795,8 +895,10 @@ s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
     }
     loom_exec_out out;
     memset(&out, 0, sizeof out);
+    s_conn_let_go(&self->conn);
     int rc =
         loom_executor_reduce(self->exec, map, self->partial, self->partial_len, data, len, &out);
+    s_conn_take(&self->conn);
     free(data);
     if (rc != 0) {
         *error = out.error ? out.error : loom_xstrdup(loom_strerror(rc));
@@ -811,22 +913,25 @@ s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
     return 0;
 }
 
-static void
-s_publish(s_worker *self, bool running, uint64_t map, const loom_wire_item *item,
-          uint32_t timeout_ms)
+//  Run one item with the connection let go, published for its timeout.
+static int
+s_run_item(s_worker *self, uint64_t map, const loom_wire_item *item, uint32_t timeout_ms,
+           loom_exec_out *out)
 {
-    s_shared *sh = &self->shared;
-    pthread_mutex_lock(&sh->lock);
-    sh->running = running;
-    if (running) {
-        sh->item_gen = self->gen;
-        sh->map = map;
-        sh->index = item->index;
-        sh->attempt = item->attempt;
-        sh->timeout_ms = timeout_ms;
-        sh->start_ms = loom_now_ms();
-    }
-    pthread_mutex_unlock(&sh->lock);
+    s_conn *c = &self->conn;
+    c->running = true;
+    c->item_gen = self->gen;
+    c->map = map;
+    c->index = item->index;
+    c->attempt = item->attempt;
+    c->timeout_ms = timeout_ms;
+    c->start_ms = loom_now_ms();
+    s_conn_let_go(c);
+    int rc =
+        loom_executor_run(self->exec, map, item->index, item->data.data, item->data.len, out);
+    s_conn_take(c);
+    c->running = false;
+    return rc;
 }
 
 //  TaskBatch{combine}: fold every item's data into one partial.
@@ -896,12 +1001,14 @@ s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, 
     const char **names = loom_xcalloc(n, sizeof *names);
     char **paths = loom_xcalloc(n, sizeof *paths);
     int rc = 0;
+    s_conn_let_go(&self->conn);
     for (size_t i = 0; i < n && rc == 0; i++) {
         char what[320];
         snprintf(what, sizeof what, "file '%s'", item->files[i].name);
         names[i] = item->files[i].name;
         rc = loom_worker_blobs_fetch(self->blobs, what, &item->files[i], &paths[i], error);
     }
+    s_conn_take(&self->conn);
     if (rc) {
         for (size_t i = 0; i < n; i++)
             free(paths[i]);
@@ -931,8 +1038,10 @@ s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *
     size_t n = loom_executor_output_files(self->exec, &names, &opaths);
     if (n) {
         char *reason = NULL;
+        s_conn_let_go(&self->conn);
         int urc =
             loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles, &reason);
+        s_conn_take(&self->conn);
         if (urc && *rc == 0) {
             *rc = urc;
             free(out->data);
@@ -964,7 +1073,9 @@ s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
     if (!mp->shares || mp->shares_ready)
         return 0;
     char *reason = NULL;
+    s_conn_let_go(&self->conn);
     int rc = loom_worker_blobs_open_shares(self->blobs, self->exec, mp->id, mp->shares, &reason);
+    s_conn_take(&self->conn);
     if (rc == 0) {
         mp->shares_ready = true;
         return 0;
@@ -1009,6 +1120,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
     }
     for (size_t i = 0; i < tb->nitems; i++) {
         const loom_wire_item *item = &tb->items[i];
+        s_conn_service_due(&self->conn); //  reads and heartbeats between items
         if (s_stale(self, self->out_gen) || s_cancelled(self, tb->map)) {
             s_out_begin(self, tb->map); //  drop: nobody wants these now
             return;
@@ -1022,10 +1134,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             s_out_add(self, item, frc, NULL, 0, ferr);
             continue;
         }
-        s_publish(self, true, tb->map, item, mp->timeout_ms);
-        int rc = loom_executor_run(self->exec, tb->map, item->index, item->data.data,
-                                   item->data.len, &out);
-        s_publish(self, false, 0, NULL, 0);
+        int rc = s_run_item(self, tb->map, item, mp->timeout_ms, &out);
         self->items_run++;
         loom_wire_file *ofiles = NULL;
         size_t nofiles = 0;
@@ -1042,7 +1151,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             free(out.error);
         } else
             s_out_add(self, item, rc, out.data, out.len, out.error);
-        //  Stopping: send each result at once, the I/O thread may hand the
+        //  Stopping: send each result at once, the watchdog may hand the
         //  rest back any moment (reduce partials go only with the batch).
         if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
             (s_stop && !mp->reduce))
@@ -1074,8 +1183,11 @@ s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
     } else {
         mp->bytes = bytes;
         self->map_bytes += bytes;
+        //  The plugin's init may run here, for any time.
+        s_conn_let_go(&self->conn);
         rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
                                     mo->args.data, mo->args.len, mo->reduce, &reason);
+        s_conn_take(&self->conn);
     }
     if (rc != 0) {
         mp->status = rc;
@@ -1090,7 +1202,7 @@ s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
     }
 }
 
-//  A message from the broker, passed on by the I/O thread.
+//  A message from the broker, as the connection queued it.
 static void
 s_on_message(s_worker *self, uint32_t gen, loom_msg *m)
 {
@@ -1116,13 +1228,33 @@ s_on_message(s_worker *self, uint32_t gen, loom_msg *m)
     }
 }
 
+//  What the connection queued: a Welcome (the executor is made at the
+//  first), or a message. Returns 0, or 1 when the process cannot go on.
+static int
+s_on_in(s_worker *self, s_in *in)
+{
+    if (in->kind == S_IN_WELCOME) {
+        self->worker_id = in->worker_id;
+        loom_worker_blobs_set_endpoint(self->blobs, in->endpoint, self->opts->endpoint);
+        if (!self->exec) {
+            self->exec = loom_executor_new(self->opts->plugin_path, in->worker_id);
+            if (!self->exec) {
+                loom_log_error("worker %d: cannot create the executor", (int)getpid());
+                return 1;
+            }
+        }
+    } else if (in->kind == S_IN_MSG && self->exec)
+        s_on_message(self, in->gen, in->msg);
+    return 0;
+}
+
 int
 loom_worker_process_run(const loom_worker_process_opts *opts)
 {
     LOOM_ASSERT(opts && opts->endpoint && opts->host);
     //  Plugin code runs on this thread: keep SIGTERM/SIGINT off it, and off
     //  every thread started from here, so a signal does not cut a task's
-    //  sleep or read. Only the I/O thread unblocks them. Blocking before
+    //  sleep or read. Only the watchdog unblocks them. Blocking before
     //  zsys_init also means no signal is lost while handlers change.
     sigset_t set;
     sigemptyset(&set);
@@ -1145,13 +1277,9 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     self.max_maps = (size_t)loom_env_long("LOOM_WORKER_MAX_MAPS", S_MAX_MAPS, 1, 1L << 20);
     self.max_map_bytes =
         (size_t)loom_env_long("LOOM_WORKER_MAP_BYTES", S_MAX_MAP_BYTES, 4096, LONG_MAX);
-    pthread_mutex_init(&self.shared.lock, NULL);
-    atomic_init(&self.shared.gen, 0);
-    s_io_args args = {.opts = opts, .shared = &self.shared};
-    self.io = zactor_new(s_io_actor, &args);
-    LOOM_ASSERT(self.io);
-    self.pipe = zsock_resolve(self.io);
     self.blobs = loom_worker_blobs_new(opts->cache_dir, opts->cache_size);
+    s_conn *c = &self.conn;
+    s_conn_start(c, opts); //  held from here on, but while plugin code runs
     int status = 0;
 
     while (!s_stop) {
@@ -1160,62 +1288,27 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
                           self.items_run);
             break;
         }
-        zmq_pollitem_t item = {self.pipe, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, 100);
+        s_in *in = (s_in *)zlist_pop(c->inbox);
+        if (in) {
+            status = s_on_in(&self, in);
+            s_in_destroy(&in);
+            if (status)
+                break;
+            s_conn_service(c); //  the timers, when a stream of messages keeps us busy
+            continue;
+        }
+        int64_t wait = c->next_tick - loom_now_ms();
+        zmq_pollitem_t item = {c->dealer, 0, ZMQ_POLLIN, 0};
+        atomic_store(&c->main_idle, true);
+        int rc = zmq_poll(&item, 1, wait < 0 ? 0 : wait > S_TICK_MS ? S_TICK_MS : (long)wait);
+        atomic_store(&c->main_idle, false); //  before any let-go (see s_watchdog)
         if (rc < 0 && zmq_errno() != EINTR)
             break;
-        if (rc <= 0)
-            continue;
-        s_cmd cmd;
-        int size = zmq_recv(self.pipe, &cmd, sizeof cmd, ZMQ_DONTWAIT);
-        if (size != (int)sizeof cmd)
-            continue;
-        if (cmd.kind == S_CMD_WELCOME) {
-            self.worker_id = cmd.worker_id;
-            loom_worker_blobs_set_endpoint(self.blobs, cmd.ptr, opts->endpoint);
-            free(cmd.ptr);
-            if (!self.exec) {
-                self.exec = loom_executor_new(opts->plugin_path, cmd.worker_id);
-                if (!self.exec) {
-                    loom_log_error("worker %d: cannot create the executor", (int)getpid());
-                    status = 1;
-                    break;
-                }
-            }
-        } else if (cmd.kind == S_CMD_MSG) {
-            loom_msg *m = (loom_msg *)cmd.ptr;
-            if (self.exec)
-                s_on_message(&self, cmd.gen, m);
-            loom_msg_destroy(&m);
-        }
+        s_conn_service(c);
     }
-    //  Batches the I/O thread passed on and we will not run: free them
-    //  (the broker requeues them when we are gone).
-    //  The I/O thread answers STOP after everything it passed on before,
-    //  and passes nothing after it, so zactor_destroy (which discards what
-    //  it reads) cannot drop a batch we own.
-    s_cmd stop = {.kind = S_CMD_STOP};
-    while (zmq_send(self.pipe, &stop, sizeof stop, 0) < 0 && zmq_errno() == EINTR)
-        ;
-    int64_t give_up = loom_now_ms() + 5000;
-    while (loom_now_ms() < give_up) {
-        zmq_pollitem_t item = {self.pipe, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 100) <= 0)
-            continue;
-        s_cmd left;
-        if (zmq_recv(self.pipe, &left, sizeof left, ZMQ_DONTWAIT) != (int)sizeof left)
-            continue;
-        if (left.kind == S_CMD_STOP)
-            break;
-        if (left.kind == S_CMD_MSG) {
-            loom_msg *m = (loom_msg *)left.ptr;
-            loom_msg_destroy(&m);
-        } else if (left.kind == S_CMD_WELCOME)
-            free(left.ptr);
-    }
-    //  The results of the last batch are in the pipe ahead of $TERM: the
-    //  I/O thread sends them before it closes.
-    zactor_destroy(&self.io);
+    //  Send the last results, close with a linger; batches queued and not
+    //  run are freed (the broker requeues them when we are gone).
+    s_conn_stop(c);
     s_map_forget_all(&self);
     s_out_clear(&self);
     free(self.res);
@@ -1225,6 +1318,5 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     free(self.partial);
     loom_executor_destroy(&self.exec);
     loom_worker_blobs_destroy(&self.blobs);
-    pthread_mutex_destroy(&self.shared.lock);
     return status;
 }

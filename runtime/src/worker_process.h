@@ -1,12 +1,13 @@
 /*  worker_process: one loom worker process (`loom worker --child`).
 
-    Two threads. The I/O thread owns the DEALER to the broker: it says Hello,
-    takes the Welcome, heartbeats when idle, notices a silent or restarted
-    broker and reconnects with a new socket and a new Hello, forwards MapOpen,
-    TaskBatch and Cancel to the main thread over an inproc pipe, sends the
-    main thread's results to the broker, and enforces item timeouts. The main
-    thread owns the executor and runs plugin code, so a long task never stops
-    the heartbeats.  */
+    Two threads. The main thread talks to the broker on its DEALER (Hello,
+    Welcome, heartbeats, reconnects with a new socket and a new Hello after
+    a silent or restarted broker), runs each TaskBatch's items through the
+    executor and sends their results itself: no thread hop between a task
+    arriving and its result leaving. While it runs plugin code it lets go of
+    the connection, and a watchdog thread takes it over each tick: it reads
+    and queues what the broker sends, heartbeats, and enforces item
+    timeouts, so a long or hung task never stops the heartbeats.  */
 
 #ifndef LOOM_WORKER_PROCESS_H
 #define LOOM_WORKER_PROCESS_H
@@ -34,7 +35,7 @@ typedef struct {
 //  Run one worker process until SIGTERM/SIGINT (finishes the batch it is
 //  running, sends its results) or --max-tasks. Returns the process exit
 //  status: 0 on a clean stop, 1 on a setup failure. An item that runs past
-//  its timeout ends the process from the I/O thread with
+//  its timeout ends the process from the watchdog thread with
 //  _exit(LOOM_WORKER_EXIT_TIMEDOUT) after sending its LOOM_ETIMEDOUT result.
 int loom_worker_process_run(const loom_worker_process_opts *opts);
 

@@ -1,7 +1,7 @@
 /*  fuzz_worker: libFuzzer target for a worker process's handling of what
     the broker sends.
 
-    A real worker (loom_worker_process_run: its I/O thread, its executor
+    A real worker (loom_worker_process_run: its watchdog, its executor
     and the shipped `echo` plugin) runs on a thread of this process,
     connected over ipc:// to a ROUTER we own and play the broker on. Each
     input is a list of frames, records [len:2 little-endian][frame:len],

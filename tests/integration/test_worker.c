@@ -643,6 +643,36 @@ test_item_timeout_reports_etimedout_then_exits(void **state)
     s_wait_hellos(fb, 2);
 }
 
+//  An idle worker's watchdog parks (after 200 ms); the first item after it
+//  must wake it, or a hung item would never time out.
+static void
+test_item_timeout_after_an_idle_spell(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("idletimeout", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 18, "testkit", "sleep", 200, false);
+    int64_t until = loom_now_ms() + 1000; //  the worker idles (and answers heartbeats)
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 50, &q);
+        loom_msg_destroy(&m);
+    }
+    const char *in[] = {"60000"};
+    s_batch(fb, p, 18, 0, in, 1, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 18, res, 1, NULL), 1);
+    assert_int_equal(res[0].status, LOOM_ETIMEDOUT);
+    s_peer *from = NULL;
+    loom_msg *x = s_expect(fb, LOOM_MSG_WORKER_EXIT, S_WAIT_MS, &from);
+    assert_non_null(x);
+    assert_int_equal(x->u.worker_exit.pid, pid);
+    assert_int_equal(x->u.worker_exit.status, 124);
+    loom_msg_destroy(&x);
+}
+
 static void
 test_heartbeats_continue_during_long_item(void **state)
 {
@@ -916,6 +946,46 @@ test_sigterm_to_worker_finishes_its_batch(void **state)
     loom_msg_destroy(&x);
 }
 
+//  SIGTERM while an item runs on: after the grace (250 ms) the watchdog
+//  hands the item back (no result: the broker requeues it) and the process
+//  exits 0, long before the item would end.
+static void
+test_sigterm_during_a_long_item_hands_it_back(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("handback", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 17, "testkit", "sleep", 0, false);
+    const char *in[] = {"5000"};
+    s_batch(fb, p, 17, 0, in, 1, false);
+    int64_t until = loom_now_ms() + 100; //  the item surely runs
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 20, &q);
+        loom_msg_destroy(&m);
+    }
+    int64_t t0 = loom_now_ms();
+    kill((pid_t)pid, SIGTERM);
+    loom_msg *x = NULL;
+    while (!x && loom_now_ms() - t0 < S_WAIT_MS) {
+        s_peer *from;
+        loom_msg *m = s_recv(fb, 100, &from);
+        if (m && m->type == LOOM_MSG_RESULT_BATCH)
+            assert_true(m->u.result_batch.map != 17);
+        if (m && m->type == LOOM_MSG_WORKER_EXIT)
+            x = m;
+        else
+            loom_msg_destroy(&m);
+    }
+    assert_non_null(x);
+    assert_true(loom_now_ms() - t0 < 3000);
+    assert_int_equal(x->u.worker_exit.pid, pid);
+    assert_int_equal(x->u.worker_exit.status, 0);
+    assert_int_equal(x->u.worker_exit.signal, 0);
+    loom_msg_destroy(&x);
+}
+
 static void
 test_cancel_skips_the_rest_of_the_map(void **state)
 {
@@ -980,6 +1050,70 @@ test_large_results_are_flushed_early(void **state)
     //  600 KB in one batch: sent in pieces of about 256 KiB.
     assert_true(batches >= 2);
     assert_int_equal(results, 4);
+}
+
+//  While plugin code runs, the watchdog reads what the broker sends and
+//  queues it for the main thread; past S_INBOX_MAX (1000) queued it reads no
+//  more, yet the traffic still counts as a live broker. 1500 batches sent
+//  behind a 2.5 s item (longer than the 1 s expiry): every one is run, in
+//  order, on the same session, and the heartbeats never stop.
+static void
+test_batches_sent_during_a_long_item_are_all_run_in_order(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("queued", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    int peers = fb->npeers;
+    s_map_open(fb, p, 15, "testkit", "sleep", 0, false);
+    s_map_open(fb, p, 16, "testkit", "index", 0, false);
+    const char *slow[] = {"2500"};
+    s_batch(fb, p, 15, 0, slow, 1, false);
+    enum { N = 1500 };
+    for (uint64_t i = 0; i < N; i++) {
+        loom_wire_item item;
+        memset(&item, 0, sizeof item);
+        item.index = i;
+        item.attempt = 1;
+        loom_msg m;
+        memset(&m, 0, sizeof m);
+        m.type = LOOM_MSG_TASK_BATCH;
+        m.u.task_batch.map = 16;
+        m.u.task_batch.items = &item;
+        m.u.task_batch.nitems = 1;
+        //  Blocking: past the ROUTER's high-water mark, wait for the worker.
+        assert_int_equal(loom_wire_send(fb->sock, p->rid, p->rid_len, &m, 0), 0);
+    }
+    int hb0 = p->heartbeats;
+    uint64_t next = 0;
+    bool slept = false;
+    int64_t deadline = loom_now_ms() + 2 * S_WAIT_MS;
+    while ((next < N || !slept) && loom_now_ms() < deadline) {
+        s_peer *q = NULL;
+        loom_msg *m = s_expect(fb, LOOM_MSG_RESULT_BATCH, 1000, &q);
+        if (!m)
+            continue;
+        const loom_wire_result_batch *rb = &m->u.result_batch;
+        for (size_t i = 0; i < rb->nresults; i++) {
+            assert_int_equal(rb->results[i].status, 0);
+            if (rb->map == 15)
+                slept = true;
+            else {
+                assert_int_equal(rb->map, 16);
+                assert_true(slept); //  queued behind the long item
+                char want[32];
+                snprintf(want, sizeof want, "%" PRIu64, next);
+                assert_int_equal(rb->results[i].data.len, strlen(want));
+                assert_memory_equal(rb->results[i].data.data, want, strlen(want));
+                next++;
+            }
+        }
+        loom_msg_destroy(&m);
+    }
+    assert_true(slept);
+    assert_int_equal(next, N);
+    assert_int_equal(fb->npeers, peers); //  no new Hello: the session never expired
+    //  2.5 s at a 100 ms interval, some of it in a full queue.
+    assert_true(p->heartbeats - hb0 >= 10);
 }
 
 static void
@@ -1465,6 +1599,7 @@ main(void)
         cmocka_unit_test_teardown(test_hostile_broker_messages_do_not_stop_the_worker, s_teardown),
         cmocka_unit_test_teardown(test_crash_reports_worker_exit_and_restarts, s_teardown),
         cmocka_unit_test_teardown(test_item_timeout_reports_etimedout_then_exits, s_teardown),
+        cmocka_unit_test_teardown(test_item_timeout_after_an_idle_spell, s_teardown),
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycles_the_process, s_teardown),
         cmocka_unit_test_teardown(test_reduce_folds_batch_and_combines, s_teardown),
@@ -1472,8 +1607,11 @@ main(void)
         cmocka_unit_test_teardown(test_map_definitions_are_capped_lru, s_teardown),
         cmocka_unit_test_teardown(test_map_definition_bytes_are_capped, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
+        cmocka_unit_test_teardown(test_sigterm_during_a_long_item_hands_it_back, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),
+        cmocka_unit_test_teardown(test_batches_sent_during_a_long_item_are_all_run_in_order,
+                                  s_teardown),
         cmocka_unit_test_teardown(test_silent_broker_gets_a_new_hello, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_to_supervisor_stops_everything, s_teardown),
         cmocka_unit_test_teardown(test_supervisor_killed_takes_workers_down, s_teardown),
