@@ -1,18 +1,18 @@
 /*  blob_store: the broker's content-addressed blob store (see
     blob_store.h). An index in memory (hex digest -> size, references, last
     use), files on disk under DIR/ab/<hex>, uploads in progress as temp
-    files DIR/ab/<hex>.<n>.tmp with a running BLAKE2b state.  */
+    files DIR/ab/<hex>.<n>.tmp with a running SHA-256 state.  */
 
 #include "blob_store.h"
 
 #include "base.h"
+#include "blob_hash.h"
 
 #include <czmq.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,7 +33,7 @@ typedef struct {
     uint64_t received;
     int fd;
     char *tmp; //  temp file path (owned)
-    crypto_generichash_state st;
+    loom__blob_hasher *hasher; //  SHA-256 of the bytes so far
     int64_t last_use;
 } s_upload;
 
@@ -102,6 +102,7 @@ s_upload_free(void **item)
         return;
     if (u->fd >= 0)
         close(u->fd);
+    loom__blob_hasher_destroy(&u->hasher);
     if (u->tmp) {
         unlink(u->tmp);
         free(u->tmp);
@@ -169,7 +170,7 @@ loom_blob_store *
 loom_blob_store_new(const char *dir, uint64_t cap_bytes, int64_t ttl_ms)
 {
     LOOM_ASSERT(dir);
-    if (sodium_init() < 0 || s_mkdir(dir) != 0)
+    if (s_mkdir(dir) != 0)
         return NULL;
     loom_blob_store *self = loom_xcalloc(1, sizeof *self);
     self->dir = loom_xstrdup(dir);
@@ -276,12 +277,12 @@ static int
 s_finish(loom_blob_store *self, const char *key, s_upload *u)
 {
     uint8_t got[LOOM_BLOB_HASH_SIZE];
-    crypto_generichash_final(&u->st, got, sizeof got);
+    loom__blob_hasher_final(u->hasher, got);
     char hex[S_HEX_LEN + 1], path[4096];
     loom_blob_hex(u->hash, hex);
     s_path(self, hex, path, sizeof path);
     int rc = 0;
-    if (sodium_memcmp(got, u->hash, sizeof got) != 0) {
+    if (!loom__blob_hash_equal(got, u->hash)) {
         loom_log_warning("blob store: upload of %.16s... does not match its hash: refused", hex);
         rc = LOOM_EPROTO;
     } else if (close(u->fd) != 0 || (u->fd = -1, rename(u->tmp, path) != 0)) {
@@ -337,7 +338,7 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
         free(u);
         return LOOM_EIO;
     }
-    crypto_generichash_init(&u->st, NULL, 0, LOOM_BLOB_HASH_SIZE);
+    u->hasher = loom__blob_hasher_new();
     zhashx_insert(self->uploads, key, u);
     if (total == 0) {
         int rc = s_finish(self, key, u);
@@ -375,7 +376,7 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         }
         put += (size_t)w;
     }
-    crypto_generichash_update(&u->st, data, len);
+    loom__blob_hasher_update(u->hasher, data, len);
     u->received += len;
     u->last_use = loom_now_ms();
     if (received_p)

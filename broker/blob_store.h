@@ -1,7 +1,7 @@
 /*  blob_store: the broker's content-addressed store of blobs (shares and
     files), on disk under one directory.
 
-    A blob is named by the BLAKE2b-256 of its bytes and lives at
+    A blob is named by the SHA-256 of its bytes and lives at
     DIR/ab/<64 hex>, a path built only from a digest the store verified
     itself: uploads go to a temp file, are hashed as they arrive, and are
     renamed into place only when the hash of the bytes received equals the

@@ -26,7 +26,7 @@ typedef struct {
 int loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len);
 int loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len);
 
-//  BLAKE2b-256 of size bytes of a source, read chunk by chunk.
+//  SHA-256 of size bytes of a source, read chunk by chunk.
 int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash);
 
 //  A DEALER connected to endpoint (its own socket options set), or NULL.

@@ -1,5 +1,5 @@
 /*  share: pipeline shares on the client side (loom_pipeline_share,
-    loom_pipeline_share_file). A share is hashed (BLAKE2b-256, streamed),
+    loom_pipeline_share_file). A share is hashed (SHA-256, streamed),
     uploaded on the blob channel unless the broker already holds that
     hash, and recorded in the pipeline (name -> hash, size); every MapOpen
     of the pipeline carries the list, so workers fetch what their tasks

@@ -8,7 +8,6 @@
 #include <czmq.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sodium.h>
 #include <sys/resource.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -107,8 +106,6 @@ static int
 s_setup(void **state)
 {
     (void)state;
-    if (sodium_init() < 0)
-        return -1;
     s_data = malloc(S_SIZE);
     for (size_t i = 0; i < S_SIZE; i++)
         s_data[i] = (uint8_t)(i * 7 + (i >> 9));

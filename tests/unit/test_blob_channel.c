@@ -6,7 +6,6 @@
 #include "loom_test.h"
 
 #include <czmq.h>
-#include <sodium.h>
 
 #include "blob_transfer.h"
 #include "broker.h"
@@ -89,6 +88,30 @@ static void
 s_send(const loom_msg *m)
 {
     assert_int_equal(loom_wire_send(s_dealer, NULL, 0, m, 0), 0);
+}
+
+//  Blob names are SHA-256 (FIPS 180-2 test vectors), over chunk edges too.
+static void
+test_names_are_sha256(void **state)
+{
+    (void)state;
+    static const uint8_t abc[32] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const uint8_t million_a[32] = {
+        0xcd, 0xc7, 0x6e, 0x5c, 0x99, 0x14, 0xfb, 0x92, 0x81, 0xa1, 0xc7, 0xe2, 0x84, 0xd7, 0x3e, 0x67,
+        0xf1, 0x80, 0x9a, 0x48, 0xa4, 0x97, 0x20, 0x0e, 0x04, 0x6d, 0x39, 0xcc, 0xc7, 0x11, 0x2c, 0xd0};
+    uint8_t hash[LOOM_HASH_SIZE];
+    loom_blob_mem mem = {(const uint8_t *)"abc", 3};
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, 3, hash), 0);
+    assert_memory_equal(hash, abc, sizeof abc);
+    size_t n = 1000000; //  almost 4 chunks: the stream is hashed chunk by chunk
+    uint8_t *a = malloc(n);
+    memset(a, 'a', n);
+    mem = (loom_blob_mem){a, n};
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, n, hash), 0);
+    assert_memory_equal(hash, million_a, sizeof million_a);
+    free(a);
 }
 
 static void
@@ -354,6 +377,7 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names_are_sha256),
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
