@@ -137,10 +137,15 @@ s_same(loom_span h, const uint8_t *hash)
     return h.len == LOOM_HASH_SIZE && memcmp(h.data, hash, LOOM_HASH_SIZE) == 0;
 }
 
-int
-loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
-                  int timeout_ms, uint64_t *sent_p)
+static const uint8_t s_unnamed[LOOM_HASH_SIZE] = {0};
+
+//  Upload under hash (s_unnamed: the broker names the blob, and a
+//  BlobHave{have: true} of any name ends the upload, its name in *stored).
+static int
+s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
+         int timeout_ms, uint64_t *sent_p, uint8_t *stored)
 {
+    bool unnamed = memcmp(hash, s_unnamed, LOOM_HASH_SIZE) == 0;
     loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
     m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
     m.u.blob_have.size = size;
@@ -168,11 +173,16 @@ loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_re
         if (in->type == LOOM_MSG_ERROR && in->u.error.message)
             //  Why the broker refuses (a quota, the store's cap): the status follows.
             loom_log_error("loom: broker: %s", in->u.error.message);
-        else if (in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash)) {
-            if (in->u.blob_have.have) {
-                rc = 0;
-                finished = true;
-            }
+        else if (in->type == LOOM_MSG_BLOB_HAVE && in->u.blob_have.have &&
+                 (s_same(in->u.blob_have.hash, hash) || unnamed)) {
+            //  Stored (an unnamed upload learns its name; all zeros is none).
+            const uint8_t *name = in->u.blob_have.hash.data;
+            rc = in->u.blob_have.size != size || !memcmp(name, s_unnamed, LOOM_HASH_SIZE)
+                     ? LOOM_EPROTO
+                     : 0;
+            if (rc == 0 && stored)
+                memcpy(stored, name, LOOM_HASH_SIZE);
+            finished = true;
         } else if (in->type == LOOM_MSG_BLOB_CHUNK && s_same(in->u.blob_chunk.hash, hash) &&
                    in->u.blob_chunk.status < 0) {
             rc = in->u.blob_chunk.status;
@@ -209,6 +219,21 @@ loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_re
     if (sent_p)
         *sent_p = sent;
     return rc;
+}
+
+int
+loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
+                  int timeout_ms, uint64_t *sent_p)
+{
+    LOOM_ASSERT(memcmp(hash, s_unnamed, LOOM_HASH_SIZE) != 0);
+    return s_upload(dealer, hash, size, rd, ctx, timeout_ms, sent_p, NULL);
+}
+
+int
+loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void *ctx,
+                          int timeout_ms, uint64_t *sent_p, uint8_t *hash)
+{
+    return s_upload(dealer, s_unnamed, size, rd, ctx, timeout_ms, sent_p, hash);
 }
 
 static int

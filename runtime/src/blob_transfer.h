@@ -45,6 +45,14 @@ char *loom__blob_endpoint(const char *welcome_ep, const char *task_ep);
 int loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd,
                       void *ctx, int timeout_ms, uint64_t *sent);
 
+//  Upload size bytes of a source without hashing them first: the broker
+//  hashes what it receives and stores the blob under that name, which it
+//  sends back into hash (32 bytes). Always sends every byte (the broker
+//  keeps one copy if it held them already). Returns as loom__blob_upload;
+//  LOOM_EPROTO if the broker's answer is not a name for size bytes.
+int loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void *ctx,
+                              int timeout_ms, uint64_t *sent, uint8_t *hash);
+
 //  Download blob hash of size bytes into fd (written at offsets from 0)
 //  and check its hash. Returns 0; LOOM_EPROTO when the bytes do not match
 //  the hash or the broker's size differs (the caller may try again);

@@ -374,18 +374,18 @@ test_store_keeps_only_verified_uploads(void **state)
     loom_blob_store *st = loom_blob_store_new(dir, 0, 50);
     assert_non_null(st);
     bool done = false;
-    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done), 0);
+    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
     //  A chunk out of order drops the upload.
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 10, s_data, 10, &done, NULL),
+    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 10, s_data, 10, &done, NULL, NULL),
                      LOOM_EINVAL);
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, 10, &done, NULL),
+    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, 10, &done, NULL, NULL),
                      LOOM_ESTATE);
     //  Bytes that do not match the hash are refused.
     uint8_t *bad = malloc(S_SIZE);
     memcpy(bad, s_data, S_SIZE);
     bad[5] ^= 1;
-    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done), 0);
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL),
+    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
+    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL, NULL),
                      LOOM_EPROTO);
     free(bad);
     assert_false(loom_blob_store_has(st, s_hash, NULL));
@@ -393,9 +393,9 @@ test_store_keeps_only_verified_uploads(void **state)
     uint64_t total = 0;
     assert_false(loom_blob_store_upload_total(st, "peer", s_hash, &total));
     //  The right bytes are stored; a second store on the dir finds them.
-    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done), 0);
+    assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
     assert_int_equal(
-        loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, S_SIZE, &done, NULL), 0);
+        loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, S_SIZE, &done, NULL, NULL), 0);
     assert_true(done);
     uint64_t size = 0;
     assert_true(loom_blob_store_has(st, s_hash, &size));

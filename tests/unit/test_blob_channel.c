@@ -171,6 +171,66 @@ test_upload_then_download_and_skip_when_held(void **state)
     free(data);
 }
 
+//  An unnamed upload (announced under 32 zero bytes): the broker hashes
+//  what it receives and answers with that name; the same bytes again are
+//  sent again and stored once; the zero name itself is never stored.
+static void
+test_unnamed_upload_is_named_by_its_bytes(void **state)
+{
+    (void)state;
+    size_t size = 2 * LOOM_BLOB_XFER_CHUNK + 99;
+    uint8_t *data = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        data[i] = (uint8_t)(i * 5 + 1);
+    loom_blob_mem mem = {data, size};
+    uint8_t want[LOOM_HASH_SIZE], name[LOOM_HASH_SIZE];
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, want), 0);
+    loom_wire_stats before = s_stats();
+    uint64_t sent = 0;
+    assert_int_equal(loom__blob_upload_unnamed(s_dealer, size, loom__blob_read_mem, &mem, 5000,
+                                               &sent, name),
+                     0);
+    assert_int_equal(sent, size);
+    assert_memory_equal(name, want, sizeof want);
+    loom_wire_stats after = s_stats();
+    assert_int_equal(after.blobs_stored, before.blobs_stored + 1);
+    memset(name, 0, sizeof name);
+    assert_int_equal(loom__blob_upload_unnamed(s_dealer, size, loom__blob_read_mem, &mem, 5000,
+                                               &sent, name),
+                     0);
+    assert_int_equal(sent, size);
+    assert_memory_equal(name, want, sizeof want);
+    loom_wire_stats again = s_stats();
+    assert_int_equal(again.blobs_stored, after.blobs_stored);
+    assert_int_equal(again.blob_store_bytes, after.blob_store_bytes);
+    //  Stored under its name: it downloads, and a named upload finds it.
+    char path[] = "/tmp/loom-test-bc-XXXXXX";
+    int fd = mkstemp(path);
+    assert_int_equal(loom__blob_download(s_dealer, want, size, fd, 5000, NULL), 0);
+    close(fd);
+    unlink(path);
+    assert_int_equal(
+        loom__blob_upload(s_dealer, want, size, loom__blob_read_mem, &mem, 5000, &sent), 0);
+    assert_int_equal(sent, 0);
+    //  Nothing at all: the name of no bytes.
+    static const uint8_t empty[32] = {
+        0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+        0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+    assert_int_equal(
+        loom__blob_upload_unnamed(s_dealer, 0, loom__blob_read_mem, &mem, 5000, &sent, name), 0);
+    assert_memory_equal(name, empty, sizeof empty);
+    //  The zero name is not a blob.
+    uint8_t zero[LOOM_HASH_SIZE] = {0};
+    loom_msg get = {.type = LOOM_MSG_BLOB_GET};
+    get.u.blob_get.hash = (loom_span){zero, LOOM_HASH_SIZE};
+    get.u.blob_get.credit = 100;
+    s_send(&get);
+    loom_msg *m = s_next();
+    assert_int_equal(m->u.blob_chunk.status, LOOM_ENOENT);
+    loom_msg_destroy(&m);
+    free(data);
+}
+
 static void
 test_bad_requests_get_a_status(void **state)
 {
@@ -379,6 +439,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_are_sha256),
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
+        cmocka_unit_test(test_unnamed_upload_is_named_by_its_bytes),
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
     };
