@@ -5,17 +5,25 @@
 
     loom: the embedded cluster (a broker in this process, 2 worker
     processes over ipc://, one host cache). A file of SHARE_MB MiB is
-    shared (hashed, then uploaded client -> broker in 256 KiB chunks with
-    credit): "upload" is that call's wall time. Then one item of testkit
-    "shared" runs in a map of that pipeline: the worker fetches the blob
-    broker -> host cache (hash checked) before running it: "fetch" is the
-    map's wall time. Then READERS items of testkit "shared_sum" read a
-    READ_MB MiB share (every byte, through the mmap): the wall time of the
-    whole map, fetch included.
+    shared (uploaded client -> broker in 256 KiB chunks with credit, the
+    broker hashing what it writes to its store and naming the blob): "upload"
+    is that call's wall time. Then one item of testkit "shared" runs in a
+    map of that pipeline: the worker fetches the blob broker -> host cache
+    (hash checked) before running it: "fetch" is the map's wall time. The
+    same file shared again is known by name: "share again" is the BlobHave
+    round trip. Then READERS items of testkit "shared_sum" read a READ_MB
+    MiB share (every byte, through the mmap): the wall time of the whole
+    map, fetch included.
 
     raw-zmq: the same SHARE_MB MiB sent DEALER -> ROUTER over ipc:// in
     256 KiB frames between two threads of this process, with the same 1 MiB
     credit window (the receiver acks every frame), no hashing, no disk.
+
+    Two more bounds, measured in the same run: SHA-256 over memory (each of
+    upload and fetch hashes every byte once), and writing SHARE_MB MiB to a
+    new file in $TMPDIR (each of upload and fetch writes a new file: the
+    store's, the cache's). Peak RSS: this process (client and embedded
+    broker) and the largest worker process.
 
     Needs $LOOM_PLUGIN_PATH to reach testkit (tests/plugins) and $LOOM_EXE.  */
 
@@ -185,6 +193,30 @@ s_hash_secs(uint64_t bytes)
     return secs;
 }
 
+//  Seconds to write bytes to a new file in $TMPDIR (else /tmp) in 256 KiB
+//  writes and close it: the page cache a store or cache file takes.
+static double
+s_write_secs(uint64_t bytes)
+{
+    const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/loom-bench-write-XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    char *buf = malloc(S_CHUNK);
+    memset(buf, 5, S_CHUNK);
+    double t0 = s_now();
+    bool ok = true;
+    for (uint64_t done = 0; done < bytes && ok; done += S_CHUNK)
+        ok = write(fd, buf, S_CHUNK) == S_CHUNK;
+    ok = close(fd) == 0 && ok;
+    double secs = s_now() - t0;
+    unlink(path);
+    free(buf);
+    return ok ? secs : -1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -233,20 +265,22 @@ main(int argc, char **argv)
 
     double raw = s_raw((uint64_t)share_mb << 20);
     double hash = s_hash_secs((uint64_t)share_mb << 20);
+    double disk = s_write_secs((uint64_t)share_mb << 20);
     unlink(big);
     unlink(small);
     free(big);
     free(small);
-    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0) {
+    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0 || disk < 0) {
         fprintf(stderr, "bench_share: a step failed\n");
         return 1;
     }
     printf("share %ld MiB, 2 worker processes, embedded cluster over ipc://\n", share_mb);
-    printf("loom upload  (hash + client->broker): %8.3f s  %6.2f GB/s\n", upload, gb / upload);
+    printf("loom upload  (client->broker store):  %8.3f s  %6.2f GB/s\n", upload, gb / upload);
     printf("loom fetch   (broker->host cache):    %8.3f s  %6.2f GB/s\n", fetch, gb / fetch);
-    printf("loom share again (already held):      %8.3f s\n", again);
+    printf("loom share again (known, held):       %8.3f s\n", again);
     printf("raw-zmq bulk (same bytes, 1 MiB win): %8.3f s  %6.2f GB/s\n", raw, gb / raw);
     printf("SHA-256 alone (memory, one core):     %8.3f s  %6.2f GB/s\n", hash, gb / hash);
+    printf("new file write alone (same bytes):    %8.3f s  %6.2f GB/s\n", disk, gb / disk);
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
     printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n",
@@ -257,6 +291,7 @@ main(int argc, char **argv)
         printf("share_upload_gbs %.4f\nshare_fetch_gbs %.4f\nshare_raw_gbs %.4f\n", gb / upload,
                gb / fetch, gb / raw);
         printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
+        printf("share_write_gbs %.4f\n", gb / disk);
         printf("share_client_rss %ld\nshare_worker_rss %ld\n", self_ru.ru_maxrss,
                children_ru.ru_maxrss);
     }
