@@ -32,7 +32,7 @@ typedef struct {
     uint64_t total;
     uint64_t received;
     int fd;
-    char *tmp; //  temp file path (owned)
+    char *tmp;                 //  temp file path (owned)
     loom__blob_hasher *hasher; //  SHA-256 of the bytes so far
     int64_t last_use;
 } s_upload;

@@ -7,8 +7,9 @@
     renamed into place only when the hash of the bytes received equals the
     name they were announced under. An unnamed upload (announced under
     LOOM_BLOB_UNNAMED, all zero bytes, which no SHA-256 output is) is
-    stored under the hash of the bytes received, whatever they are. Nothing here touches sockets: the
-    broker drives uploads and reads chunk by chunk.
+    stored under the hash of the bytes received, whatever they are.
+    Nothing here touches sockets: the broker drives uploads and reads
+    chunk by chunk.
 
     Lifetime: pipelines reference blobs (owner strings chosen by the
     broker, e.g. "session/pipeline"). A blob no owner references is kept

@@ -283,8 +283,8 @@ main(int argc, char **argv)
     printf("new file write alone (same bytes):    %8.3f s  %6.2f GB/s\n", disk, gb / disk);
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
-    printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n",
-           self_ru.ru_maxrss, children_ru.ru_maxrss);
+    printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n", self_ru.ru_maxrss,
+           children_ru.ru_maxrss);
     if (getenv("LOOM_BENCH_MACHINE")) {
         //  For tests/bench/suite.sh: one "key value" per line.
         printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\n", share_mb, read_mb, readers);

@@ -376,17 +376,20 @@ test_store_keeps_only_verified_uploads(void **state)
     bool done = false;
     assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
     //  A chunk out of order drops the upload.
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 10, s_data, 10, &done, NULL, NULL),
-                     LOOM_EINVAL);
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, 10, &done, NULL, NULL),
-                     LOOM_ESTATE);
+    assert_int_equal(
+        loom_blob_store_upload_write(st, "peer", s_hash, 10, s_data, 10, &done, NULL, NULL),
+        LOOM_EINVAL);
+    assert_int_equal(
+        loom_blob_store_upload_write(st, "peer", s_hash, 0, s_data, 10, &done, NULL, NULL),
+        LOOM_ESTATE);
     //  Bytes that do not match the hash are refused.
     uint8_t *bad = malloc(S_SIZE);
     memcpy(bad, s_data, S_SIZE);
     bad[5] ^= 1;
     assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
-    assert_int_equal(loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL, NULL),
-                     LOOM_EPROTO);
+    assert_int_equal(
+        loom_blob_store_upload_write(st, "peer", s_hash, 0, bad, S_SIZE, &done, NULL, NULL),
+        LOOM_EPROTO);
     free(bad);
     assert_false(loom_blob_store_has(st, s_hash, NULL));
     //  Too big for the cap, or past the end: refused.
