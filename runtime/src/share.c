@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S_UPLOAD_TIMEOUT_MS 30000 //  no answer from the broker this long: give up
@@ -71,6 +72,27 @@ s_known_lookup(const struct stat *sb, uint8_t *hash)
         }
     pthread_mutex_unlock(&s_known_lock);
     return found;
+}
+
+//  True if the file behind fd is as before and its last change (ctime)
+//  came before start, a coarse clock reading taken before `before` (the
+//  clock file times come from): then any write since start would have
+//  moved its ctime, so (dev, ino, size, mtime, ctime) names these bytes.
+//  A file changed in the same clock tick (git's "racily clean" case) is
+//  not remembered: the next share of it uploads it again, unnamed.
+static bool
+s_settled(int fd, const struct stat *before, const struct timespec *start)
+{
+    s_known_file k = {.dev = before->st_dev,
+                      .ino = before->st_ino,
+                      .size = before->st_size,
+                      .mtime = before->st_mtim,
+                      .ctime = before->st_ctim};
+    struct stat now;
+    bool older = before->st_ctim.tv_sec < start->tv_sec ||
+                 (before->st_ctim.tv_sec == start->tv_sec &&
+                  before->st_ctim.tv_nsec < start->tv_nsec);
+    return older && fstat(fd, &now) == 0 && s_same_file(&k, &now);
 }
 
 static void
@@ -328,18 +350,16 @@ loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
     //  that name after all: unnamed, and remembered if the file did not
     //  change meanwhile.
     uint8_t hash[LOOM_HASH_SIZE];
-    struct stat before, after;
+    struct stat before;
+    struct timespec start;
+    clock_gettime(CLOCK_REALTIME_COARSE, &start);
     bool stat_ok = fstat(fd, &before) == 0;
     rc = LOOM_EPROTO;
     if (stat_ok && s_known_lookup(&before, hash))
         rc = s_put(p->client, what, hash, size, loom__blob_read_fd, &fd, NULL);
     if (rc == LOOM_EPROTO) {
         rc = s_put(p->client, what, NULL, size, loom__blob_read_fd, &fd, hash);
-        if (rc == 0 && stat_ok && fstat(fd, &after) == 0 && before.st_size == after.st_size &&
-            before.st_mtim.tv_sec == after.st_mtim.tv_sec &&
-            before.st_mtim.tv_nsec == after.st_mtim.tv_nsec &&
-            before.st_ctim.tv_sec == after.st_ctim.tv_sec &&
-            before.st_ctim.tv_nsec == after.st_ctim.tv_nsec)
+        if (rc == 0 && stat_ok && s_settled(fd, &before, &start))
             s_known_add(&before, hash);
     }
     if (rc == LOOM_EIO)

@@ -181,7 +181,15 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
     assert_true(out >= S_BIG);
     assert_true(out < S_BIG + S_BIG / 4);
 
-    //  The same bytes again, in another pipeline: no upload, no fetch.
+    //  The same file again, in another pipeline: the client knows its
+    //  name, so no upload, no fetch. (A file shared in the clock tick it
+    //  was last written in is not known by name: the first share above
+    //  may have been one; this one, after the map, is not.)
+    loom_pipeline *p1 = loom_pipeline_new(s_client, "settle");
+    assert_non_null(p1);
+    assert_int_equal(loom_pipeline_share_file(p1, "same", path), 0);
+    loom_pipeline_destroy(&p1);
+    after = s_stats();
     loom_pipeline *p2 = loom_pipeline_new(s_client, "again");
     assert_non_null(p2);
     assert_int_equal(loom_pipeline_share_file(p2, "same", path), 0);
