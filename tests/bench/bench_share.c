@@ -13,7 +13,8 @@
     same file shared again is known by name: "share again" is the BlobHave
     round trip. Then READERS items of testkit "shared_sum" read a READ_MB
     MiB share (every byte, through the mmap): the wall time of the whole
-    map, fetch included.
+    map, fetch included, and the blob bytes the broker received and sent
+    for it (`loom status` on the embedded broker's socket).
 
     raw-zmq: the same SHARE_MB MiB sent DEALER -> ROUTER over ipc:// in
     256 KiB frames between two threads of this process, with the same 1 MiB
@@ -28,6 +29,7 @@
     Needs $LOOM_PLUGIN_PATH to reach testkit (tests/plugins) and $LOOM_EXE.  */
 
 #include <fcntl.h>
+#include <glob.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -92,6 +94,37 @@ s_map(loom_pipeline *p, const char *task, const char *input, int n)
         }
     loom_map_destroy(&m);
     return rc == 0 && !failed ? s_now() - t0 : -1;
+}
+
+//  The embedded broker's blob_bytes_in and blob_bytes_out, read with
+//  `$LOOM_EXE status` on its socket (the cluster's dir is
+//  $TMPDIR-or-/tmp/loom-PID-*). Returns 0, or -1 if it cannot be read.
+static int
+s_blob_bytes(uint64_t *in, uint64_t *out)
+{
+    const char *exe = getenv("LOOM_EXE");
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char pattern[4096];
+    snprintf(pattern, sizeof pattern, "%s/loom-%d-*/tasks", tmp, (int)getpid());
+    glob_t g;
+    if (!exe || glob(pattern, 0, NULL, &g) != 0)
+        return -1;
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' status --connect 'ipc://%s'", exe, g.gl_pathv[0]);
+    globfree(&g);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    char line[256];
+    int found = 0;
+    unsigned long long v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "blob_bytes_in %llu", &v) == 1 && ++found)
+            *in = v;
+        else if (sscanf(line, "blob_bytes_out %llu", &v) == 1 && ++found)
+            *out = v;
+    }
+    return pclose(f) == 0 && found == 2 ? 0 : -1;
 }
 
 typedef struct {
@@ -250,11 +283,15 @@ main(int argc, char **argv)
     double again = s_now() - t0;
     loom_pipeline_destroy(&p);
 
+    uint64_t in0 = 0, out0 = 0, in1 = 0, out1 = 0;
+    int counted = s_blob_bytes(&in0, &out0);
     p = loom_pipeline_new(c, "readers");
     double read_wall = -1;
     if (loom_pipeline_share_file(p, "data", small) == 0)
         read_wall = s_map(p, "shared_sum", "data", readers);
     loom_pipeline_destroy(&p);
+    if (counted == 0)
+        counted = s_blob_bytes(&in1, &out1);
     loom_client_destroy(&c);
     //  Peak RSS now, before the raw and hash steps allocate: this process
     //  (client and embedded broker) and the largest worker process (reaped
@@ -283,6 +320,13 @@ main(int argc, char **argv)
     printf("new file write alone (same bytes):    %8.3f s  %6.2f GB/s\n", disk, gb / disk);
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
+    if (counted == 0)
+        printf("  bytes moved: client->broker %.1f MiB, broker->host %.1f MiB "
+               "(tasks read %.1f MiB)\n",
+               (double)(in1 - in0) / (1 << 20), (double)(out1 - out0) / (1 << 20),
+               (double)readers * (double)read_mb);
+    else
+        printf("  bytes moved: not known (loom status failed)\n");
     printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n", self_ru.ru_maxrss,
            children_ru.ru_maxrss);
     if (getenv("LOOM_BENCH_MACHINE")) {
@@ -292,6 +336,9 @@ main(int argc, char **argv)
                gb / fetch, gb / raw);
         printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
         printf("share_write_gbs %.4f\n", gb / disk);
+        if (counted == 0)
+            printf("share_read_bytes_in %" PRIu64 "\nshare_read_bytes_out %" PRIu64 "\n", in1 - in0,
+                   out1 - out0);
         printf("share_client_rss %ld\nshare_worker_rss %ld\n", self_ru.ru_maxrss,
                children_ru.ru_maxrss);
     }
