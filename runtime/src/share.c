@@ -74,14 +74,15 @@ s_known_lookup(const struct stat *sb, uint8_t *hash)
     return found;
 }
 
-//  True if the file behind fd is as before and its last change (ctime)
-//  came before start, a coarse clock reading taken before `before` (the
-//  clock file times come from): then any write since start would have
-//  moved its ctime, so (dev, ino, size, mtime, ctime) names these bytes.
-//  A file changed in the same clock tick (git's "racily clean" case) is
-//  not remembered: the next share of it uploads it again, unnamed.
+//  True if the file behind fd is as before, of the size uploaded, and its
+//  last change (ctime) came before start, a coarse clock reading taken
+//  before `before` (the clock file times come from): then any write since
+//  start would have moved its ctime, so (dev, ino, size, mtime, ctime)
+//  names these bytes. A file changed in the same clock tick (git's
+//  "racily clean" case) is not remembered: the next share of it uploads it
+//  again, unnamed.
 static bool
-s_settled(int fd, const struct stat *before, const struct timespec *start)
+s_settled(int fd, const struct stat *before, uint64_t size, const struct timespec *start)
 {
     s_known_file k = {.dev = before->st_dev,
                       .ino = before->st_ino,
@@ -89,10 +90,11 @@ s_settled(int fd, const struct stat *before, const struct timespec *start)
                       .mtime = before->st_mtim,
                       .ctime = before->st_ctim};
     struct stat now;
-    bool older = before->st_ctim.tv_sec < start->tv_sec ||
-                 (before->st_ctim.tv_sec == start->tv_sec &&
-                  before->st_ctim.tv_nsec < start->tv_nsec);
-    return older && fstat(fd, &now) == 0 && s_same_file(&k, &now);
+    bool older =
+        before->st_ctim.tv_sec < start->tv_sec ||
+        (before->st_ctim.tv_sec == start->tv_sec && before->st_ctim.tv_nsec < start->tv_nsec);
+    return older && (uint64_t)before->st_size == size && fstat(fd, &now) == 0 &&
+           s_same_file(&k, &now);
 }
 
 static void
@@ -359,7 +361,7 @@ loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
         rc = s_put(p->client, what, hash, size, loom__blob_read_fd, &fd, NULL);
     if (rc == LOOM_EPROTO) {
         rc = s_put(p->client, what, NULL, size, loom__blob_read_fd, &fd, hash);
-        if (rc == 0 && stat_ok && s_settled(fd, &before, &start))
+        if (rc == 0 && stat_ok && s_settled(fd, &before, size, &start))
             s_known_add(&before, hash);
     }
     if (rc == LOOM_EIO)
