@@ -66,6 +66,14 @@ int loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd
 //  check the client, broker and workers apply. (share.c)
 bool loom__blob_name_valid(const char *name);
 
+//  Upload size bytes of an open file from the client c's blob channel: under
+//  the name it had if this process uploaded it unchanged before (nothing
+//  sent if the broker holds it), else unnamed. hash gets the blob's name.
+//  Returns 0 or a code (logged). (share.c)
+struct loom_client;
+int loom__blob_put_file(struct loom_client *c, const char *what, int fd, uint64_t size,
+                        uint8_t *hash);
+
 //  Open path for reading: a regular file, or an error naming it (logged,
 //  prefixed with `what`): LOOM_ENOENT, LOOM_EINVAL (not a regular file),
 //  LOOM_EIO. (share.c)

@@ -335,6 +335,28 @@ loom__blob_open_file(const char *what, const char *path, int *fd_p, uint64_t *si
 }
 
 int
+loom__blob_put_file(loom_client *c, const char *what, int fd, uint64_t size, uint8_t *hash)
+{
+    //  Shared before and unchanged: the broker may hold it (named upload,
+    //  nothing sent if it does). Else, or if its bytes no longer match
+    //  that name after all: unnamed, and remembered if the file did not
+    //  change meanwhile.
+    struct stat before;
+    struct timespec start;
+    clock_gettime(CLOCK_REALTIME_COARSE, &start);
+    bool stat_ok = fstat(fd, &before) == 0;
+    int rc = LOOM_EPROTO;
+    if (stat_ok && s_known_lookup(&before, hash))
+        rc = s_put(c, what, hash, size, loom__blob_read_fd, &fd, NULL);
+    if (rc == LOOM_EPROTO) {
+        rc = s_put(c, what, NULL, size, loom__blob_read_fd, &fd, hash);
+        if (rc == 0 && stat_ok && s_settled(fd, &before, size, &start))
+            s_known_add(&before, hash);
+    }
+    return rc;
+}
+
+int
 loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
 {
     int rc = s_check(p, name);
@@ -347,23 +369,8 @@ loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
     rc = loom__blob_open_file(what, path, &fd, &size);
     if (rc)
         return rc;
-    //  Shared before and unchanged: the broker may hold it (named upload,
-    //  nothing sent if it does). Else, or if its bytes no longer match
-    //  that name after all: unnamed, and remembered if the file did not
-    //  change meanwhile.
     uint8_t hash[LOOM_HASH_SIZE];
-    struct stat before;
-    struct timespec start;
-    clock_gettime(CLOCK_REALTIME_COARSE, &start);
-    bool stat_ok = fstat(fd, &before) == 0;
-    rc = LOOM_EPROTO;
-    if (stat_ok && s_known_lookup(&before, hash))
-        rc = s_put(p->client, what, hash, size, loom__blob_read_fd, &fd, NULL);
-    if (rc == LOOM_EPROTO) {
-        rc = s_put(p->client, what, NULL, size, loom__blob_read_fd, &fd, hash);
-        if (rc == 0 && stat_ok && s_settled(fd, &before, size, &start))
-            s_known_add(&before, hash);
-    }
+    rc = loom__blob_put_file(p->client, what, fd, size, hash);
     if (rc == LOOM_EIO)
         loom_log_error("loom: %s: cannot read %s", what, path);
     close(fd);
