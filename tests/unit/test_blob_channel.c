@@ -434,6 +434,51 @@ test_store_cap_and_client_quota(void **state)
     unlink(blob + 6);
 }
 
+//  An unnamed upload counts against its uploader's quota while it runs and,
+//  once stored, under the name the broker gave it.
+static void
+test_unnamed_uploads_count_against_the_quota(void **state)
+{
+    (void)state;
+    char task[128], blob[128];
+    loom_test_ipc(task, sizeof task, "bu-task");
+    loom_test_ipc(blob, sizeof blob, "bu-blob");
+    loom_broker_opts o = {.blob_quota = 3000};
+    char *bt = NULL, *bb = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(&o, task, blob, &bt, &bb, &err);
+    assert_non_null(broker);
+    void *a = loom__blob_dealer(zsys_init(), bb);
+    void *b = loom__blob_dealer(zsys_init(), bb);
+    uint8_t hash[LOOM_HASH_SIZE], name[LOOM_HASH_SIZE];
+    uint8_t *d1 = s_source(2000, 11, hash);
+    uint8_t *d2 = s_source(1500, 12, hash);
+    loom_blob_mem m1 = {d1, 2000}, m2 = {d2, 1500};
+    //  Over the quota at once: refused before a byte is sent.
+    uint8_t *big = s_source(3500, 13, hash);
+    loom_blob_mem mb = {big, 3500};
+    assert_int_equal(loom__blob_upload_unnamed(a, 3500, loom__blob_read_mem, &mb, 5000, NULL, name),
+                     LOOM_ETOOBIG);
+    //  2000 stored, named by the broker: 1500 more would be 3500.
+    assert_int_equal(loom__blob_upload_unnamed(a, 2000, loom__blob_read_mem, &m1, 5000, NULL, name),
+                     0);
+    assert_int_equal(loom__blob_upload_unnamed(a, 1500, loom__blob_read_mem, &m2, 5000, NULL, name),
+                     LOOM_ETOOBIG);
+    //  Another client is not charged for it.
+    assert_int_equal(loom__blob_upload_unnamed(b, 1500, loom__blob_read_mem, &m2, 5000, NULL, name),
+                     0);
+    free(big);
+    free(d2);
+    free(d1);
+    zmq_close(a);
+    zmq_close(b);
+    zactor_destroy(&broker);
+    free(bt);
+    free(bb);
+    free(err);
+    unlink(task + 6);
+    unlink(blob + 6);
+}
+
 int
 main(void)
 {
@@ -443,6 +488,7 @@ main(void)
         cmocka_unit_test(test_unnamed_upload_is_named_by_its_bytes),
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
+        cmocka_unit_test(test_unnamed_uploads_count_against_the_quota),
     };
     return cmocka_run_group_tests_name("blob_channel", tests, s_setup, s_teardown);
 }
