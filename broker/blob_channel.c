@@ -275,6 +275,17 @@ refuse:
     return false;
 }
 
+//  An upload is stored under name: tell the uploader (an unnamed upload
+//  learns its name here) and count it against the peer's quota.
+static void
+s_send_stored(loom_blob_channel *self, const uint8_t *rid, size_t rid_len, const char *peer,
+              const uint8_t *announced, const uint8_t *name, uint64_t size)
+{
+    if (loom_blob_unnamed(announced))
+        s_peer_charge(self, peer, name);
+    s_send_have(self, rid, rid_len, (loom_span){name, LOOM_HASH_SIZE}, size, true);
+}
+
 static void
 s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
           const char *peer, const loom_wire_blob_have *h)
@@ -287,7 +298,8 @@ s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size
     if (!s_admit(self, st, rid, rid_len, peer, h))
         return;
     bool done = false;
-    int rc = loom_blob_store_upload_begin(st, peer, h->hash.data, h->size, &done);
+    uint8_t name[LOOM_HASH_SIZE];
+    int rc = loom_blob_store_upload_begin(st, peer, h->hash.data, h->size, &done, name);
     if (rc == LOOM_ETOOBIG) {
         char text[256];
         snprintf(text, sizeof text,
@@ -305,7 +317,7 @@ s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size
     if (rc)
         s_send_status(self, rid, rid_len, h->hash, 0, rc);
     else if (done)
-        s_send_have(self, rid, rid_len, h->hash, h->size, true);
+        s_send_stored(self, rid, rid_len, peer, h->hash.data, name, h->size);
     else {
         s_send_have(self, rid, rid_len, h->hash, h->size, false);
         s_send_grant(self, rid, rid_len, h->hash, 0, h->size);
@@ -320,9 +332,10 @@ s_on_put(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
     bool known = loom_blob_store_upload_total(st, peer, p->hash.data, &total);
     bool done = false;
     uint64_t received = 0;
+    uint8_t name[LOOM_HASH_SIZE];
     self->bytes_in += p->data.len;
     int rc = loom_blob_store_upload_write(st, peer, p->hash.data, p->offset, p->data.data,
-                                          p->data.len, &done, &received);
+                                          p->data.len, &done, &received, name);
     if (rc) {
         //  A late chunk of an upload that already failed: say nothing more.
         if (known)
@@ -330,7 +343,7 @@ s_on_put(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
         else
             self->rejected++;
     } else if (done)
-        s_send_have(self, rid, rid_len, p->hash, total, true);
+        s_send_stored(self, rid, rid_len, peer, p->hash.data, name, total);
     else
         s_send_grant(self, rid, rid_len, p->hash, received, total);
 }

@@ -1,18 +1,18 @@
 /*  blob_store: the broker's content-addressed blob store (see
     blob_store.h). An index in memory (hex digest -> size, references, last
     use), files on disk under DIR/ab/<hex>, uploads in progress as temp
-    files DIR/ab/<hex>.<n>.tmp with a running BLAKE2b state.  */
+    files DIR/ab/<hex>.<n>.tmp with a running SHA-256 state.  */
 
 #include "blob_store.h"
 
 #include "base.h"
+#include "blob_hash.h"
 
 #include <czmq.h>
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,8 +32,8 @@ typedef struct {
     uint64_t total;
     uint64_t received;
     int fd;
-    char *tmp; //  temp file path (owned)
-    crypto_generichash_state st;
+    char *tmp;                 //  temp file path (owned)
+    loom__blob_hasher *hasher; //  SHA-256 of the bytes so far
     int64_t last_use;
 } s_upload;
 
@@ -47,6 +47,14 @@ struct loom_blob_store {
     uint64_t bytes;    //  sum of stored sizes
     uint64_t tmp_seq;
 };
+
+const uint8_t LOOM_BLOB_UNNAMED[LOOM_BLOB_HASH_SIZE] = {0};
+
+bool
+loom_blob_unnamed(const uint8_t *hash)
+{
+    return memcmp(hash, LOOM_BLOB_UNNAMED, LOOM_BLOB_HASH_SIZE) == 0;
+}
 
 static uint64_t s_pending(loom_blob_store *self);
 static void s_evict(loom_blob_store *self, uint64_t limit);
@@ -102,6 +110,7 @@ s_upload_free(void **item)
         return;
     if (u->fd >= 0)
         close(u->fd);
+    loom__blob_hasher_destroy(&u->hasher);
     if (u->tmp) {
         unlink(u->tmp);
         free(u->tmp);
@@ -169,7 +178,7 @@ loom_blob_store *
 loom_blob_store_new(const char *dir, uint64_t cap_bytes, int64_t ttl_ms)
 {
     LOOM_ASSERT(dir);
-    if (sodium_init() < 0 || s_mkdir(dir) != 0)
+    if (s_mkdir(dir) != 0)
         return NULL;
     loom_blob_store *self = loom_xcalloc(1, sizeof *self);
     self->dir = loom_xstrdup(dir);
@@ -271,20 +280,30 @@ s_upload_key(const char *peer, const uint8_t *hash, char *key, size_t cap)
     snprintf(key, cap, "%s/%s", peer, hex);
 }
 
-//  The upload is complete: check its hash, rename into place, index.
+//  The upload is complete: check its hash (an unnamed one takes it as its
+//  name), rename into place, index; name (may be NULL) gets the name.
 static int
-s_finish(loom_blob_store *self, const char *key, s_upload *u)
+s_finish(loom_blob_store *self, const char *key, s_upload *u, uint8_t *name)
 {
     uint8_t got[LOOM_BLOB_HASH_SIZE];
-    crypto_generichash_final(&u->st, got, sizeof got);
+    loom__blob_hasher_final(u->hasher, got);
+    if (loom_blob_unnamed(u->hash))
+        memcpy(u->hash, got, sizeof got);
     char hex[S_HEX_LEN + 1], path[4096];
     loom_blob_hex(u->hash, hex);
     s_path(self, hex, path, sizeof path);
+    char sub[4096];
+    snprintf(sub, sizeof sub, "%s/%.2s", self->dir, hex);
     int rc = 0;
-    if (sodium_memcmp(got, u->hash, sizeof got) != 0) {
+    if (!loom__blob_hash_equal(got, u->hash)) {
         loom_log_warning("blob store: upload of %.16s... does not match its hash: refused", hex);
         rc = LOOM_EPROTO;
-    } else if (close(u->fd) != 0 || (u->fd = -1, rename(u->tmp, path) != 0)) {
+    } else if (zhashx_lookup(self->blobs, hex)) {
+        //  Held already (an unnamed upload of bytes the store has): keep
+        //  the one there; the temp file goes with the upload.
+        s_blob *b = zhashx_lookup(self->blobs, hex);
+        b->last_use = loom_now_ms();
+    } else if (close(u->fd) != 0 || (u->fd = -1, s_mkdir(sub) != 0) || rename(u->tmp, path) != 0) {
         loom_log_error("blob store: cannot store %s: %s", path, strerror(errno));
         rc = LOOM_EIO;
     } else {
@@ -299,13 +318,15 @@ s_finish(loom_blob_store *self, const char *key, s_upload *u)
             self->bytes += b->size;
         }
     }
+    if (rc == 0 && name)
+        memcpy(name, u->hash, LOOM_BLOB_HASH_SIZE);
     zhashx_delete(self->uploads, key);
     return rc;
 }
 
 int
 loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint8_t *hash,
-                             uint64_t total, bool *done)
+                             uint64_t total, bool *done, uint8_t *name)
 {
     *done = false;
     char key[512];
@@ -319,6 +340,8 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
     s_evict(self, self->cap - total);
     if (self->bytes + s_pending(self) + total > self->cap)
         return LOOM_ETOOBIG;
+    //  An unnamed upload's temp file lives in DIR/00/ (its name is not
+    //  known yet); it is renamed into its own subdirectory when it is.
     char hex[S_HEX_LEN + 1], sub[4096];
     loom_blob_hex(hash, hex);
     snprintf(sub, sizeof sub, "%s/%.2s", self->dir, hex);
@@ -337,10 +360,10 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
         free(u);
         return LOOM_EIO;
     }
-    crypto_generichash_init(&u->st, NULL, 0, LOOM_BLOB_HASH_SIZE);
+    u->hasher = loom__blob_hasher_new();
     zhashx_insert(self->uploads, key, u);
     if (total == 0) {
-        int rc = s_finish(self, key, u);
+        int rc = s_finish(self, key, u, name);
         *done = rc == 0;
         return rc;
     }
@@ -350,7 +373,7 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
 int
 loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint8_t *hash,
                              uint64_t offset, const void *data, size_t len, bool *done,
-                             uint64_t *received_p)
+                             uint64_t *received_p, uint8_t *name)
 {
     *done = false;
     char key[512];
@@ -375,14 +398,14 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         }
         put += (size_t)w;
     }
-    crypto_generichash_update(&u->st, data, len);
+    loom__blob_hasher_update(u->hasher, data, len);
     u->received += len;
     u->last_use = loom_now_ms();
     if (received_p)
         *received_p = u->received;
     if (u->received < u->total)
         return 0;
-    int rc = s_finish(self, key, u);
+    int rc = s_finish(self, key, u, name);
     *done = rc == 0;
     return rc;
 }

@@ -1,12 +1,15 @@
 /*  blob_store: the broker's content-addressed store of blobs (shares and
     files), on disk under one directory.
 
-    A blob is named by the BLAKE2b-256 of its bytes and lives at
+    A blob is named by the SHA-256 of its bytes and lives at
     DIR/ab/<64 hex>, a path built only from a digest the store verified
     itself: uploads go to a temp file, are hashed as they arrive, and are
     renamed into place only when the hash of the bytes received equals the
-    name they were announced under. Nothing here touches sockets: the
-    broker drives uploads and reads chunk by chunk.
+    name they were announced under. An unnamed upload (announced under
+    LOOM_BLOB_UNNAMED, all zero bytes, which no SHA-256 output is) is
+    stored under the hash of the bytes received, whatever they are.
+    Nothing here touches sockets: the broker drives uploads and reads
+    chunk by chunk.
 
     Lifetime: pipelines reference blobs (owner strings chosen by the
     broker, e.g. "session/pipeline"). A blob no owner references is kept
@@ -24,6 +27,12 @@
 #define LOOM_BLOB_DEFAULT_CAP ((uint64_t)16 << 30) //  16 GiB
 #define LOOM_BLOB_DEFAULT_TTL_MS (10 * 60 * 1000)  //  10 minutes
 #define LOOM_BLOB_UPLOAD_IDLE_MS (60 * 1000)       //  an upload silent this long is dropped
+
+//  The name of an upload the store names itself (32 zero bytes).
+extern const uint8_t LOOM_BLOB_UNNAMED[LOOM_BLOB_HASH_SIZE];
+
+//  True if hash is LOOM_BLOB_UNNAMED.
+bool loom_blob_unnamed(const uint8_t *hash);
 
 typedef struct loom_blob_store loom_blob_store;
 
@@ -50,19 +59,23 @@ int loom_blob_store_read(loom_blob_store *self, const uint8_t *hash, uint64_t of
 //  bytes. Returns 0; LOOM_ETOOBIG when stored blobs, uploads in progress
 //  and this one would go over the store's cap even after dropping every
 //  unreferenced blob (blobs pipelines use are kept); LOOM_EIO. A blob
-//  of 0 bytes is checked and stored at once (*done true).
+//  of 0 bytes is checked and stored at once (*done true). hash
+//  LOOM_BLOB_UNNAMED: the blob is named by its bytes (one such upload per
+//  peer at a time). name (may be NULL) gets the stored name when *done.
 int loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint8_t *hash,
-                                 uint64_t total, bool *done);
+                                 uint64_t total, bool *done, uint8_t *name);
 
 //  Append a chunk to peer's upload of hash. offset must be the bytes
 //  received so far and the chunk must not go past total. When the last
-//  byte arrives the blob is verified and stored (*done true). Returns 0;
-//  LOOM_ESTATE (no such upload); LOOM_EINVAL (wrong offset or size: the
-//  upload is dropped); LOOM_EPROTO (hash mismatch: dropped); LOOM_EIO
-//  (disk: dropped). *received_p (may be NULL): bytes received so far.
+//  byte arrives the blob is verified and stored (*done true; name, may be
+//  NULL, gets its name: hash, or for an unnamed upload the hash of the
+//  bytes). Returns 0; LOOM_ESTATE (no such upload); LOOM_EINVAL (wrong
+//  offset or size: the upload is dropped); LOOM_EPROTO (hash mismatch:
+//  dropped); LOOM_EIO (disk: dropped). *received_p (may be NULL): bytes
+//  received so far.
 int loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint8_t *hash,
                                  uint64_t offset, const void *data, size_t len, bool *done,
-                                 uint64_t *received_p);
+                                 uint64_t *received_p, uint8_t *name);
 
 //  Total of peer's upload of hash, or 0 with false if there is none.
 bool loom_blob_store_upload_total(loom_blob_store *self, const char *peer, const uint8_t *hash,

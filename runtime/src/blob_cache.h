@@ -3,7 +3,7 @@
     directory).
 
     Layout: DIR/ab/<64 hex> (the blob, read-only, named by its verified
-    BLAKE2b-256), DIR/ab/<hex>.lock (the fetch lock), DIR/ab/<hex>.<pid>.tmp
+    SHA-256), DIR/ab/<hex>.lock (the fetch lock), DIR/ab/<hex>.<pid>.tmp
     (a fetch in progress). A process that needs a blob takes the blob's
     lock (flock, exclusive), looks again, and only then fetches: when all
     the processes of a host ask at once, one fetches and the others wait

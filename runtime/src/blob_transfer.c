@@ -7,10 +7,10 @@
 #include "blob_transfer.h"
 
 #include "base.h"
+#include "blob_hash.h"
 #include "wire.h"
 
 #include <errno.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -47,22 +47,20 @@ loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len)
 int
 loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash)
 {
-    if (sodium_init() < 0)
-        return LOOM_EIO;
-    crypto_generichash_state st;
-    crypto_generichash_init(&st, NULL, 0, LOOM_HASH_SIZE);
+    loom__blob_hasher *h = loom__blob_hasher_new();
     uint8_t *buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
     int rc = 0;
     for (uint64_t off = 0; off < size && rc == 0;) {
         size_t n = size - off < LOOM_BLOB_XFER_CHUNK ? (size_t)(size - off) : LOOM_BLOB_XFER_CHUNK;
         rc = rd(ctx, off, buf, n);
         if (rc == 0)
-            crypto_generichash_update(&st, buf, n);
+            loom__blob_hasher_update(h, buf, n);
         off += n;
     }
     free(buf);
     if (rc == 0)
-        crypto_generichash_final(&st, hash, LOOM_HASH_SIZE);
+        loom__blob_hasher_final(h, hash);
+    loom__blob_hasher_destroy(&h);
     return rc;
 }
 
@@ -139,10 +137,15 @@ s_same(loom_span h, const uint8_t *hash)
     return h.len == LOOM_HASH_SIZE && memcmp(h.data, hash, LOOM_HASH_SIZE) == 0;
 }
 
-int
-loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
-                  int timeout_ms, uint64_t *sent_p)
+static const uint8_t s_unnamed[LOOM_HASH_SIZE] = {0};
+
+//  Upload under hash (s_unnamed: the broker names the blob, and a
+//  BlobHave{have: true} of any name ends the upload, its name in *stored).
+static int
+s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
+         int timeout_ms, uint64_t *sent_p, uint8_t *stored)
 {
+    bool unnamed = memcmp(hash, s_unnamed, LOOM_HASH_SIZE) == 0;
     loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
     m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
     m.u.blob_have.size = size;
@@ -170,11 +173,16 @@ loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_re
         if (in->type == LOOM_MSG_ERROR && in->u.error.message)
             //  Why the broker refuses (a quota, the store's cap): the status follows.
             loom_log_error("loom: broker: %s", in->u.error.message);
-        else if (in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash)) {
-            if (in->u.blob_have.have) {
-                rc = 0;
-                finished = true;
-            }
+        else if (in->type == LOOM_MSG_BLOB_HAVE && in->u.blob_have.have &&
+                 (s_same(in->u.blob_have.hash, hash) || unnamed)) {
+            //  Stored (an unnamed upload learns its name; all zeros is none).
+            const uint8_t *name = in->u.blob_have.hash.data;
+            rc = in->u.blob_have.size != size || !memcmp(name, s_unnamed, LOOM_HASH_SIZE)
+                     ? LOOM_EPROTO
+                     : 0;
+            if (rc == 0 && stored)
+                memcpy(stored, name, LOOM_HASH_SIZE);
+            finished = true;
         } else if (in->type == LOOM_MSG_BLOB_CHUNK && s_same(in->u.blob_chunk.hash, hash) &&
                    in->u.blob_chunk.status < 0) {
             rc = in->u.blob_chunk.status;
@@ -213,6 +221,21 @@ loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_re
     return rc;
 }
 
+int
+loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, void *ctx,
+                  int timeout_ms, uint64_t *sent_p)
+{
+    LOOM_ASSERT(memcmp(hash, s_unnamed, LOOM_HASH_SIZE) != 0);
+    return s_upload(dealer, hash, size, rd, ctx, timeout_ms, sent_p, NULL);
+}
+
+int
+loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void *ctx,
+                          int timeout_ms, uint64_t *sent_p, uint8_t *hash)
+{
+    return s_upload(dealer, s_unnamed, size, rd, ctx, timeout_ms, sent_p, hash);
+}
+
 static int
 s_ask(void *dealer, const uint8_t *hash, uint64_t offset, uint64_t credit)
 {
@@ -246,10 +269,7 @@ int
 loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, int timeout_ms,
                     uint64_t *received_p)
 {
-    if (sodium_init() < 0)
-        return LOOM_EIO;
-    crypto_generichash_state st;
-    crypto_generichash_init(&st, NULL, 0, LOOM_HASH_SIZE);
+    loom__blob_hasher *h = loom__blob_hasher_new();
     uint64_t got = 0;
     uint64_t asked = size < LOOM_BLOB_XFER_WINDOW ? size : LOOM_BLOB_XFER_WINDOW;
     int rc = s_ask(dealer, hash, 0, asked);
@@ -289,7 +309,7 @@ loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, in
         } else if (c->offset == got && c->data.len <= size - got) {
             rc = s_write_all(fd, c->data.data, c->data.len, got);
             if (rc == 0) {
-                crypto_generichash_update(&st, c->data.data, c->data.len);
+                loom__blob_hasher_update(h, c->data.data, c->data.len);
                 got += c->data.len;
                 progress = asked_at = loom_now_ms();
                 if (got == size) {
@@ -308,9 +328,11 @@ loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, in
     }
     if (received_p)
         *received_p = got;
-    if (rc)
-        return rc;
     uint8_t sum[LOOM_HASH_SIZE];
-    crypto_generichash_final(&st, sum, sizeof sum);
-    return sodium_memcmp(sum, hash, sizeof sum) == 0 ? 0 : LOOM_EPROTO;
+    if (rc == 0) {
+        loom__blob_hasher_final(h, sum);
+        rc = loom__blob_hash_equal(sum, hash) ? 0 : LOOM_EPROTO;
+    }
+    loom__blob_hasher_destroy(&h);
+    return rc;
 }

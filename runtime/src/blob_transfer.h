@@ -26,7 +26,7 @@ typedef struct {
 int loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len);
 int loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len);
 
-//  BLAKE2b-256 of size bytes of a source, read chunk by chunk.
+//  SHA-256 of size bytes of a source, read chunk by chunk.
 int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash);
 
 //  A DEALER connected to endpoint (its own socket options set), or NULL.
@@ -45,6 +45,14 @@ char *loom__blob_endpoint(const char *welcome_ep, const char *task_ep);
 int loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd,
                       void *ctx, int timeout_ms, uint64_t *sent);
 
+//  Upload size bytes of a source without hashing them first: the broker
+//  hashes what it receives and stores the blob under that name, which it
+//  sends back into hash (32 bytes). Always sends every byte (the broker
+//  keeps one copy if it held them already). Returns as loom__blob_upload;
+//  LOOM_EPROTO if the broker's answer is not a name for size bytes.
+int loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void *ctx,
+                              int timeout_ms, uint64_t *sent, uint8_t *hash);
+
 //  Download blob hash of size bytes into fd (written at offsets from 0)
 //  and check its hash. Returns 0; LOOM_EPROTO when the bytes do not match
 //  the hash or the broker's size differs (the caller may try again);
@@ -57,6 +65,14 @@ int loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd
 //  A share or file name: loom_file_name_valid (safe_paths.h), the one
 //  check the client, broker and workers apply. (share.c)
 bool loom__blob_name_valid(const char *name);
+
+//  Upload size bytes of an open file from the client c's blob channel: under
+//  the name it had if this process uploaded it unchanged before (nothing
+//  sent if the broker holds it), else unnamed. hash gets the blob's name.
+//  Returns 0 or a code (logged). (share.c)
+struct loom_client;
+int loom__blob_put_file(struct loom_client *c, const char *what, int fd, uint64_t size,
+                        uint8_t *hash);
 
 //  Open path for reading: a regular file, or an error naming it (logged,
 //  prefixed with `what`): LOOM_ENOENT, LOOM_EINVAL (not a regular file),

@@ -1,10 +1,17 @@
 /*  share: pipeline shares on the client side (loom_pipeline_share,
-    loom_pipeline_share_file). A share is hashed (BLAKE2b-256, streamed),
-    uploaded on the blob channel unless the broker already holds that
-    hash, and recorded in the pipeline (name -> hash, size); every MapOpen
-    of the pipeline carries the list, so workers fetch what their tasks
-    may read. Runs on the API thread with its own DEALER to the blob
-    endpoint (the task channel's I/O thread is not involved).
+    loom_pipeline_share_file). A share is uploaded on the blob channel
+    unnamed: the client does not hash it first (that was a whole pass over
+    the bytes before the first one was sent); the broker hashes what it
+    receives (SHA-256) and answers with the name. The share is recorded in
+    the pipeline (name -> hash, size); every MapOpen of the pipeline
+    carries the list, so workers fetch what their tasks may read. Runs on
+    the API thread with its own DEALER to the blob endpoint (the task
+    channel's I/O thread is not involved).
+
+    A file shared again by this process, unchanged since (same device,
+    inode, size, mtime and ctime), is known by name: the client asks the
+    broker whether it holds it (BlobHave) and sends nothing if it does,
+    else uploads it under that name (the broker checks the bytes).
 
     A broker restarted with a temporary store has lost the shares: on the
     new session the client checks each (BlobHave) and uploads again what
@@ -20,12 +27,97 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S_UPLOAD_TIMEOUT_MS 30000 //  no answer from the broker this long: give up
+#define S_KNOWN_FILES 64          //  files whose names this process remembers
+
+//  A file this process shared, as fstat saw it before and after the upload,
+//  and the name the broker gave its bytes.
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    uint8_t hash[LOOM_HASH_SIZE];
+} s_known_file;
+
+static s_known_file s_known[S_KNOWN_FILES];
+static size_t s_known_n, s_known_next; //  entries used; the next one to replace
+static pthread_mutex_t s_known_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool
+s_same_file(const s_known_file *k, const struct stat *sb)
+{
+    return k->dev == sb->st_dev && k->ino == sb->st_ino && k->size == sb->st_size &&
+           k->mtime.tv_sec == sb->st_mtim.tv_sec && k->mtime.tv_nsec == sb->st_mtim.tv_nsec &&
+           k->ctime.tv_sec == sb->st_ctim.tv_sec && k->ctime.tv_nsec == sb->st_ctim.tv_nsec;
+}
+
+//  The name of a file this process shared and that has not changed since.
+static bool
+s_known_lookup(const struct stat *sb, uint8_t *hash)
+{
+    bool found = false;
+    pthread_mutex_lock(&s_known_lock);
+    for (size_t i = 0; i < s_known_n && !found; i++)
+        if (s_same_file(&s_known[i], sb)) {
+            memcpy(hash, s_known[i].hash, LOOM_HASH_SIZE);
+            found = true;
+        }
+    pthread_mutex_unlock(&s_known_lock);
+    return found;
+}
+
+//  True if the file behind fd is as before, of the size uploaded, and its
+//  last change (ctime) came before start, a coarse clock reading taken
+//  before `before` (the clock file times come from): then any write since
+//  start would have moved its ctime, so (dev, ino, size, mtime, ctime)
+//  names these bytes. A file changed in the same clock tick (git's
+//  "racily clean" case) is not remembered: the next share of it uploads it
+//  again, unnamed.
+static bool
+s_settled(int fd, const struct stat *before, uint64_t size, const struct timespec *start)
+{
+    s_known_file k = {.dev = before->st_dev,
+                      .ino = before->st_ino,
+                      .size = before->st_size,
+                      .mtime = before->st_mtim,
+                      .ctime = before->st_ctim};
+    struct stat now;
+    bool older =
+        before->st_ctim.tv_sec < start->tv_sec ||
+        (before->st_ctim.tv_sec == start->tv_sec && before->st_ctim.tv_nsec < start->tv_nsec);
+    return older && (uint64_t)before->st_size == size && fstat(fd, &now) == 0 &&
+           s_same_file(&k, &now);
+}
+
+static void
+s_known_add(const struct stat *sb, const uint8_t *hash)
+{
+    pthread_mutex_lock(&s_known_lock);
+    size_t i = 0;
+    while (i < s_known_n && !s_same_file(&s_known[i], sb))
+        i++;
+    if (i == s_known_n) {
+        i = s_known_next;
+        s_known_next = (s_known_next + 1) % S_KNOWN_FILES;
+        if (s_known_n < S_KNOWN_FILES)
+            s_known_n++;
+    }
+    s_known[i] = (s_known_file){.dev = sb->st_dev,
+                                .ino = sb->st_ino,
+                                .size = sb->st_size,
+                                .mtime = sb->st_mtim,
+                                .ctime = sb->st_ctim};
+    memcpy(s_known[i].hash, hash, LOOM_HASH_SIZE);
+    pthread_mutex_unlock(&s_known_lock);
+}
 
 bool
 loom__blob_name_valid(const char *name)
@@ -109,17 +201,19 @@ s_record(loom_pipeline *p, const char *name, const uint8_t *hash, uint64_t size,
     p->shares[i].size = size;
 }
 
-//  Upload a source once it is hashed. Returns 0 or a code (logged).
-int
-loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
-               loom_blob_reader rd, void *ctx)
+//  Upload a source under hash, or unnamed (hash NULL: the broker's name
+//  for the bytes goes to *name). Returns 0 or a code (logged).
+static int
+s_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size, loom_blob_reader rd,
+      void *ctx, uint8_t *name)
 {
     void *sock = loom__client_blob(c);
     if (!sock) {
         loom_log_error("loom: %s: the broker has no blob channel", what);
         return LOOM_ENOTSUP;
     }
-    int rc = loom__blob_upload(sock, hash, size, rd, ctx, S_UPLOAD_TIMEOUT_MS, NULL);
+    int rc = hash ? loom__blob_upload(sock, hash, size, rd, ctx, S_UPLOAD_TIMEOUT_MS, NULL)
+                  : loom__blob_upload_unnamed(sock, size, rd, ctx, S_UPLOAD_TIMEOUT_MS, NULL, name);
     if (rc) {
         loom_log_error("loom: %s: upload failed: %s", what, loom_strerror(rc));
         if (rc == LOOM_ETIMEDOUT) {
@@ -129,6 +223,14 @@ loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t s
         }
     }
     return rc;
+}
+
+//  Upload a source once it is hashed. Returns 0 or a code (logged).
+int
+loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size,
+               loom_blob_reader rd, void *ctx)
+{
+    return s_put(c, what, hash, size, rd, ctx, NULL);
 }
 
 static int
@@ -194,11 +296,9 @@ loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t
         return LOOM_EINVAL;
     loom_blob_mem mem = {data, len};
     uint8_t hash[LOOM_HASH_SIZE];
-    rc = loom__blob_hash(loom__blob_read_mem, &mem, len, hash);
     char what[320];
     snprintf(what, sizeof what, "share '%s'", name);
-    if (rc == 0)
-        rc = loom__blob_put(p->client, what, hash, len, loom__blob_read_mem, &mem);
+    rc = s_put(p->client, what, NULL, len, loom__blob_read_mem, &mem, hash);
     if (rc == 0) {
         //  An embedded cluster's broker never restarts alone: no copy.
         struct loom__share_src src = {NULL, -1};
@@ -235,6 +335,28 @@ loom__blob_open_file(const char *what, const char *path, int *fd_p, uint64_t *si
 }
 
 int
+loom__blob_put_file(loom_client *c, const char *what, int fd, uint64_t size, uint8_t *hash)
+{
+    //  Shared before and unchanged: the broker may hold it (named upload,
+    //  nothing sent if it does). Else, or if its bytes no longer match
+    //  that name after all: unnamed, and remembered if the file did not
+    //  change meanwhile.
+    struct stat before;
+    struct timespec start;
+    clock_gettime(CLOCK_REALTIME_COARSE, &start);
+    bool stat_ok = fstat(fd, &before) == 0;
+    int rc = LOOM_EPROTO;
+    if (stat_ok && s_known_lookup(&before, hash))
+        rc = s_put(c, what, hash, size, loom__blob_read_fd, &fd, NULL);
+    if (rc == LOOM_EPROTO) {
+        rc = s_put(c, what, NULL, size, loom__blob_read_fd, &fd, hash);
+        if (rc == 0 && stat_ok && s_settled(fd, &before, size, &start))
+            s_known_add(&before, hash);
+    }
+    return rc;
+}
+
+int
 loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
 {
     int rc = s_check(p, name);
@@ -248,11 +370,9 @@ loom_pipeline_share_file(loom_pipeline *p, const char *name, const char *path)
     if (rc)
         return rc;
     uint8_t hash[LOOM_HASH_SIZE];
-    rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
-    if (rc)
+    rc = loom__blob_put_file(p->client, what, fd, size, hash);
+    if (rc == LOOM_EIO)
         loom_log_error("loom: %s: cannot read %s", what, path);
-    else
-        rc = loom__blob_put(p->client, what, hash, size, loom__blob_read_fd, &fd);
     close(fd);
     if (rc == 0) {
         char *abs = realpath(path, NULL); //  the cwd may change before a restart

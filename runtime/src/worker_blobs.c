@@ -241,14 +241,14 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
         }
         if (rc == 0 && (rc = loom__blob_open_file(what, paths[i], &fd, &size)) != 0)
             *reason = s_reason("%s: cannot read %s", what, paths[i]);
-        if (rc == 0 && (rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash)) != 0)
-            *reason = s_reason("%s: cannot read %s", what, paths[i]);
         if (rc == 0) {
+            //  Unnamed: the broker hashes the bytes as they arrive and
+            //  answers with their name (no pass over the file first).
             if (!self->dealer && self->endpoint)
                 self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
             uint64_t sent = 0;
-            rc = self->dealer ? loom__blob_upload(self->dealer, hash, size, loom__blob_read_fd, &fd,
-                                                  30000, &sent)
+            rc = self->dealer ? loom__blob_upload_unnamed(self->dealer, size, loom__blob_read_fd,
+                                                          &fd, 30000, &sent, hash)
                               : LOOM_ENOTSUP;
             self->out_bytes += sent;
             if (rc)

@@ -5,30 +5,41 @@
 
     loom: the embedded cluster (a broker in this process, 2 worker
     processes over ipc://, one host cache). A file of SHARE_MB MiB is
-    shared (hashed, then uploaded client -> broker in 256 KiB chunks with
-    credit): "upload" is that call's wall time. Then one item of testkit
-    "shared" runs in a map of that pipeline: the worker fetches the blob
-    broker -> host cache (hash checked) before running it: "fetch" is the
-    map's wall time. Then READERS items of testkit "shared_sum" read a
-    READ_MB MiB share (every byte, through the mmap): the wall time of the
-    whole map, fetch included.
+    shared (uploaded client -> broker in 256 KiB chunks with credit, the
+    broker hashing what it writes to its store and naming the blob): "upload"
+    is that call's wall time. Then one item of testkit "shared" runs in a
+    map of that pipeline: the worker fetches the blob broker -> host cache
+    (hash checked) before running it: "fetch" is the map's wall time. The
+    same file shared again is known by name: "share again" is the BlobHave
+    round trip. Then READERS items of testkit "shared_sum" read a READ_MB
+    MiB share (every byte, through the mmap): the wall time of the whole
+    map, fetch included, and the blob bytes the broker received and sent
+    for it (`loom status` on the embedded broker's socket).
 
     raw-zmq: the same SHARE_MB MiB sent DEALER -> ROUTER over ipc:// in
     256 KiB frames between two threads of this process, with the same 1 MiB
     credit window (the receiver acks every frame), no hashing, no disk.
 
+    Two more bounds, measured in the same run: SHA-256 over memory (each of
+    upload and fetch hashes every byte once), and writing SHARE_MB MiB to a
+    new file in $TMPDIR (each of upload and fetch writes a new file: the
+    store's, the cache's). Peak RSS: this process (client and embedded
+    broker) and the largest worker process.
+
     Needs $LOOM_PLUGIN_PATH to reach testkit (tests/plugins) and $LOOM_EXE.  */
 
 #include <fcntl.h>
+#include <glob.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
-#include <sodium.h>
+#include <openssl/evp.h>
 #include <zmq.h>
 
 #include <loom/loom.h>
@@ -83,6 +94,37 @@ s_map(loom_pipeline *p, const char *task, const char *input, int n)
         }
     loom_map_destroy(&m);
     return rc == 0 && !failed ? s_now() - t0 : -1;
+}
+
+//  The embedded broker's blob_bytes_in and blob_bytes_out, read with
+//  `$LOOM_EXE status` on its socket (the cluster's dir is
+//  $TMPDIR-or-/tmp/loom-PID-*). Returns 0, or -1 if it cannot be read.
+static int
+s_blob_bytes(uint64_t *in, uint64_t *out)
+{
+    const char *exe = getenv("LOOM_EXE");
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char pattern[4096];
+    snprintf(pattern, sizeof pattern, "%s/loom-%d-*/tasks", tmp, (int)getpid());
+    glob_t g;
+    if (!exe || glob(pattern, 0, NULL, &g) != 0)
+        return -1;
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' status --connect 'ipc://%s'", exe, g.gl_pathv[0]);
+    globfree(&g);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    char line[256];
+    int found = 0;
+    unsigned long long v;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "blob_bytes_in %llu", &v) == 1 && ++found)
+            *in = v;
+        else if (sscanf(line, "blob_bytes_out %llu", &v) == 1 && ++found)
+            *out = v;
+    }
+    return pclose(f) == 0 && found == 2 ? 0 : -1;
 }
 
 typedef struct {
@@ -162,26 +204,50 @@ out:
     return secs;
 }
 
-//  BLAKE2b-256 alone over bytes in memory: the bound of every pass that
-//  hashes (client before upload, broker before storing, host before use).
+//  SHA-256 (OpenSSL EVP, as blob names are made) alone over bytes in
+//  memory: the bound of every pass that hashes.
 static double
 s_hash_secs(uint64_t bytes)
 {
-    if (sodium_init() < 0)
-        return -1;
     size_t block = 64u << 20;
     uint8_t *buf = malloc(block);
     memset(buf, 3, block);
-    crypto_generichash_state st;
-    uint8_t out[32];
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint8_t out[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
     double t0 = s_now();
-    crypto_generichash_init(&st, NULL, 0, sizeof out);
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     for (uint64_t done = 0; done < bytes; done += block)
-        crypto_generichash_update(&st, buf, bytes - done < block ? bytes - done : block);
-    crypto_generichash_final(&st, out, sizeof out);
+        EVP_DigestUpdate(md, buf, bytes - done < block ? bytes - done : block);
+    EVP_DigestFinal_ex(md, out, &n);
     double secs = s_now() - t0;
+    EVP_MD_CTX_free(md);
     free(buf);
     return secs;
+}
+
+//  Seconds to write bytes to a new file in $TMPDIR (else /tmp) in 256 KiB
+//  writes and close it: the page cache a store or cache file takes.
+static double
+s_write_secs(uint64_t bytes)
+{
+    const char *dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/loom-bench-write-XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    char *buf = malloc(S_CHUNK);
+    memset(buf, 5, S_CHUNK);
+    double t0 = s_now();
+    bool ok = true;
+    for (uint64_t done = 0; done < bytes && ok; done += S_CHUNK)
+        ok = write(fd, buf, S_CHUNK) == S_CHUNK;
+    ok = close(fd) == 0 && ok;
+    double secs = s_now() - t0;
+    unlink(path);
+    free(buf);
+    return ok ? secs : -1;
 }
 
 int
@@ -217,37 +283,64 @@ main(int argc, char **argv)
     double again = s_now() - t0;
     loom_pipeline_destroy(&p);
 
+    uint64_t in0 = 0, out0 = 0, in1 = 0, out1 = 0;
+    int counted = s_blob_bytes(&in0, &out0);
     p = loom_pipeline_new(c, "readers");
     double read_wall = -1;
     if (loom_pipeline_share_file(p, "data", small) == 0)
         read_wall = s_map(p, "shared_sum", "data", readers);
     loom_pipeline_destroy(&p);
+    if (counted == 0)
+        counted = s_blob_bytes(&in1, &out1);
     loom_client_destroy(&c);
+    //  Peak RSS now, before the raw and hash steps allocate: this process
+    //  (client and embedded broker) and the largest worker process (reaped
+    //  by loom_client_destroy, so RUSAGE_CHILDREN counts it).
+    struct rusage self_ru, children_ru;
+    getrusage(RUSAGE_SELF, &self_ru);
+    getrusage(RUSAGE_CHILDREN, &children_ru);
 
     double raw = s_raw((uint64_t)share_mb << 20);
     double hash = s_hash_secs((uint64_t)share_mb << 20);
+    double disk = s_write_secs((uint64_t)share_mb << 20);
     unlink(big);
     unlink(small);
     free(big);
     free(small);
-    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0) {
+    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0 || disk < 0) {
         fprintf(stderr, "bench_share: a step failed\n");
         return 1;
     }
     printf("share %ld MiB, 2 worker processes, embedded cluster over ipc://\n", share_mb);
-    printf("loom upload  (hash + client->broker): %8.3f s  %6.2f GB/s\n", upload, gb / upload);
+    printf("loom upload  (client->broker store):  %8.3f s  %6.2f GB/s\n", upload, gb / upload);
     printf("loom fetch   (broker->host cache):    %8.3f s  %6.2f GB/s\n", fetch, gb / fetch);
-    printf("loom share again (already held):      %8.3f s\n", again);
+    printf("loom share again (known, held):       %8.3f s\n", again);
     printf("raw-zmq bulk (same bytes, 1 MiB win): %8.3f s  %6.2f GB/s\n", raw, gb / raw);
-    printf("BLAKE2b-256 alone (memory, one core): %8.3f s  %6.2f GB/s\n", hash, gb / hash);
+    printf("SHA-256 alone (memory, one core):     %8.3f s  %6.2f GB/s\n", hash, gb / hash);
+    printf("new file write alone (same bytes):    %8.3f s  %6.2f GB/s\n", disk, gb / disk);
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
+    if (counted == 0)
+        printf("  bytes moved: client->broker %.1f MiB, broker->host %.1f MiB "
+               "(tasks read %.1f MiB)\n",
+               (double)(in1 - in0) / (1 << 20), (double)(out1 - out0) / (1 << 20),
+               (double)readers * (double)read_mb);
+    else
+        printf("  bytes moved: not known (loom status failed)\n");
+    printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n", self_ru.ru_maxrss,
+           children_ru.ru_maxrss);
     if (getenv("LOOM_BENCH_MACHINE")) {
         //  For tests/bench/suite.sh: one "key value" per line.
         printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\n", share_mb, read_mb, readers);
         printf("share_upload_gbs %.4f\nshare_fetch_gbs %.4f\nshare_raw_gbs %.4f\n", gb / upload,
                gb / fetch, gb / raw);
         printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
+        printf("share_write_gbs %.4f\n", gb / disk);
+        if (counted == 0)
+            printf("share_read_bytes_in %" PRIu64 "\nshare_read_bytes_out %" PRIu64 "\n", in1 - in0,
+                   out1 - out0);
+        printf("share_client_rss %ld\nshare_worker_rss %ld\n", self_ru.ru_maxrss,
+               children_ru.ru_maxrss);
     }
     return 0;
 }

@@ -6,7 +6,6 @@
 #include "loom_test.h"
 
 #include <czmq.h>
-#include <sodium.h>
 
 #include "blob_transfer.h"
 #include "broker.h"
@@ -91,6 +90,32 @@ s_send(const loom_msg *m)
     assert_int_equal(loom_wire_send(s_dealer, NULL, 0, m, 0), 0);
 }
 
+//  Blob names are SHA-256 (FIPS 180-2 test vectors), over chunk edges too.
+static void
+test_names_are_sha256(void **state)
+{
+    (void)state;
+    static const uint8_t abc[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea,
+                                    0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+                                    0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c,
+                                    0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const uint8_t million_a[32] = {0xcd, 0xc7, 0x6e, 0x5c, 0x99, 0x14, 0xfb, 0x92,
+                                          0x81, 0xa1, 0xc7, 0xe2, 0x84, 0xd7, 0x3e, 0x67,
+                                          0xf1, 0x80, 0x9a, 0x48, 0xa4, 0x97, 0x20, 0x0e,
+                                          0x04, 0x6d, 0x39, 0xcc, 0xc7, 0x11, 0x2c, 0xd0};
+    uint8_t hash[LOOM_HASH_SIZE];
+    loom_blob_mem mem = {(const uint8_t *)"abc", 3};
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, 3, hash), 0);
+    assert_memory_equal(hash, abc, sizeof abc);
+    size_t n = 1000000; //  almost 4 chunks: the stream is hashed chunk by chunk
+    uint8_t *a = malloc(n);
+    memset(a, 'a', n);
+    mem = (loom_blob_mem){a, n};
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, n, hash), 0);
+    assert_memory_equal(hash, million_a, sizeof million_a);
+    free(a);
+}
+
 static void
 test_upload_then_download_and_skip_when_held(void **state)
 {
@@ -145,6 +170,65 @@ test_upload_then_download_and_skip_when_held(void **state)
     assert_true(m->u.blob_chunk.total == size);
     loom_msg_destroy(&m);
     free(back);
+    free(data);
+}
+
+//  An unnamed upload (announced under 32 zero bytes): the broker hashes
+//  what it receives and answers with that name; the same bytes again are
+//  sent again and stored once; the zero name itself is never stored.
+static void
+test_unnamed_upload_is_named_by_its_bytes(void **state)
+{
+    (void)state;
+    size_t size = 2 * LOOM_BLOB_XFER_CHUNK + 99;
+    uint8_t *data = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        data[i] = (uint8_t)(i * 5 + 1);
+    loom_blob_mem mem = {data, size};
+    uint8_t want[LOOM_HASH_SIZE], name[LOOM_HASH_SIZE];
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, want), 0);
+    loom_wire_stats before = s_stats();
+    uint64_t sent = 0;
+    assert_int_equal(
+        loom__blob_upload_unnamed(s_dealer, size, loom__blob_read_mem, &mem, 5000, &sent, name), 0);
+    assert_int_equal(sent, size);
+    assert_memory_equal(name, want, sizeof want);
+    loom_wire_stats after = s_stats();
+    assert_int_equal(after.blobs_stored, before.blobs_stored + 1);
+    memset(name, 0, sizeof name);
+    assert_int_equal(
+        loom__blob_upload_unnamed(s_dealer, size, loom__blob_read_mem, &mem, 5000, &sent, name), 0);
+    assert_int_equal(sent, size);
+    assert_memory_equal(name, want, sizeof want);
+    loom_wire_stats again = s_stats();
+    assert_int_equal(again.blobs_stored, after.blobs_stored);
+    assert_int_equal(again.blob_store_bytes, after.blob_store_bytes);
+    //  Stored under its name: it downloads, and a named upload finds it.
+    char path[] = "/tmp/loom-test-bc-XXXXXX";
+    int fd = mkstemp(path);
+    assert_int_equal(loom__blob_download(s_dealer, want, size, fd, 5000, NULL), 0);
+    close(fd);
+    unlink(path);
+    assert_int_equal(
+        loom__blob_upload(s_dealer, want, size, loom__blob_read_mem, &mem, 5000, &sent), 0);
+    assert_int_equal(sent, 0);
+    //  Nothing at all: the name of no bytes.
+    static const uint8_t empty[32] = {0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14,
+                                      0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+                                      0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c,
+                                      0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+    assert_int_equal(
+        loom__blob_upload_unnamed(s_dealer, 0, loom__blob_read_mem, &mem, 5000, &sent, name), 0);
+    assert_memory_equal(name, empty, sizeof empty);
+    //  The zero name is not a blob.
+    uint8_t zero[LOOM_HASH_SIZE] = {0};
+    loom_msg get = {.type = LOOM_MSG_BLOB_GET};
+    get.u.blob_get.hash = (loom_span){zero, LOOM_HASH_SIZE};
+    get.u.blob_get.credit = 100;
+    s_send(&get);
+    loom_msg *m = s_next();
+    assert_int_equal(m->u.blob_chunk.status, LOOM_ENOENT);
+    loom_msg_destroy(&m);
     free(data);
 }
 
@@ -350,13 +434,61 @@ test_store_cap_and_client_quota(void **state)
     unlink(blob + 6);
 }
 
+//  An unnamed upload counts against its uploader's quota while it runs and,
+//  once stored, under the name the broker gave it.
+static void
+test_unnamed_uploads_count_against_the_quota(void **state)
+{
+    (void)state;
+    char task[128], blob[128];
+    loom_test_ipc(task, sizeof task, "bu-task");
+    loom_test_ipc(blob, sizeof blob, "bu-blob");
+    loom_broker_opts o = {.blob_quota = 3000};
+    char *bt = NULL, *bb = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(&o, task, blob, &bt, &bb, &err);
+    assert_non_null(broker);
+    void *a = loom__blob_dealer(zsys_init(), bb);
+    void *b = loom__blob_dealer(zsys_init(), bb);
+    uint8_t hash[LOOM_HASH_SIZE], name[LOOM_HASH_SIZE];
+    uint8_t *d1 = s_source(2000, 11, hash);
+    uint8_t *d2 = s_source(1500, 12, hash);
+    loom_blob_mem m1 = {d1, 2000}, m2 = {d2, 1500};
+    //  Over the quota at once: refused before a byte is sent.
+    uint8_t *big = s_source(3500, 13, hash);
+    loom_blob_mem mb = {big, 3500};
+    assert_int_equal(loom__blob_upload_unnamed(a, 3500, loom__blob_read_mem, &mb, 5000, NULL, name),
+                     LOOM_ETOOBIG);
+    //  2000 stored, named by the broker: 1500 more would be 3500.
+    assert_int_equal(loom__blob_upload_unnamed(a, 2000, loom__blob_read_mem, &m1, 5000, NULL, name),
+                     0);
+    assert_int_equal(loom__blob_upload_unnamed(a, 1500, loom__blob_read_mem, &m2, 5000, NULL, name),
+                     LOOM_ETOOBIG);
+    //  Another client is not charged for it.
+    assert_int_equal(loom__blob_upload_unnamed(b, 1500, loom__blob_read_mem, &m2, 5000, NULL, name),
+                     0);
+    free(big);
+    free(d2);
+    free(d1);
+    zmq_close(a);
+    zmq_close(b);
+    zactor_destroy(&broker);
+    free(bt);
+    free(bb);
+    free(err);
+    unlink(task + 6);
+    unlink(blob + 6);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names_are_sha256),
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
+        cmocka_unit_test(test_unnamed_upload_is_named_by_its_bytes),
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
+        cmocka_unit_test(test_unnamed_uploads_count_against_the_quota),
     };
     return cmocka_run_group_tests_name("blob_channel", tests, s_setup, s_teardown);
 }
