@@ -78,11 +78,7 @@ loom_map_submit_files(loom_map *m, const void *input, size_t len, const char *co
         uint8_t *hash = loom_xmalloc(LOOM_HASH_SIZE);
         rc = loom__blob_open_file(what, paths[k], &fd, &size);
         if (rc == 0) {
-            rc = loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
-            if (rc)
-                loom_log_error("loom: %s: cannot read %s", what, paths[k]);
-            else
-                rc = loom__blob_put(m->client, what, hash, size, loom__blob_read_fd, &fd);
+            rc = loom__blob_put_file(m->client, what, fd, size, hash);
             close(fd);
         }
         files[k] = (loom_wire_file){

@@ -17,7 +17,7 @@
 bool loom_file_name_valid(const char *name);
 
 //  The path of a blob in store directory dir: DIR/HH/HHHH...(64 hex), from
-//  a hash of exactly hash_len == 32 bytes (BLAKE2b-256). Returns 0, or
+//  a hash of exactly hash_len == 32 bytes (SHA-256). Returns 0, or
 //  LOOM_EINVAL (no hash, wrong length, no dir), LOOM_ETOOBIG (does not fit
 //  in cap bytes).
 int loom_blob_path(char *out, size_t cap, const char *dir, const uint8_t *hash, size_t hash_len);
