@@ -572,7 +572,10 @@ static bool
 s_fw_plan(const loom_msg *m, size_t *cap)
 {
     size_t n = 256;
-    if (m->type == LOOM_MSG_TASK_BATCH) {
+    //  The type as an integer: a caller's bad value is refused later by
+    //  s_check, never loaded as an enum here (UBSan: invalid enum load).
+    auto type = s_enum_value(&m->type);
+    if (type == LOOM_MSG_TASK_BATCH) {
         const loom_wire_task_batch *t = &m->u.task_batch;
         if (t->nitems > LOOM_WIRE_MAX_ITEMS || (t->nitems && !t->items))
             return false;
@@ -582,7 +585,7 @@ s_fw_plan(const loom_msg *m, size_t *cap)
                 return false;
             n = s_add(n, s_add(48, it->data.len));
         }
-    } else if (m->type == LOOM_MSG_RESULT_BATCH) {
+    } else if (type == LOOM_MSG_RESULT_BATCH) {
         const loom_wire_result_batch *r = &m->u.result_batch;
         //  Blob counters are rare: the builder writes them.
         if (r->nresults > LOOM_WIRE_MAX_ITEMS || (r->nresults && !r->results) ||

@@ -68,7 +68,7 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%d KiB", v["memory_client_rss"]), "-", "-")
         row(sprintf("memory: worker peak RSS, %d items", v["memory_items"]),
             sprintf("%d KiB", v["memory_worker_rss"]), "-", "-")
-        row(sprintf("shares: upload %d MiB (hash, client->broker)", v["share_mb"]),
+        row(sprintf("shares: upload %d MiB (client->broker store)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_upload_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
             sprintf("%.3f", v["share_upload_gbs"] / v["share_raw_gbs"]))
         row(sprintf("shares: fetch %d MiB (broker->host cache)", v["share_mb"]),
@@ -76,8 +76,16 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%.3f", v["share_fetch_gbs"] / v["share_raw_gbs"]))
         row(sprintf("shares: %d tasks reading a %d MiB share", v["share_readers"], v["share_read_mb"]),
             sprintf("%.2f s wall", v["share_read_wall_s"]), "-", "-")
+        row(sprintf("shares: bytes moved for those %d tasks", v["share_readers"]),
+            sprintf("%.0f MiB in, %.0f MiB out", v["share_read_bytes_in"] / 1048576,
+                    v["share_read_bytes_out"] / 1048576),
+            sprintf("%d MiB read by tasks", v["share_readers"] * v["share_read_mb"]), "-")
+        row("memory: client peak RSS, shares case", sprintf("%d KiB", v["share_client_rss"]), "-", "-")
+        row("memory: worker peak RSS, shares case", sprintf("%d KiB", v["share_worker_rss"]), "-", "-")
     }' "$tmp/all"
 echo "baselines: raw libzmq relay (DEALER->ROUTER|ROUTER->DEALER, 100 items/msg, 10,000 in flight);"
 echo "raw round trip through the same relay; scaling: the same task on 1 process;"
 echo "shares: raw libzmq DEALER->ROUTER of the same bytes, 256 KiB frames, 1 MiB window"
-echo "(a share is hashed with BLAKE2b by client, broker and host: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here)."
+echo "(each byte of a share is hashed with SHA-256 once by the broker on the way in and once by the host"
+echo "on the way out: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here; each side also writes a new file:"
+echo "$(awk '/^share_write_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here (share_write_gbs). The client's peak RSS includes the embedded broker.)"
