@@ -76,10 +76,10 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%.3f", v["share_fetch_gbs"] / v["share_raw_gbs"]))
         row(sprintf("shares: %d tasks reading a %d MiB share", v["share_readers"], v["share_read_mb"]),
             sprintf("%.2f s wall", v["share_read_wall_s"]), "-", "-")
-        row(sprintf("shares: bytes moved for those %d tasks", v["share_readers"]),
-            sprintf("%.0f MiB in, %.0f MiB out", v["share_read_bytes_in"] / 1048576,
+        row(sprintf("shares: MiB into / out of the broker, %d tasks", v["share_readers"]),
+            sprintf("%.0f / %.0f MiB", v["share_read_bytes_in"] / 1048576,
                     v["share_read_bytes_out"] / 1048576),
-            sprintf("%d MiB read by tasks", v["share_readers"] * v["share_read_mb"]), "-")
+            sprintf("%d MiB read", v["share_readers"] * v["share_read_mb"]), "-")
         row("memory: client peak RSS, shares case", sprintf("%d KiB", v["share_client_rss"]), "-", "-")
         row("memory: worker peak RSS, shares case", sprintf("%d KiB", v["share_worker_rss"]), "-", "-")
     }' "$tmp/all"
