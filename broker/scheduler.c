@@ -10,6 +10,7 @@
 #include "scheduler.h"
 
 #include "base.h"
+#include "block_cache.h"
 
 #include <czmq.h>
 #include <math.h>
@@ -281,7 +282,7 @@ struct loom_sched_worker {
 //  per-thread cache of blocks keeps). A slab is freed with its last item
 //  once it is no longer the one being carved; a long-lived item keeps its
 //  whole slab, which S_SLAB_SIZE bounds.
-#define S_SLAB_SIZE 2048
+#define S_SLAB_SIZE LOOM_SLAB_SIZE
 #define S_SLAB_HEAD 16 //  the header, rounded up to keep items 16-aligned
 
 typedef struct loom_sched_slab {
@@ -291,40 +292,10 @@ typedef struct loom_sched_slab {
 
 _Static_assert(sizeof(s_slab) <= S_SLAB_HEAD, "slab header fits before the first item");
 
-//  Free slabs kept per thread for the next ones (malloc and free of a
-//  slab cost some 500 instructions: a size past glibc's per-thread
-//  cache). Given back to malloc when the thread ends.
-#define S_SLAB_CACHE 64
-
-typedef struct {
-    void *slabs[S_SLAB_CACHE];
-    size_t n;
-    bool registered; //  the exit destructor knows this thread
-} s_slab_cache;
-
-static _Thread_local s_slab_cache s_slabs __attribute__((tls_model("initial-exec")));
-static pthread_key_t s_slab_key;
-static pthread_once_t s_slab_once = PTHREAD_ONCE_INIT;
-
-static void
-s_slab_cache_drain(void *arg)
-{
-    s_slab_cache *c = arg;
-    while (c->n)
-        free(c->slabs[--c->n]);
-}
-
-static void
-s_slab_key_init(void)
-{
-    LOOM_ASSERT(pthread_key_create(&s_slab_key, s_slab_cache_drain) == 0);
-}
-
 static s_slab *
 s_slab_new(void)
 {
-    s_slab_cache *c = &s_slabs;
-    s_slab *slab = c->n ? c->slabs[--c->n] : loom_xmalloc(S_SLAB_SIZE);
+    s_slab *slab = loom__slab_alloc();
     slab->live = 1;
     slab->used = S_SLAB_HEAD;
     return slab;
@@ -333,17 +304,7 @@ s_slab_new(void)
 static void
 s_slab_free(s_slab *slab)
 {
-    s_slab_cache *c = &s_slabs;
-    if (c->n == S_SLAB_CACHE) {
-        free(slab);
-        return;
-    }
-    if (!c->registered) {
-        pthread_once(&s_slab_once, s_slab_key_init);
-        pthread_setspecific(s_slab_key, c);
-        c->registered = true;
-    }
-    c->slabs[c->n++] = slab;
+    loom__slab_free(slab);
 }
 
 struct loom_sched {

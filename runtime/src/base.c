@@ -134,3 +134,13 @@ loom_remove_tree(const char *dir, int depth)
     }
     return rmdir(dir);
 }
+
+void
+loom_cond_init_monotonic(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+    LOOM_ASSERT(pthread_condattr_init(&attr) == 0);
+    LOOM_ASSERT(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0);
+    LOOM_ASSERT(pthread_cond_init(cond, &attr) == 0);
+    pthread_condattr_destroy(&attr);
+}

@@ -4,6 +4,7 @@
 #ifndef LOOM_BASE_H
 #define LOOM_BASE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -81,6 +82,10 @@ int loom_remove_tree(const char *dir, int depth);
 //  An integer from the environment, or dflt when unset or not a number
 //  within [min, max].
 long loom_env_long(const char *var, long dflt, long min, long max);
+
+//  Initialise a condition variable whose timed waits count on
+//  CLOCK_MONOTONIC (deadlines from loom_now_ms, unmoved by clock changes).
+void loom_cond_init_monotonic(pthread_cond_t *cond);
 
 //  memcpy for the small per-item copies (inputs, outputs): sizes up to 16
 //  are copied with fixed-size moves the compiler inlines, instead of a call

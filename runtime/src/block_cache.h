@@ -21,4 +21,14 @@ void *loom__block_alloc(size_t n);
 //  it is a block of the cache's size and the cache has room, else free()d.
 void loom__block_free(void *p);
 
+#define LOOM_SLAB_SIZE 2048 //  the size of a slab
+
+//  A slab of LOOM_SLAB_SIZE bytes, for code that carves many small records
+//  out of one allocation (the broker's queued items): a malloc and free of
+//  this size cost some 500 instructions, past glibc's per-thread cache.
+//  Free it with loom__slab_free (kept for reuse by this thread, at most 64)
+//  or free().
+void *loom__slab_alloc(void);
+void loom__slab_free(void *p);
+
 #endif

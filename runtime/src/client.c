@@ -260,11 +260,7 @@ s_link_new(const char *endpoint, const char *cert_path, const char *server_key,
 {
     loom__link *l = loom_xcalloc(1, sizeof *l);
     pthread_mutex_init(&l->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    loom_cond_init_monotonic(&l->wake);
     l->endpoint = loom_xstrdup(endpoint);
     l->cert_path = cert_path ? loom_xstrdup(cert_path) : NULL;
     l->server_key = server_key ? loom_xstrdup(server_key) : NULL;

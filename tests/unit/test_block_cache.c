@@ -73,6 +73,48 @@ test_each_thread_has_its_own_cache(void **state)
     loom__block_free(mine);
 }
 
+//  Slabs: their own list, last in first out, at most 64 kept a thread,
+//  and a thread's slabs freed as it exits.
+static void *
+s_slab_thread(void *arg)
+{
+    (void)arg;
+    void *slabs[100];
+    for (int i = 0; i < 100; i++) {
+        slabs[i] = loom__slab_alloc();
+        memset(slabs[i], 5, LOOM_SLAB_SIZE); //  ASan: each really is this big
+    }
+    for (int i = 0; i < 100; i++)
+        loom__slab_free(slabs[i]); //  64 kept, 36 freed
+    return NULL;
+}
+
+static void
+test_slabs_are_reused_and_kept_apart_from_blocks(void **state)
+{
+    (void)state;
+    void *s1 = loom__slab_alloc();
+    void *s2 = loom__slab_alloc();
+    void *b = loom__block_alloc(16);
+    assert_true(malloc_usable_size(s1) >= LOOM_SLAB_SIZE);
+    loom__slab_free(s1);
+    loom__slab_free(s2);
+    loom__block_free(b);
+    //  A block request does not get a slab, nor a slab request a block.
+    assert_ptr_equal(loom__block_alloc(16), b);
+    assert_ptr_equal(loom__slab_alloc(), s2);
+    assert_ptr_equal(loom__slab_alloc(), s1);
+    loom__block_free(b);
+    loom__slab_free(s1);
+    free(s2); //  a slab may go to free() too
+    loom__slab_free(NULL);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_slab_thread, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_ptr_equal(loom__slab_alloc(), s1);
+    free(s1);
+}
+
 int
 main(void)
 {
@@ -80,6 +122,7 @@ main(void)
         cmocka_unit_test(test_small_blocks_are_reused_last_in_first_out),
         cmocka_unit_test(test_large_and_foreign_blocks_are_not_kept),
         cmocka_unit_test(test_each_thread_has_its_own_cache),
+        cmocka_unit_test(test_slabs_are_reused_and_kept_apart_from_blocks),
     };
     return cmocka_run_group_tests_name("block_cache", tests, NULL, NULL);
 }
