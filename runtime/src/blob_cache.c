@@ -278,6 +278,13 @@ s_link(loom_blob_cache *self, const uint8_t *hash, const char *hex, uint64_t siz
     unlink(tmp);
     if (link(src, tmp) != 0)
         return false;
+    //  Not a regular file of the size (a symlink is linked as itself):
+    //  not the store's blob, fetched without a word.
+    struct stat sb;
+    if (lstat(tmp, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size) {
+        unlink(tmp);
+        return false;
+    }
     bool ok = s_verify(tmp, hash, size);
     if (!ok) {
         self->st.corrupt++;
