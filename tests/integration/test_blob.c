@@ -640,8 +640,8 @@ s_spawn_host(const char *ep, const char *cache)
 {
     const char *exe = getenv("LOOM_EXE");
     assert_non_null(exe);
-    char *argv[] = {(char *)exe, "worker", "--connect", (char *)ep,      "--procs",
-                    "2",         "--cache", (char *)cache, "--quiet", NULL};
+    char *argv[] = {(char *)exe, "worker",  "--connect",   (char *)ep, "--procs",
+                    "2",         "--cache", (char *)cache, "--quiet",  NULL};
     extern char **environ;
     pid_t pid;
     assert_int_equal(posix_spawn(&pid, exe, NULL, NULL, argv, environ), 0);

@@ -67,9 +67,8 @@ s_sample(int type, loom_msg *m)
         m->u.hello = (loom_wire_hello){LOOM_ROLE_SUPERVISOR, "host-9f3a", 4242, 512, 8, "0.1.0"};
         break;
     case LOOM_MSG_WELCOME:
-        m->u.welcome =
-            (loom_wire_welcome){BIG64,          UINT64_MAX, 17, 1000, 3, 256, 1u << 20,
-                                "tcp://*:5556", "/tmp/loom-store-1-abc"};
+        m->u.welcome = (loom_wire_welcome){
+            BIG64, UINT64_MAX, 17, 1000, 3, 256, 1u << 20, "tcp://*:5556", "/tmp/loom-store-1-abc"};
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         m->u.pipeline_open = (loom_wire_pipeline){BIG64, "my pipeline"};
