@@ -140,6 +140,12 @@ s_store(loom_blob_channel *self)
     return self->store;
 }
 
+const char *
+loom_blob_channel_store_dir(loom_blob_channel *self)
+{
+    return s_store(self) ? self->dir : NULL;
+}
+
 static void
 s_send(loom_blob_channel *self, const uint8_t *rid, size_t rid_len, const loom_msg *m)
 {

@@ -33,6 +33,11 @@ void loom_blob_channel_destroy(loom_blob_channel **self_p);
 int loom_blob_channel_set_store(loom_blob_channel *self, const char *dir, uint64_t cap,
                                 int64_t ttl_ms, bool temporary);
 
+//  The store's directory (the store opened now if it was not), or NULL
+//  if it cannot be opened. Borrowed. Told to workers of this host, who
+//  may hard-link its files (DIR/ab/<hex>) instead of fetching them.
+const char *loom_blob_channel_store_dir(loom_blob_channel *self);
+
 //  The bytes one peer (one blob-channel connection) may hold in the
 //  store: blobs it uploaded still stored plus its uploads in progress.
 //  0, or more than the store's cap: the cap alone limits. Going over: the

@@ -84,6 +84,17 @@ s_owner_key(uint64_t session, uint64_t pipeline, char *key, size_t cap)
     snprintf(key, cap, "%llu/%llu", (unsigned long long)session, (unsigned long long)pipeline);
 }
 
+//  True if the blob endpoint is reachable from this host only (ipc://,
+//  or tcp:// on a loopback address).
+static bool
+s_blob_ep_local(const char *ep)
+{
+    if (!ep)
+        return false;
+    return !strncmp(ep, "ipc://", 6) || !strncmp(ep, "tcp://127.", 10) ||
+           !strncmp(ep, "tcp://[::1]:", 12) || !strncmp(ep, "tcp://localhost:", 16);
+}
+
 static void s_settle(s_broker *self);
 
 //  ---------------------------------------------------------------------
@@ -536,6 +547,11 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     if (self->verbose)
         loom_log_info("broker: session %llu: role %d host '%s' pid %u", (unsigned long long)s->id,
                       (int)s->role, s->host, s->pid);
+    //  Workers that can see the store (same host: the blob endpoint is
+    //  ipc:// or loopback) may link its files instead of fetching them.
+    const char *store = s->role == LOOM_ROLE_WORKER && s_blob_ep_local(self->blob_ep)
+                            ? loom_blob_channel_store_dir(self->bc)
+                            : NULL;
     loom_msg m = {.type = LOOM_MSG_WELCOME};
     m.u.welcome = (loom_wire_welcome){.epoch = self->epoch,
                                       .session = s->id,
@@ -544,7 +560,8 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
                                       .liveness = LOOM_BROKER_LIVENESS,
                                       .max_batch = self->lim.max_batch,
                                       .max_frame = self->lim.max_frame,
-                                      .blob_endpoint = self->blob_ep};
+                                      .blob_endpoint = self->blob_ep,
+                                      .blob_store = store};
     s_send(self, s, &m);
 }
 

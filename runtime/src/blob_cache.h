@@ -17,6 +17,7 @@
 #ifndef LOOM_BLOB_CACHE_H
 #define LOOM_BLOB_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,17 +43,30 @@ void loom_blob_cache_destroy(loom_blob_cache **self_p);
 int loom_blob_cache_get(loom_blob_cache *self, void *dealer, const uint8_t *hash, uint64_t size,
                         char **path, char *err, size_t errcap);
 
+//  The broker's blob store directory when this host can see it (from
+//  Welcome.blob_store; NULL: none). A blob missing here is then first
+//  hard-linked from DIR/ab/<hex> of the store (a path built from the
+//  digest only) and its bytes verified; any error (another file system,
+//  not permitted, gone, bytes wrong) and it is fetched as usual. Eviction
+//  only removes the cache's own link. Returns false, and keeps none, if
+//  dir is not an absolute path free of . and .. components.
+bool loom_blob_cache_set_store(loom_blob_cache *self, const char *dir);
+
 //  Remove a cache directory with everything in it (a supervisor's
 //  private cache at exit).
 void loom_blob_cache_remove_dir(const char *dir);
 
 //  Counters of this process: bytes received on the blob channel, blobs
-//  fetched, blobs found already there, fetches refused for a bad hash.
+//  fetched, blobs found already there, fetches (or links) refused for a
+//  bad hash, blobs linked from the store and their bytes (none of which
+//  moved on the blob channel).
 typedef struct {
     uint64_t bytes_in;
     uint64_t fetched;
     uint64_t hits;
     uint64_t corrupt;
+    uint64_t linked;
+    uint64_t bytes_linked;
 } loom_blob_cache_stats;
 void loom_blob_cache_get_stats(const loom_blob_cache *self, loom_blob_cache_stats *st);
 

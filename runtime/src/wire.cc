@@ -156,6 +156,7 @@ s_bound(const loom_msg *m)
         break;
     case LOOM_MSG_WELCOME:
         total = s_add(total, s_str_bound(m->u.welcome.blob_endpoint));
+        total = s_add(total, s_str_bound(m->u.welcome.blob_store));
         break;
     case LOOM_MSG_TASK_BATCH: {
         const loom_wire_task_batch *t = &m->u.task_batch;
@@ -386,8 +387,9 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
     case LOOM_MSG_WELCOME: {
         const loom_wire_welcome *w = &m->u.welcome;
         auto blob_ep = s_put_str(b, w->blob_endpoint);
+        auto blob_store = s_put_str(b, w->blob_store);
         return lw::CreateWelcome(b, w->epoch, w->session, w->worker_id, w->heartbeat_ms,
-                                 w->liveness, w->max_batch, w->max_frame, blob_ep)
+                                 w->liveness, w->max_batch, w->max_frame, blob_ep, blob_store)
             .Union();
     }
     case LOOM_MSG_PIPELINE_OPEN: {
@@ -1218,6 +1220,7 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         m->u.welcome.max_batch = w->max_batch();
         m->u.welcome.max_frame = w->max_frame();
         m->u.welcome.blob_endpoint = s_get_str(w->blob_endpoint());
+        m->u.welcome.blob_store = s_get_str(w->blob_store());
         return 0;
     }
     case lw::Body_PipelineOpen: {

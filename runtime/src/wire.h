@@ -125,6 +125,7 @@ typedef struct {
     uint32_t max_batch;
     uint32_t max_frame;
     const char *blob_endpoint; //  NULL when absent
+    const char *blob_store;    //  the broker's blob store directory, NULL when absent
 } loom_wire_welcome;
 
 typedef struct {

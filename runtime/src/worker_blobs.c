@@ -78,11 +78,12 @@ loom_worker_blobs_destroy(loom_worker_blobs **self_p)
     if (self->cache) {
         loom_blob_cache_stats st;
         loom_blob_cache_get_stats(self->cache, &st);
-        if (st.fetched || st.hits)
-            loom_log_info("worker %d: blob cache: %llu bytes in, %llu fetched, %llu found, "
-                          "%llu refused (bad hash)",
+        if (st.fetched || st.hits || st.linked)
+            loom_log_info("worker %d: blob cache: %llu bytes in, %llu fetched, %llu linked from "
+                          "the store (%llu bytes, not moved), %llu found, %llu refused (bad hash)",
                           (int)getpid(), (unsigned long long)st.bytes_in,
-                          (unsigned long long)st.fetched, (unsigned long long)st.hits,
+                          (unsigned long long)st.fetched, (unsigned long long)st.linked,
+                          (unsigned long long)st.bytes_linked, (unsigned long long)st.hits,
                           (unsigned long long)st.corrupt);
     }
     if (self->dealer)
@@ -110,6 +111,15 @@ loom_worker_blobs_set_endpoint(loom_worker_blobs *self, const char *welcome_ep, 
     self->dealer = NULL;
     free(self->endpoint);
     self->endpoint = ep;
+}
+
+void
+loom_worker_blobs_set_store(loom_worker_blobs *self, const char *store_dir)
+{
+    if (self->cache && !loom_blob_cache_set_store(self->cache, store_dir))
+        loom_log_warning("worker %d: blob store directory from the broker is not a plain "
+                         "absolute path: ignored, blobs are fetched",
+                         (int)getpid());
 }
 
 static char *

@@ -32,6 +32,11 @@ void loom_worker_blobs_destroy(loom_worker_blobs **self_p);
 void loom_worker_blobs_set_endpoint(loom_worker_blobs *self, const char *welcome_ep,
                                     const char *task_ep);
 
+//  The broker's blob store directory from a Welcome (NULL: none, or the
+//  broker is not on this host's loopback): blobs are hard-linked from it
+//  when this host can, fetched otherwise (see loom_blob_cache_set_store).
+void loom_worker_blobs_set_store(loom_worker_blobs *self, const char *store_dir);
+
 //  Fetch (if this host has not) one blob; *path malloc'd. Returns 0 or a
 //  code with *reason (malloc'd) naming `what` and the cause.
 int loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loom_wire_file *f,

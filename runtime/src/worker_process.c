@@ -66,6 +66,7 @@ typedef struct {
     uint32_t gen;       //  connection generation this belongs to
     uint32_t worker_id; //  S_IN_WELCOME
     char *endpoint;     //  S_IN_WELCOME: the blob endpoint (owned) or NULL
+    char *store;        //  S_IN_WELCOME: the broker's blob store dir (owned) or NULL
     loom_msg *msg;      //  S_IN_MSG: MapOpen, TaskBatch or Cancel (owned)
 } s_in;
 
@@ -181,6 +182,7 @@ s_in_destroy(s_in **self_p)
     if (!self)
         return;
     free(self->endpoint);
+    free(self->store);
     loom_msg_destroy(&self->msg);
     free(self);
     *self_p = NULL;
@@ -370,6 +372,8 @@ s_conn_on_message(s_conn *self, loom_msg **msg_p)
                       w->worker_id, self->hb_ms);
         s_conn_to_main(self, S_IN_WELCOME, NULL, w->worker_id,
                        w->blob_endpoint ? loom_xstrdup(w->blob_endpoint) : NULL);
+        ((s_in *)zlist_tail(self->inbox))->store =
+            w->blob_store ? loom_xstrdup(w->blob_store) : NULL;
         break;
     }
     case LOOM_MSG_CANCEL:
@@ -1236,6 +1240,7 @@ s_on_in(s_worker *self, s_in *in)
     if (in->kind == S_IN_WELCOME) {
         self->worker_id = in->worker_id;
         loom_worker_blobs_set_endpoint(self->blobs, in->endpoint, self->opts->endpoint);
+        loom_worker_blobs_set_store(self->blobs, in->store);
         if (!self->exec) {
             self->exec = loom_executor_new(self->opts->plugin_path, in->worker_id);
             if (!self->exec) {

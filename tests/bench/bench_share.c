@@ -9,7 +9,9 @@
     broker hashing what it writes to its store and naming the blob): "upload"
     is that call's wall time. Then one item of testkit "shared" runs in a
     map of that pipeline: the worker fetches the blob broker -> host cache
-    (hash checked) before running it: "fetch" is the map's wall time. The
+    (hash checked) before running it: "fetch" is the map's wall time (on
+    the broker's host, as here, the host hard-links the store's file into
+    its cache and hashes it: no bytes move, "broker->host 0" below). The
     same file shared again is known by name: "share again" is the BlobHave
     round trip. Then READERS items of testkit "shared_sum" read a READ_MB
     MiB share (every byte, through the mmap): the wall time of the whole
@@ -325,7 +327,11 @@ main(int argc, char **argv)
                "(tasks read %.1f MiB)\n",
                (double)(in1 - in0) / (1 << 20), (double)(out1 - out0) / (1 << 20),
                (double)readers * (double)read_mb);
-    else
+    if (counted == 0 && out1 == out0)
+        printf("  (broker->host 0: the host linked the store's file into its cache, verified)\n");
+    else if (counted == 0)
+        printf("  (broker->host > 0: the host fetched the blob over the blob channel)\n");
+    if (counted != 0)
         printf("  bytes moved: not known (loom status failed)\n");
     printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n", self_ru.ru_maxrss,
            children_ru.ru_maxrss);

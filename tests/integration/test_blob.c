@@ -5,12 +5,16 @@
 
     The key figure: a 64 MiB share read by 200 items on 2 worker processes
     of one host moves about twice its size (client -> broker once, broker
-    -> host once), not 200 times.  */
+    -> host once), not 200 times; on the broker's own host (embedded) the
+    host links the store's file instead, and only the upload moves bytes.  */
 
 #include "loom_test.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <czmq.h>
 #include <loom/loom.h>
@@ -19,6 +23,7 @@
 #include "client_priv.h"
 #include "cluster.h"
 #include "base.h"
+#include "blob_hash.h"
 #include "wire.h"
 
 #define S_BIG (64u << 20)
@@ -43,11 +48,10 @@ s_teardown(void **state)
     return 0;
 }
 
-//  The broker's counters.
+//  The counters of the broker at ep.
 static loom_wire_stats
-s_stats(void)
+s_stats_at(const char *ep)
 {
-    const char *ep = loom__cluster_endpoint(loom__client_cluster(s_client));
     zsock_t *d = zsock_new_dealer(ep);
     assert_non_null(d);
     loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
@@ -71,6 +75,42 @@ s_stats(void)
     zsock_destroy(&d);
     assert_true(st.epoch != 0);
     return st;
+}
+
+//  The embedded broker's counters.
+static loom_wire_stats
+s_stats(void)
+{
+    return s_stats_at(loom__cluster_endpoint(loom__client_cluster(s_client)));
+}
+
+//  DIR/ab/<hex> of blob hash under dir.
+static void
+s_blob_path(const char *dir, const uint8_t *hash, char *path, size_t cap)
+{
+    char hex[2 * LOOM_HASH_SIZE + 1];
+    for (size_t i = 0; i < LOOM_HASH_SIZE; i++)
+        snprintf(hex + 2 * i, 3, "%02x", hash[i]);
+    snprintf(path, cap, "%s/%.2s/%s", dir, hex, hex);
+}
+
+//  n pseudo-random bytes from seed (malloc'd), their byte sum and SHA-256.
+static uint8_t *
+s_bytes(size_t n, uint32_t seed, unsigned *sum, uint8_t *hash)
+{
+    uint8_t *b = malloc(n ? n : 1);
+    assert_non_null(b);
+    *sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        b[i] = (uint8_t)(seed >> 24);
+        *sum += b[i];
+    }
+    loom__blob_hasher *h = loom__blob_hasher_new();
+    loom__blob_hasher_update(h, b, n);
+    loom__blob_hasher_final(h, hash);
+    loom__blob_hasher_destroy(&h);
+    return b;
 }
 
 //  Run `task` over n inputs (all `input`) and check every output equals want.
@@ -134,7 +174,10 @@ test_share_file_refuses_missing_and_non_regular_paths(void **state)
     loom_pipeline_destroy(&p);
 }
 
-//  64 MiB, 200 items, 2 worker processes on one host: bytes moved ~2x.
+//  64 MiB, 200 items, 2 worker processes on the broker's host (embedded):
+//  the upload moves it once; the host links the store's file (nothing
+//  moves broker -> host). A host that cannot link fetches once:
+//  test_host_that_cannot_link_fetches_once.
 static void
 test_share_moves_once_per_pipeline_not_per_task(void **state)
 {
@@ -145,6 +188,7 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
     uint8_t *buf = malloc(1 << 20);
     unsigned sum = 0;
     uint32_t x = 12345;
+    loom__blob_hasher *h = loom__blob_hasher_new();
     for (size_t mb = 0; mb < S_BIG >> 20; mb++) {
         for (size_t i = 0; i < (1u << 20); i++) {
             x = x * 1103515245u + 12345u;
@@ -152,7 +196,11 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
             sum += buf[i];
         }
         assert_int_equal(write(fd, buf, 1 << 20), 1 << 20);
+        loom__blob_hasher_update(h, buf, 1 << 20);
     }
+    uint8_t hash[LOOM_HASH_SIZE];
+    loom__blob_hasher_final(h, hash);
+    loom__blob_hasher_destroy(&h);
     free(buf);
     close(fd);
 
@@ -177,9 +225,20 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
     assert_int_equal(win, out); //  what the broker sent is what the host received
     assert_int_equal(uploaded.blob_bytes_in - before.blob_bytes_in, S_BIG);
     assert_int_equal(in, S_BIG);
-    //  One fetch for the host: the size, plus at most a few re-sent chunks.
-    assert_true(out >= S_BIG);
-    assert_true(out < S_BIG + S_BIG / 4);
+    //  Linked, not fetched: the cache's file is the store's.
+    assert_int_equal(out, 0);
+    const char *dir = loom__cluster_dir(loom__client_cluster(s_client));
+    char store[4096], cache[4096];
+    snprintf(store, sizeof store, "%s/store", dir);
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    char sp[4200], cp[4200];
+    s_blob_path(store, hash, sp, sizeof sp);
+    s_blob_path(cache, hash, cp, sizeof cp);
+    struct stat ss, cs;
+    assert_int_equal(stat(sp, &ss), 0);
+    assert_int_equal(stat(cp, &cs), 0);
+    assert_true(ss.st_ino == cs.st_ino && ss.st_dev == cs.st_dev);
+    assert_true(cs.st_nlink >= 2);
 
     //  The same file again, in another pipeline: the client knows its
     //  name, so no upload, no fetch. (A file shared in the clock tick it
@@ -522,6 +581,145 @@ test_blob_quota_refuses_the_client_over_it_only(void **state)
     unlink(blob + 6);
 }
 
+//  A store file whose bytes no longer match its name (flipped after the
+//  upload) is not trusted: the host does not keep the link, fetches, gets
+//  the same wrong bytes, refuses them, and the items fail clearly.
+static void
+test_corrupt_store_file_is_not_linked_and_items_fail_clearly(void **state)
+{
+    (void)state;
+    const size_t n = (3u << 20) + 17;
+    unsigned sum;
+    uint8_t hash[LOOM_HASH_SIZE];
+    uint8_t *b = s_bytes(n, 777, &sum, hash);
+    loom_pipeline *p = loom_pipeline_new(s_client, "corrupt");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share(p, "c", b, n), 0);
+    free(b);
+    const char *dir = loom__cluster_dir(loom__client_cluster(s_client));
+    char store[4096], sp[4200], cp[4200];
+    snprintf(store, sizeof store, "%s/store", dir);
+    s_blob_path(store, hash, sp, sizeof sp);
+    snprintf(store, sizeof store, "%s/cache", dir);
+    s_blob_path(store, hash, cp, sizeof cp);
+    int fd = open(sp, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t c;
+    assert_int_equal(pread(fd, &c, 1, 4096), 1);
+    c ^= 0x40;
+    assert_int_equal(pwrite(fd, &c, 1, 4096), 1);
+    close(fd);
+
+    loom_map *m = loom_map_new(p, "testkit", "shared_sum", NULL);
+    assert_non_null(m);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(loom_map_submit(m, "c", 1), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int failed = 0, rc;
+    while ((rc = loom_map_next(m, &r, 60000)) == 1) {
+        assert_int_not_equal(r.status, 0);
+        assert_non_null(r.error);
+        printf("# item %llu: %s\n", (unsigned long long)r.index, r.error);
+        assert_non_null(strstr(r.error, "share 'c'"));
+        assert_non_null(strstr(r.error, "did not match its hash"));
+        failed++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(failed, 4);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    //  Nothing wrong was kept in the cache.
+    struct stat cs;
+    assert_int_not_equal(stat(cp, &cs), 0);
+}
+
+//  A worker process of `loom worker` (LOOM_EXE): --connect ep --cache dir.
+static pid_t
+s_spawn_host(const char *ep, const char *cache)
+{
+    const char *exe = getenv("LOOM_EXE");
+    assert_non_null(exe);
+    char *argv[] = {(char *)exe, "worker",  "--connect",   (char *)ep, "--procs",
+                    "2",         "--cache", (char *)cache, "--quiet",  NULL};
+    extern char **environ;
+    pid_t pid;
+    assert_int_equal(posix_spawn(&pid, exe, NULL, NULL, argv, environ), 0);
+    return pid;
+}
+
+//  A host that cannot link the store's files (the store on another file
+//  system: link fails with EXDEV, as it fails with ENOENT on another
+//  machine) fetches each share once, as before.
+static void
+test_host_that_cannot_link_fetches_once(void **state)
+{
+    (void)state;
+    char store[] = "/dev/shm/loom-test-store-XXXXXX";
+    char cache[] = "/tmp/loom-test-cache-XXXXXX";
+    if (!mkdtemp(store))
+        skip(); //  no /dev/shm here
+    assert_non_null(mkdtemp(cache));
+    struct stat ss, cs;
+    assert_int_equal(stat(store, &ss), 0);
+    assert_int_equal(stat(cache, &cs), 0);
+    if (ss.st_dev == cs.st_dev) {
+        rmdir(store);
+        rmdir(cache);
+        skip(); //  one file system: nothing to show
+    }
+    char task[128], blob[128];
+    loom_test_ipc(task, sizeof task, "xdev-task");
+    loom_test_ipc(blob, sizeof blob, "xdev-blob");
+    char *bt = NULL, *bb = NULL, *err = NULL;
+    zactor_t *broker = loom_broker_start_opts(NULL, task, blob, &bt, &bb, &err);
+    assert_non_null(broker);
+    assert_int_equal(loom_broker_set_store(broker, store, 0, 0, true), 0);
+    pid_t host = s_spawn_host(bt, cache);
+    loom_client *c = loom_client_new(bt, NULL);
+    assert_non_null(c);
+
+    const size_t n = (4u << 20) + 5;
+    unsigned sum;
+    uint8_t hash[LOOM_HASH_SIZE];
+    uint8_t *b = s_bytes(n, 4242, &sum, hash);
+    loom_wire_stats before = s_stats_at(bt);
+    loom_pipeline *p = loom_pipeline_new(c, "xdev");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share(p, "d", b, n), 0);
+    free(b);
+    char want[64];
+    snprintf(want, sizeof want, "%zu %u", n, sum);
+    s_run(p, "shared_sum", "d", 40, want);
+    loom_pipeline_destroy(&p);
+    loom_wire_stats after = s_stats_at(bt);
+    uint64_t out = after.blob_bytes_out - before.blob_bytes_out;
+    uint64_t win = after.workers_blob_bytes_in - before.workers_blob_bytes_in;
+    printf("# store and cache on two file systems: broker->host %llu bytes, workers report "
+           "%llu\n",
+           (unsigned long long)out, (unsigned long long)win);
+    assert_true(out >= n && out < n + n / 4); //  fetched, once for the host
+    assert_int_equal(win, out);
+    char cp[4200];
+    s_blob_path(cache, hash, cp, sizeof cp);
+    assert_int_equal(stat(cp, &cs), 0);
+    assert_int_equal(cs.st_nlink, 1);
+
+    loom_client_destroy(&c);
+    kill(host, SIGTERM);
+    int status;
+    assert_int_equal(waitpid(host, &status, 0), host);
+    zactor_destroy(&broker);
+    free(bt);
+    free(bb);
+    free(err);
+    unlink(task + 6);
+    unlink(blob + 6);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", cache, store);
+    assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -534,6 +732,8 @@ main(void)
         cmocka_unit_test(test_memory_stays_bounded_while_sharing_a_big_file),
         cmocka_unit_test(test_full_cache_fails_items_clearly_and_the_worker_keeps_serving),
         cmocka_unit_test(test_blob_quota_refuses_the_client_over_it_only),
+        cmocka_unit_test(test_corrupt_store_file_is_not_linked_and_items_fail_clearly),
+        cmocka_unit_test(test_host_that_cannot_link_fetches_once),
     };
     return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
 }

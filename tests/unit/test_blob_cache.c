@@ -253,6 +253,118 @@ s_thread_get(void *arg)
     return (void *)rc;
 }
 
+//  A fake broker store beside the cache (same file system) holding the
+//  test blob at DIR/ab/<hex>: its bytes (corrupt: one flipped), or a
+//  symlink to a file holding them. Returns the store's path in dir.
+static void
+s_make_store(char *dir, size_t cap, bool corrupt, bool symlinked)
+{
+    snprintf(dir, cap, "/tmp/loom-test-%d-store-XXXXXX", (int)getpid());
+    assert_non_null(mkdtemp(dir));
+    char hex[65], sub[256], path[512], real[512];
+    loom_blob_hex(s_hash, hex);
+    snprintf(sub, sizeof sub, "%s/%.2s", dir, hex);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    snprintf(path, sizeof path, "%s/%s", sub, hex);
+    snprintf(real, sizeof real, "%s/%s.real", sub, hex);
+    FILE *f = fopen(symlinked ? real : path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(s_data, 1, S_SIZE, f), S_SIZE);
+    if (corrupt) {
+        fseek(f, 4321, SEEK_SET);
+        fputc(s_data[4321] ^ 1, f);
+    }
+    fclose(f);
+    if (symlinked)
+        assert_int_equal(symlink(real, path), 0);
+}
+
+static void
+test_blob_in_a_visible_store_is_linked_not_fetched(void **state)
+{
+    (void)state;
+    char store[128];
+    s_make_store(store, sizeof store, false, false);
+    loom_blob_cache *c = loom_blob_cache_new(s_dir, 0);
+    assert_true(loom_blob_cache_set_store(c, store));
+    char *path = NULL, err[512];
+    assert_int_equal(s_get(c, &path, err, sizeof err), 0);
+    assert_true(s_file_equals_data(path));
+    char hex[65], sp[512];
+    loom_blob_hex(s_hash, hex);
+    snprintf(sp, sizeof sp, "%s/%.2s/%s", store, hex, hex);
+    struct stat a, b;
+    assert_int_equal(stat(sp, &a), 0);
+    assert_int_equal(stat(path, &b), 0);
+    assert_true(a.st_ino == b.st_ino && b.st_nlink == 2);
+    loom_blob_cache_stats st;
+    loom_blob_cache_get_stats(c, &st);
+    assert_int_equal(st.linked, 1);
+    assert_int_equal(st.bytes_linked, S_SIZE);
+    assert_int_equal(st.bytes_in, 0);
+    assert_int_equal(s_f.fetches, 0);
+    //  The store drops its name: the cache's link keeps the bytes.
+    assert_int_equal(unlink(sp), 0);
+    assert_true(s_file_equals_data(path));
+    free(path);
+    loom_blob_cache_destroy(&c);
+    loom_blob_cache_remove_dir(store);
+}
+
+//  A store file with wrong bytes, or a symlink where the blob should be,
+//  is not linked: the blob is fetched and the store's file left alone.
+static void
+test_store_file_that_is_wrong_or_a_symlink_is_fetched_instead(void **state)
+{
+    (void)state;
+    for (int symlinked = 0; symlinked < 2; symlinked++) {
+        char store[128];
+        s_make_store(store, sizeof store, !symlinked, symlinked);
+        memset(&s_f, 0, sizeof s_f);
+        loom_blob_cache *c = loom_blob_cache_new(s_dir, 0);
+        assert_true(loom_blob_cache_set_store(c, store));
+        char *path = NULL, err[512];
+        assert_int_equal(s_get(c, &path, err, sizeof err), 0);
+        assert_true(s_file_equals_data(path));
+        struct stat b;
+        assert_int_equal(lstat(path, &b), 0);
+        assert_true(S_ISREG(b.st_mode) && b.st_nlink == 1);
+        loom_blob_cache_stats st;
+        loom_blob_cache_get_stats(c, &st);
+        assert_int_equal(st.linked, 0);
+        assert_int_equal(st.corrupt, symlinked ? 0 : 1);
+        assert_int_equal(st.bytes_in, S_SIZE);
+        assert_int_equal(s_f.fetches, 1);
+        assert_int_equal(unlink(path), 0);
+        free(path);
+        loom_blob_cache_destroy(&c);
+        loom_blob_cache_remove_dir(store);
+    }
+}
+
+static void
+test_store_dir_must_be_a_plain_absolute_path(void **state)
+{
+    (void)state;
+    loom_blob_cache *c = loom_blob_cache_new(s_dir, 0);
+    assert_true(loom_blob_cache_set_store(c, "/tmp/loom-store-1-abc"));
+    assert_true(loom_blob_cache_set_store(c, NULL));
+    assert_true(loom_blob_cache_set_store(c, "/a/.b/c.d"));
+    assert_false(loom_blob_cache_set_store(c, "relative/store"));
+    assert_false(loom_blob_cache_set_store(c, ""));
+    assert_false(loom_blob_cache_set_store(c, "/"));
+    assert_false(loom_blob_cache_set_store(c, "/tmp/../etc"));
+    assert_false(loom_blob_cache_set_store(c, "/tmp/./x"));
+    assert_false(loom_blob_cache_set_store(c, "/tmp/x/.."));
+    assert_false(loom_blob_cache_set_store(c, "/tmp/a\nb"));
+    //  A refused dir leaves none: the blob is fetched.
+    char *path = NULL, err[512];
+    assert_int_equal(s_get(c, &path, err, sizeof err), 0);
+    assert_int_equal(s_f.fetches, 1);
+    free(path);
+    loom_blob_cache_destroy(&c);
+}
+
 static void
 test_many_asking_at_once_fetch_once(void **state)
 {
@@ -436,6 +548,13 @@ main(void)
         cmocka_unit_test_setup_teardown(test_always_corrupted_blob_never_becomes_visible,
                                         s_each_setup, s_each_teardown),
         cmocka_unit_test_setup_teardown(test_missing_blob_is_named, s_each_setup, s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_blob_in_a_visible_store_is_linked_not_fetched,
+                                        s_each_setup, s_each_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_store_file_that_is_wrong_or_a_symlink_is_fetched_instead, s_each_setup,
+            s_each_teardown),
+        cmocka_unit_test_setup_teardown(test_store_dir_must_be_a_plain_absolute_path, s_each_setup,
+                                        s_each_teardown),
         cmocka_unit_test_setup_teardown(test_many_asking_at_once_fetch_once, s_each_setup,
                                         s_each_teardown),
         cmocka_unit_test_setup_teardown(test_full_disk_fails_with_a_clear_error, s_each_setup,

@@ -1592,6 +1592,45 @@ test_bind_errors(void **state)
     zactor_destroy(&b);
 }
 
+//  Worker processes of this host (blob endpoint on loopback) are told the
+//  store's directory, so they may link its files; clients are not.
+static void
+test_welcome_tells_local_workers_the_store(void **state)
+{
+    (void)state;
+    char *task = NULL, *blob = NULL, *err = NULL;
+    zactor_t *b = loom_broker_start("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", &task, &blob, &err);
+    assert_non_null(b);
+    char dir[] = "/tmp/loom-test-store-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(loom_broker_set_store(b, dir, 0, 0, true), 0);
+    const loom_role roles[] = {LOOM_ROLE_WORKER, LOOM_ROLE_CLIENT};
+    for (int i = 0; i < 2; i++) {
+        zsock_t *s = zsock_new(ZMQ_DEALER);
+        assert_non_null(s);
+        zsock_set_linger(s, 0);
+        assert_int_equal(zsock_connect(s, "%s", task), 0);
+        loom_msg m = {.type = LOOM_MSG_HELLO};
+        m.u.hello = (loom_wire_hello){
+            .role = roles[i], .host = "h", .pid = 7, .credit = 4, .software = "test"};
+        s_send(s, &m);
+        loom_msg *w = s_expect(s, LOOM_MSG_WELCOME);
+        assert_non_null(w->u.welcome.blob_endpoint);
+        if (roles[i] == LOOM_ROLE_WORKER) {
+            assert_non_null(w->u.welcome.blob_store);
+            assert_string_equal(w->u.welcome.blob_store, dir);
+        } else
+            assert_null(w->u.welcome.blob_store);
+        loom_msg_destroy(&w);
+        zsock_destroy(&s);
+    }
+    zactor_destroy(&b); //  the temporary store goes with it
+    struct stat sb;
+    assert_int_not_equal(stat(dir, &sb), 0);
+    free(task);
+    free(blob);
+}
+
 #define PT(t) cmocka_unit_test_setup_teardown(t, s_setup, s_teardown)
 
 //  ---------------------------------------------------------------------
@@ -1774,6 +1813,7 @@ main(void)
         PT(test_client_expiry_cancels_map),
         PT(test_client_cancel),
         cmocka_unit_test(test_bind_errors),
+        cmocka_unit_test(test_welcome_tells_local_workers_the_store),
         cmocka_unit_test(test_session_bound_to_its_curve_key),
     };
     int rc = cmocka_run_group_tests_name("scheduler", sched, NULL, NULL);

@@ -67,8 +67,8 @@ s_sample(int type, loom_msg *m)
         m->u.hello = (loom_wire_hello){LOOM_ROLE_SUPERVISOR, "host-9f3a", 4242, 512, 8, "0.1.0"};
         break;
     case LOOM_MSG_WELCOME:
-        m->u.welcome =
-            (loom_wire_welcome){BIG64, UINT64_MAX, 17, 1000, 3, 256, 1u << 20, "tcp://*:5556"};
+        m->u.welcome = (loom_wire_welcome){
+            BIG64, UINT64_MAX, 17, 1000, 3, 256, 1u << 20, "tcp://*:5556", "/tmp/loom-store-1-abc"};
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         m->u.pipeline_open = (loom_wire_pipeline){BIG64, "my pipeline"};
@@ -214,6 +214,7 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         assert_int_equal(a->u.welcome.max_batch, b->u.welcome.max_batch);
         assert_int_equal(a->u.welcome.max_frame, b->u.welcome.max_frame);
         s_assert_str(a->u.welcome.blob_endpoint, b->u.welcome.blob_endpoint);
+        s_assert_str(a->u.welcome.blob_store, b->u.welcome.blob_store);
         break;
     case LOOM_MSG_PIPELINE_OPEN:
         assert_true(a->u.pipeline_open.pipeline == b->u.pipeline_open.pipeline);
