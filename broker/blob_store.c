@@ -303,7 +303,10 @@ s_finish(loom_blob_store *self, const char *key, s_upload *u, uint8_t *name)
         //  the one there; the temp file goes with the upload.
         s_blob *b = zhashx_lookup(self->blobs, hex);
         b->last_use = loom_now_ms();
-    } else if (close(u->fd) != 0 || (u->fd = -1, s_mkdir(sub) != 0) || rename(u->tmp, path) != 0) {
+    } else if (fchmod(u->fd, 0400) != 0 || close(u->fd) != 0 || (u->fd = -1, s_mkdir(sub) != 0) ||
+               rename(u->tmp, path) != 0) {
+        //  (Read-only once complete: a host on this machine may take it by
+        //  hard link into its cache, sharing the inode: worker_blobs.c.)
         loom_log_error("blob store: cannot store %s: %s", path, strerror(errno));
         rc = LOOM_EIO;
     } else {
