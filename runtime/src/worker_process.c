@@ -828,10 +828,11 @@ s_out_begin(s_worker *self, uint64_t map)
     self->out_start_us = loom_now_us();
 }
 
-//  Add a result; takes data and error (malloc'd or NULL).
+//  Add a result; takes data and error (malloc'd or NULL). lent: data is
+//  the executor's (loom_executor_run_keep, small), copied and not freed.
 static void
 s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, size_t len,
-          char *error)
+          char *error, bool lent)
 {
     if (self->nres == self->capres) {
         self->capres = self->capres ? self->capres * 2 : 64;
@@ -839,6 +840,7 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
         self->res_off = (size_t *)loom_xrealloc(self->res_off, self->capres * sizeof *self->res_off);
     }
     size_t off = SIZE_MAX;
+    LOOM_ASSERT(!lent || len <= S_SMALL_OUTPUT);
     if (data && len > 0 && len <= S_SMALL_OUTPUT) {
         //  Small outputs are packed into one buffer and their blocks freed
         //  at once: freeing a whole batch of small blocks together sent
@@ -851,7 +853,8 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
         off = self->small_len;
         loom_copy(self->small + off, data, len);
         self->small_len += len;
-        free(data);
+        if (!lent)
+            free(data);
         data = NULL;
     }
     self->res_off[self->nres] = off;
@@ -945,8 +948,8 @@ s_run_item(s_worker *self, const loom_wire_task_batch *tb, size_t k, uint32_t ti
     if (timeout_ms > 0)
         atomic_store_explicit(&c->run_start_ms, loom_now_ms(), memory_order_relaxed);
     atomic_store_explicit(&c->run_pos, 2 * (uint64_t)k + 1, memory_order_release);
-    int rc =
-        loom_executor_run(self->exec, tb->map, item->index, item->data.data, item->data.len, out);
+    int rc = loom_executor_run_keep(self->exec, tb->map, item->index, item->data.data,
+                                    item->data.len, S_SMALL_OUTPUT, out);
     atomic_store_explicit(&c->run_pos, 2 * (uint64_t)k + 2, memory_order_release);
     return rc;
 }
@@ -1061,8 +1064,10 @@ s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *
             loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles, &reason);
         if (urc && *rc == 0) {
             *rc = urc;
-            free(out->data);
+            if (!out->borrowed)
+                free(out->data);
             out->data = NULL;
+            out->borrowed = false;
             out->len = 0;
             free(out->error);
             out->error = reason;
@@ -1101,7 +1106,7 @@ s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
                      reason ? reason : loom_strerror(rc));
     for (size_t i = 0; i < tb->nitems; i++)
         s_out_add(self, &tb->items[i], rc, NULL, 0,
-                  loom_xstrdup(reason ? reason : loom_strerror(rc)));
+                  loom_xstrdup(reason ? reason : loom_strerror(rc)), false);
     s_out_flush(self, true);
     free(reason);
     return 1;
@@ -1130,7 +1135,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
                 error = (char *)loom_xmalloc(64);
                 snprintf(error, 64, "unknown map %" PRIu64, tb->map);
             }
-            s_out_add(self, &tb->items[i], status, NULL, 0, error);
+            s_out_add(self, &tb->items[i], status, NULL, 0, error, false);
         }
         s_out_flush(self, true);
         return;
@@ -1165,7 +1170,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         char *ferr = NULL;
         int frc = s_item_files_begin(self, item, &fpaths, &ferr);
         if (frc) {
-            s_out_add(self, item, frc, NULL, 0, ferr);
+            s_out_add(self, item, frc, NULL, 0, ferr, false);
             continue;
         }
         int rc = s_run_item(self, tb, i, mp->timeout_ms, &out);
@@ -1174,17 +1179,22 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         size_t nofiles = 0;
         s_item_files_end(self, item, fpaths, &rc, &out, &ofiles, &nofiles);
         if (ofiles) {
-            s_out_add(self, item, rc, out.data, out.len, out.error);
+            s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
             self->res[self->nres - 1].files = ofiles;
             self->res[self->nres - 1].nfiles = nofiles;
         } else if (rc == 0 && mp->reduce) {
             char *error = NULL;
-            rc = s_fold(self, tb->map, out.data, out.len, &error);
+            void *data = out.data;
+            if (out.borrowed) { //  the fold keeps it
+                data = loom_xmalloc(out.len);
+                memcpy(data, out.data, out.len);
+            }
+            rc = s_fold(self, tb->map, data, out.len, &error);
             out.data = NULL;
-            s_out_add(self, item, rc, NULL, 0, error);
+            s_out_add(self, item, rc, NULL, 0, error, false);
             free(out.error);
         } else
-            s_out_add(self, item, rc, out.data, out.len, out.error);
+            s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
         //  Stopping: send each result at once, the watchdog may hand the
         //  rest back any moment (reduce partials go only with the batch).
         if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
