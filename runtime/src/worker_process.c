@@ -8,8 +8,12 @@
 
     The connection (the DEALER and everything about it, s_conn) belongs to
     whoever holds its mutex. The main thread holds it except while it runs
-    plugin code (an item, a reduce, a plugin's init) or fetches and uploads
-    blobs, which may take any time or hang. Then a watchdog thread, which
+    plugin code (a batch's items, from the first to the last, a reduce, a
+    plugin's init) or fetches and uploads blobs, which may take any time or
+    hang. Per item it then takes no lock and reads no clock (unless the map
+    has a timeout): the running item is published with atomics, a Cancel or
+    a new connection is noticed through an atomic counter, and the lock is
+    taken back only to send results. Meanwhile a watchdog thread, which
     wakes every tick and only ever try-locks, takes the connection over:
     it reads what the broker sends (queued for the main thread, a Cancel
     recorded at once), heartbeats, notices a silent or restarted broker and
