@@ -808,11 +808,16 @@ s_send_error(s_worker *self, int code, uint64_t map, const char *message)
 static void
 s_out_clear(s_worker *self)
 {
+    //  Most results own nothing (a packed small output, no error, no
+    //  files): no calls for them.
     for (size_t i = 0; i < self->nres; i++) {
-        if (self->res_off[i] == SIZE_MAX)
-            free((void *)self->res[i].data.data);
-        free((void *)self->res[i].error);
-        loom_wire_files_free((loom_wire_file *)self->res[i].files, self->res[i].nfiles);
+        loom_wire_result *r = &self->res[i];
+        if (self->res_off[i] == SIZE_MAX && r->data.data)
+            free((void *)r->data.data);
+        if (r->error)
+            free((void *)r->error);
+        if (r->files)
+            loom_wire_files_free((loom_wire_file *)r->files, r->nfiles);
     }
     self->nres = 0;
     self->res_bytes = 0;
