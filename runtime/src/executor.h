@@ -94,8 +94,8 @@ int loom_executor_run(loom_executor *self, uint64_t map_id, uint64_t index, cons
 //  next run or fold, sparing a malloc and a free per item for the callers
 //  that copy small outputs anyway (the worker process). Larger outputs are
 //  the caller's as with loom_executor_run.
-int loom_executor_run_keep(loom_executor *self, uint64_t map_id, uint64_t index,
-                           const void *input, size_t len, size_t keep, loom_exec_out *out);
+int loom_executor_run_keep(loom_executor *self, uint64_t map_id, uint64_t index, const void *input,
+                           size_t len, size_t keep, loom_exec_out *out);
 
 //  Fold two outputs with the map's reduce into *out. Same conventions.
 int loom_executor_reduce(loom_executor *self, uint64_t map_id, const void *a, size_t an,

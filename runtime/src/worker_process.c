@@ -110,7 +110,7 @@ typedef struct {
     const loom_wire_task_batch *run_batch;
     uint32_t item_gen; //  generation of the batch
     uint64_t map;
-    uint64_t index;      //  the item timed out (s_conn_timeout)
+    uint64_t index; //  the item timed out (s_conn_timeout)
     uint32_t attempt;
     uint32_t timeout_ms; //  its map's timeout, 0: none
     atomic_uint_fast64_t run_pos;
@@ -546,13 +546,11 @@ s_conn_tick(s_conn *self)
         }
     }
     //  An item runs (odd run_pos) only while the main thread has let go.
-    uint64_t pos =
-        self->run_batch ? atomic_load_explicit(&self->run_pos, memory_order_acquire) : 0;
+    uint64_t pos = self->run_batch ? atomic_load_explicit(&self->run_pos, memory_order_acquire) : 0;
     if (!(pos & 1))
         return;
     if (self->timeout_ms > 0 &&
-        now - atomic_load_explicit(&self->run_start_ms, memory_order_relaxed) >=
-            self->timeout_ms) {
+        now - atomic_load_explicit(&self->run_start_ms, memory_order_relaxed) >= self->timeout_ms) {
         const loom_wire_item *item = &self->run_batch->items[pos / 2];
         self->index = item->index;
         self->attempt = item->attempt;
