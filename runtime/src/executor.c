@@ -34,6 +34,7 @@
 
 #define S_DEFAULT_MAX_OUTPUT ((size_t)64 << 20)
 #define S_MAX_MESSAGE 4096
+#define S_SCRATCH 256 //  run output first written in the executor (run_keep)
 
 //  A plugin this executor loaded.
 typedef struct {
@@ -82,6 +83,9 @@ struct loom_executor {
     char **out_names; //  output files asked for by the last run (owned)
     char **out_paths;
     size_t nout;
+    //  Where a run's output goes first (loom_executor_run_keep): a small
+    //  one stays here, lent to the caller, and costs no malloc and free.
+    uint8_t scratch[S_SCRATCH];
 };
 
 //  The context of one run or fold; plugins see only its first member.
@@ -94,6 +98,8 @@ typedef struct {
     uint8_t *out; //  Output so far (owned until handed over)
     size_t out_len;
     size_t out_cap;
+    bool scratch;   //  out is the executor's scratch (not owned)
+    size_t keep;    //  outputs up to this size stay in the scratch, lent
     bool too_big;   //  An output call went over max_output
     char *error;    //  Message from loom_task_fail, or NULL
     uint64_t index; //  Item index; UINT64_MAX in a fold
@@ -169,9 +175,16 @@ s_output(loom_task *t, const void *data, size_t len)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
         if (cap > max)
             cap = max;
-        uint8_t *out = realloc(ctx->out, cap);
+        uint8_t *out;
+        if (ctx->scratch) {
+            out = malloc(cap);
+            if (out && ctx->out_len)
+                memcpy(out, ctx->out, ctx->out_len);
+        } else
+            out = realloc(ctx->out, cap);
         if (!out)
             return LOOM_ENOMEM;
+        ctx->scratch = false;
         ctx->out = out;
         ctx->out_cap = cap;
     }
@@ -323,7 +336,8 @@ loom_exec_out_clear(loom_exec_out *out)
 {
     if (!out)
         return;
-    free(out->data);
+    if (!out->borrowed)
+        free(out->data);
     free(out->error);
     memset(out, 0, sizeof *out);
 }
@@ -563,7 +577,19 @@ s_finish(s_ctx *ctx, int rc, loom_exec_out *out)
         out->error =
             s_format("task returned %d (%s)", rc, rc < 0 ? loom_strerror(rc) : strerror(rc));
     }
-    if (out->status == 0 && ctx->out_len > 0) {
+    if (out->status == 0 && ctx->out_len > 0 && ctx->scratch) {
+        //  Lend a small output; copy one the caller wants to own.
+        if (ctx->out_len <= ctx->keep) {
+            out->data = ctx->out;
+            out->borrowed = true;
+        } else {
+            out->data = loom_xmalloc(ctx->out_len);
+            memcpy(out->data, ctx->out, ctx->out_len);
+        }
+        out->len = ctx->out_len;
+    } else if (ctx->scratch) {
+        //  Nothing of ours to free.
+    } else if (out->status == 0 && ctx->out_len > 0) {
         //  Hand the buffer over; give back the slack of a large one.
         out->data = ctx->out_cap - ctx->out_len > 4096 ? realloc(ctx->out, ctx->out_len) : NULL;
         if (!out->data)
@@ -589,6 +615,13 @@ int
 loom_executor_run(loom_executor *self, uint64_t map_id, uint64_t index, const void *input,
                   size_t len, loom_exec_out *out)
 {
+    return loom_executor_run_keep(self, map_id, index, input, len, 0, out);
+}
+
+int
+loom_executor_run_keep(loom_executor *self, uint64_t map_id, uint64_t index, const void *input,
+                       size_t len, size_t keep, loom_exec_out *out)
+{
     LOOM_ASSERT(self);
     LOOM_ASSERT(out);
     LOOM_ASSERT(input || len == 0);
@@ -603,6 +636,12 @@ loom_executor_run(loom_executor *self, uint64_t map_id, uint64_t index, const vo
     s_ctx_init(&ctx, self, map, index);
     ctx.input = input;
     ctx.input_len = len;
+    if (keep > 0) {
+        ctx.out = self->scratch;
+        ctx.out_cap = sizeof self->scratch;
+        ctx.scratch = true;
+        ctx.keep = keep < sizeof self->scratch ? keep : sizeof self->scratch;
+    }
     int rc = map->task->run(&ctx.base);
     return s_finish(&ctx, rc, out);
 }

@@ -16,15 +16,18 @@
 typedef struct loom_executor loom_executor;
 
 //  What one run or fold produced. data is malloc'd and owned by the caller
-//  (free it), NULL when len is 0. error is malloc'd too, NULL on success.
+//  (free it), NULL when len is 0; unless borrowed (loom_executor_run_keep):
+//  then it is the executor's, valid until its next run or fold. error is
+//  malloc'd too, NULL on success.
 typedef struct {
     int status; //  0, LOOM_ETASK (task failed or returned non-zero), LOOM_ETOOBIG, ...
     void *data;
     size_t len;
     char *error;
+    bool borrowed; //  data is lent by the executor, not to be freed
 } loom_exec_out;
 
-//  Free out->data and out->error and zero them.
+//  Free out->data (unless borrowed) and out->error and zero them.
 void loom_exec_out_clear(loom_exec_out *out);
 
 //  Create an executor that loads plugins from plugin_path, a ':'-separated
@@ -85,6 +88,14 @@ bool loom_executor_has_map(loom_executor *self, uint64_t map_id);
 //  map id.
 int loom_executor_run(loom_executor *self, uint64_t map_id, uint64_t index, const void *input,
                       size_t len, loom_exec_out *out);
+
+//  The same, but an output of at most `keep` bytes (at most 256 are kept)
+//  is lent (out->borrowed): it stays in a buffer of the executor until the
+//  next run or fold, sparing a malloc and a free per item for the callers
+//  that copy small outputs anyway (the worker process). Larger outputs are
+//  the caller's as with loom_executor_run.
+int loom_executor_run_keep(loom_executor *self, uint64_t map_id, uint64_t index, const void *input,
+                           size_t len, size_t keep, loom_exec_out *out);
 
 //  Fold two outputs with the map's reduce into *out. Same conventions.
 int loom_executor_reduce(loom_executor *self, uint64_t map_id, const void *a, size_t an,

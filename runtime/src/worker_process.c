@@ -8,8 +8,12 @@
 
     The connection (the DEALER and everything about it, s_conn) belongs to
     whoever holds its mutex. The main thread holds it except while it runs
-    plugin code (an item, a reduce, a plugin's init) or fetches and uploads
-    blobs, which may take any time or hang. Then a watchdog thread, which
+    plugin code (a batch's items, from the first to the last, a reduce, a
+    plugin's init) or fetches and uploads blobs, which may take any time or
+    hang. Per item it then takes no lock and reads no clock (unless the map
+    has a timeout): the running item is published with atomics, a Cancel or
+    a new connection is noticed through an atomic counter, and the lock is
+    taken back only to send results. Meanwhile a watchdog thread, which
     wakes every tick and only ever try-locks, takes the connection over:
     it reads what the broker sends (queued for the main thread, a Cancel
     recorded at once), heartbeats, notices a silent or restarted broker and
@@ -96,16 +100,27 @@ typedef struct {
     int64_t next_tick;  //  when the timers are next due
     zlist_t *pending;   //  s_out * waiting for the socket, in order
     zlist_t *inbox;     //  s_in * for the main thread, in order
-    //  The item the main thread runs while it has let go (for timeouts).
-    bool running;
-    uint32_t item_gen; //  generation of its batch
+    //  The batch whose items the main thread runs while it has let go (for
+    //  timeouts), set and cleared holding the lock. Item k of it runs while
+    //  run_pos is 2k+1 and is done at 2k+2; the main thread stores run_pos
+    //  (release) without the lock, after run_start_ms (relaxed, only set
+    //  when the map has a timeout), so whoever holds the lock and loads
+    //  run_pos (acquire) sees that item's start or a later one: it never
+    //  blames an item that did not run for the timeout (see s_conn_tick).
+    const loom_wire_task_batch *run_batch;
+    uint32_t item_gen; //  generation of the batch
     uint64_t map;
-    uint64_t index;
+    uint64_t index; //  the item timed out (s_conn_timeout)
     uint32_t attempt;
     uint32_t timeout_ms; //  its map's timeout, 0: none
-    int64_t start_ms;
+    atomic_uint_fast64_t run_pos;
+    atomic_int_fast64_t run_start_ms;
     uint64_t cancels[S_CANCELS]; //  recently cancelled maps (this connection)
     size_t ncancels;             //  cancels ever recorded (ring position)
+    //  Bumped holding the lock at each Cancel recorded and each new
+    //  connection: the main thread, running a batch without the lock, loads
+    //  it per item and takes the lock to look closer only when it moved.
+    atomic_uint events;
     //  The watchdog thread; wd_quit is under wd_lock. While the main thread
     //  idles (main_idle: it waits on the socket) the watchdog has nothing to
     //  do and parks (wd_parked) until the main thread next lets go.
@@ -227,6 +242,7 @@ s_conn_connect(s_conn *self)
                        zmq_strerror(zmq_errno()));
     self->ncancels = 0;
     self->gen++;
+    atomic_fetch_add_explicit(&self->events, 1, memory_order_relaxed);
     self->welcomed = false;
     self->hello_pending = true;
     int64_t now = loom_now_ms();
@@ -379,8 +395,10 @@ s_conn_on_message(s_conn *self, loom_msg **msg_p)
     case LOOM_MSG_CANCEL:
         //  Recorded now, so that a running batch stops at its next item; the
         //  main thread closes the map.
-        if (self->welcomed)
+        if (self->welcomed) {
             self->cancels[self->ncancels++ % S_CANCELS] = m->u.cancel_map;
+            atomic_fetch_add_explicit(&self->events, 1, memory_order_relaxed);
+        }
         /* fall through */
     case LOOM_MSG_MAP_OPEN:
     case LOOM_MSG_TASK_BATCH:
@@ -527,10 +545,18 @@ s_conn_tick(s_conn *self)
             self->last_tx = now; //  do not retry every tick when the send failed
         }
     }
-    //  `running` is only ever set while the main thread has let go.
-    if (self->running && self->timeout_ms > 0 && now - self->start_ms >= self->timeout_ms)
+    //  An item runs (odd run_pos) only while the main thread has let go.
+    uint64_t pos = self->run_batch ? atomic_load_explicit(&self->run_pos, memory_order_acquire) : 0;
+    if (!(pos & 1))
+        return;
+    if (self->timeout_ms > 0 &&
+        now - atomic_load_explicit(&self->run_start_ms, memory_order_relaxed) >= self->timeout_ms) {
+        const loom_wire_item *item = &self->run_batch->items[pos / 2];
+        self->index = item->index;
+        self->attempt = item->attempt;
         s_conn_timeout(self);
-    if (self->stop_at && self->running && now - self->stop_at >= S_STOP_GRACE_MS)
+    }
+    if (self->stop_at && now - self->stop_at >= S_STOP_GRACE_MS)
         s_conn_hand_back(self);
 }
 
@@ -541,16 +567,6 @@ s_conn_service(s_conn *self)
     s_conn_on_broker(self);
     if (loom_now_ms() >= self->next_tick)
         s_conn_tick(self);
-}
-
-//  The same, only when the timers are due (between items: cheap).
-static void
-s_conn_service_due(s_conn *self)
-{
-    if (loom_now_ms() >= self->next_tick) {
-        s_conn_on_broker(self);
-        s_conn_tick(self);
-    }
 }
 
 //  The watchdog: every tick, take the connection if the main thread has
@@ -615,6 +631,9 @@ s_conn_start(s_conn *self, const loom_worker_process_opts *opts)
     memset(self, 0, sizeof *self);
     atomic_init(&self->main_idle, false);
     atomic_init(&self->wd_parked, false);
+    atomic_init(&self->run_pos, 0);
+    atomic_init(&self->run_start_ms, 0);
+    atomic_init(&self->events, 0);
     self->opts = opts;
     self->hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
     self->liveness = 3;
@@ -787,11 +806,16 @@ s_send_error(s_worker *self, int code, uint64_t map, const char *message)
 static void
 s_out_clear(s_worker *self)
 {
+    //  Most results own nothing (a packed small output, no error, no
+    //  files): no calls for them.
     for (size_t i = 0; i < self->nres; i++) {
-        if (self->res_off[i] == SIZE_MAX)
-            free((void *)self->res[i].data.data);
-        free((void *)self->res[i].error);
-        loom_wire_files_free((loom_wire_file *)self->res[i].files, self->res[i].nfiles);
+        loom_wire_result *r = &self->res[i];
+        if (self->res_off[i] == SIZE_MAX && r->data.data)
+            free((void *)r->data.data);
+        if (r->error)
+            free((void *)r->error);
+        if (r->files)
+            loom_wire_files_free((loom_wire_file *)r->files, r->nfiles);
     }
     self->nres = 0;
     self->res_bytes = 0;
@@ -811,10 +835,11 @@ s_out_begin(s_worker *self, uint64_t map)
     self->out_start_us = loom_now_us();
 }
 
-//  Add a result; takes data and error (malloc'd or NULL).
+//  Add a result; takes data and error (malloc'd or NULL). lent: data is
+//  the executor's (loom_executor_run_keep, small), copied and not freed.
 static void
 s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, size_t len,
-          char *error)
+          char *error, bool lent)
 {
     if (self->nres == self->capres) {
         self->capres = self->capres ? self->capres * 2 : 64;
@@ -822,6 +847,7 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
         self->res_off = (size_t *)loom_xrealloc(self->res_off, self->capres * sizeof *self->res_off);
     }
     size_t off = SIZE_MAX;
+    LOOM_ASSERT(!lent || len <= S_SMALL_OUTPUT);
     if (data && len > 0 && len <= S_SMALL_OUTPUT) {
         //  Small outputs are packed into one buffer and their blocks freed
         //  at once: freeing a whole batch of small blocks together sent
@@ -834,7 +860,8 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
         off = self->small_len;
         loom_copy(self->small + off, data, len);
         self->small_len += len;
-        free(data);
+        if (!lent)
+            free(data);
         data = NULL;
     }
     self->res_off[self->nres] = off;
@@ -887,7 +914,8 @@ s_out_flush(s_worker *self, bool final)
 }
 
 //  Fold an output (taken) into the batch's partial. Returns 0, or the
-//  fold's error with *error set (malloc'd).
+//  fold's error with *error set (malloc'd). Called with the connection
+//  let go (the reduce is plugin code).
 static int
 s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
 {
@@ -899,10 +927,8 @@ s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
     }
     loom_exec_out out;
     memset(&out, 0, sizeof out);
-    s_conn_let_go(&self->conn);
     int rc =
         loom_executor_reduce(self->exec, map, self->partial, self->partial_len, data, len, &out);
-    s_conn_take(&self->conn);
     free(data);
     if (rc != 0) {
         *error = out.error ? out.error : loom_xstrdup(loom_strerror(rc));
@@ -917,24 +943,21 @@ s_fold(s_worker *self, uint64_t map, void *data, size_t len, char **error)
     return 0;
 }
 
-//  Run one item with the connection let go, published for its timeout.
+//  Run item k of the batch the connection has published (s_run_batch),
+//  with the connection let go: published for its timeout without a lock,
+//  and without a clock read when the map has no timeout.
 static int
-s_run_item(s_worker *self, uint64_t map, const loom_wire_item *item, uint32_t timeout_ms,
+s_run_item(s_worker *self, const loom_wire_task_batch *tb, size_t k, uint32_t timeout_ms,
            loom_exec_out *out)
 {
     s_conn *c = &self->conn;
-    c->running = true;
-    c->item_gen = self->gen;
-    c->map = map;
-    c->index = item->index;
-    c->attempt = item->attempt;
-    c->timeout_ms = timeout_ms;
-    c->start_ms = loom_now_ms();
-    s_conn_let_go(c);
-    int rc =
-        loom_executor_run(self->exec, map, item->index, item->data.data, item->data.len, out);
-    s_conn_take(c);
-    c->running = false;
+    const loom_wire_item *item = &tb->items[k];
+    if (timeout_ms > 0)
+        atomic_store_explicit(&c->run_start_ms, loom_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&c->run_pos, 2 * (uint64_t)k + 1, memory_order_release);
+    int rc = loom_executor_run_keep(self->exec, tb->map, item->index, item->data.data,
+                                    item->data.len, S_SMALL_OUTPUT, out);
+    atomic_store_explicit(&c->run_pos, 2 * (uint64_t)k + 2, memory_order_release);
     return rc;
 }
 
@@ -956,7 +979,9 @@ s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
         void *copy = loom_xmalloc(len);
         if (len)
             memcpy(copy, tb->items[i].data.data, len);
+        s_conn_let_go(&self->conn);
         status = s_fold(self, tb->map, copy, len, &error);
+        s_conn_take(&self->conn);
     }
     if (status != 0) {
         loom_log_warning("worker %d: combine for map %" PRIu64 " failed: %s", (int)getpid(),
@@ -988,6 +1013,7 @@ s_run_combine(s_worker *self, const loom_wire_task_batch *tb, s_map *mp)
 
 //  Fetch an item's files (once per host) and give them, with the output
 //  directory, to the executor. Returns 0, or a code with *error set.
+//  Called with the connection let go (a fetch may take any time).
 static int
 s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, char **error)
 {
@@ -1005,14 +1031,12 @@ s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, 
     const char **names = loom_xcalloc(n, sizeof *names);
     char **paths = loom_xcalloc(n, sizeof *paths);
     int rc = 0;
-    s_conn_let_go(&self->conn);
     for (size_t i = 0; i < n && rc == 0; i++) {
         char what[320];
         snprintf(what, sizeof what, "file '%s'", item->files[i].name);
         names[i] = item->files[i].name;
         rc = loom_worker_blobs_fetch(self->blobs, what, &item->files[i], &paths[i], error);
     }
-    s_conn_take(&self->conn);
     if (rc) {
         for (size_t i = 0; i < n; i++)
             free(paths[i]);
@@ -1033,7 +1057,8 @@ s_item_files_begin(s_worker *self, const loom_wire_item *item, char ***paths_p, 
 }
 
 //  After the run: upload its output files (a failure fails the item),
-//  free the input paths, clear the executor's item files.
+//  free the input paths, clear the executor's item files. Called with the
+//  connection let go.
 static void
 s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *rc,
                  loom_exec_out *out, loom_wire_file **files, size_t *nfiles)
@@ -1042,14 +1067,14 @@ s_item_files_end(s_worker *self, const loom_wire_item *item, char **paths, int *
     size_t n = loom_executor_output_files(self->exec, &names, &opaths);
     if (n) {
         char *reason = NULL;
-        s_conn_let_go(&self->conn);
         int urc =
             loom_worker_blobs_put_outputs(self->blobs, names, opaths, n, files, nfiles, &reason);
-        s_conn_take(&self->conn);
         if (urc && *rc == 0) {
             *rc = urc;
-            free(out->data);
+            if (!out->borrowed)
+                free(out->data);
             out->data = NULL;
+            out->borrowed = false;
             out->len = 0;
             free(out->error);
             out->error = reason;
@@ -1088,7 +1113,7 @@ s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
                      reason ? reason : loom_strerror(rc));
     for (size_t i = 0; i < tb->nitems; i++)
         s_out_add(self, &tb->items[i], rc, NULL, 0,
-                  loom_xstrdup(reason ? reason : loom_strerror(rc)));
+                  loom_xstrdup(reason ? reason : loom_strerror(rc)), false);
     s_out_flush(self, true);
     free(reason);
     return 1;
@@ -1117,17 +1142,34 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
                 error = (char *)loom_xmalloc(64);
                 snprintf(error, 64, "unknown map %" PRIu64, tb->map);
             }
-            s_out_add(self, &tb->items[i], status, NULL, 0, error);
+            s_out_add(self, &tb->items[i], status, NULL, 0, error, false);
         }
         s_out_flush(self, true);
         return;
     }
+    //  The items run with the connection let go for the whole batch (the
+    //  watchdog reads, heartbeats and watches the timeout meanwhile): per
+    //  item no lock and no clock read, but an atomic load to notice a
+    //  Cancel or a new connection. The lock is taken back only to send.
+    s_conn *c = &self->conn;
+    c->run_batch = tb;
+    c->item_gen = self->gen;
+    c->map = tb->map;
+    c->timeout_ms = mp->timeout_ms;
+    atomic_store_explicit(&c->run_pos, 0, memory_order_relaxed);
+    unsigned events = atomic_load_explicit(&c->events, memory_order_relaxed);
+    s_conn_let_go(c);
     for (size_t i = 0; i < tb->nitems; i++) {
         const loom_wire_item *item = &tb->items[i];
-        s_conn_service_due(&self->conn); //  reads and heartbeats between items
-        if (s_stale(self, self->out_gen) || s_cancelled(self, tb->map)) {
-            s_out_begin(self, tb->map); //  drop: nobody wants these now
-            return;
+        if (atomic_load_explicit(&c->events, memory_order_relaxed) != events) {
+            s_conn_take(c);
+            events = atomic_load_explicit(&c->events, memory_order_relaxed);
+            if (s_stale(self, self->out_gen) || s_cancelled(self, tb->map)) {
+                c->run_batch = NULL;
+                s_out_begin(self, tb->map); //  drop: nobody wants these now
+                return;
+            }
+            s_conn_let_go(c);
         }
         loom_exec_out out;
         memset(&out, 0, sizeof out);
@@ -1135,32 +1177,42 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         char *ferr = NULL;
         int frc = s_item_files_begin(self, item, &fpaths, &ferr);
         if (frc) {
-            s_out_add(self, item, frc, NULL, 0, ferr);
+            s_out_add(self, item, frc, NULL, 0, ferr, false);
             continue;
         }
-        int rc = s_run_item(self, tb->map, item, mp->timeout_ms, &out);
+        int rc = s_run_item(self, tb, i, mp->timeout_ms, &out);
         self->items_run++;
         loom_wire_file *ofiles = NULL;
         size_t nofiles = 0;
         s_item_files_end(self, item, fpaths, &rc, &out, &ofiles, &nofiles);
         if (ofiles) {
-            s_out_add(self, item, rc, out.data, out.len, out.error);
+            s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
             self->res[self->nres - 1].files = ofiles;
             self->res[self->nres - 1].nfiles = nofiles;
         } else if (rc == 0 && mp->reduce) {
             char *error = NULL;
-            rc = s_fold(self, tb->map, out.data, out.len, &error);
+            void *data = out.data;
+            if (out.borrowed) { //  the fold keeps it
+                data = loom_xmalloc(out.len);
+                memcpy(data, out.data, out.len);
+            }
+            rc = s_fold(self, tb->map, data, out.len, &error);
             out.data = NULL;
-            s_out_add(self, item, rc, NULL, 0, error);
+            s_out_add(self, item, rc, NULL, 0, error, false);
             free(out.error);
         } else
-            s_out_add(self, item, rc, out.data, out.len, out.error);
+            s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
         //  Stopping: send each result at once, the watchdog may hand the
         //  rest back any moment (reduce partials go only with the batch).
         if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
-            (s_stop && !mp->reduce))
+            (s_stop && !mp->reduce)) {
+            s_conn_take(c);
             s_out_flush(self, false);
+            s_conn_let_go(c);
+        }
     }
+    s_conn_take(c);
+    c->run_batch = NULL;
     s_out_flush(self, true);
 }
 

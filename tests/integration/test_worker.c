@@ -643,6 +643,35 @@ test_item_timeout_reports_etimedout_then_exits(void **state)
     s_wait_hellos(fb, 2);
 }
 
+//  The running item is published without a lock, by its position in the
+//  batch: a hang after many quick items of the same batch is the one
+//  blamed, with its index, and none of the quick ones.
+static void
+test_item_timeout_blames_the_hung_item_deep_in_a_batch(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("timeoutdeep", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    s_map_open(fb, p, 7, "testkit", "sleep", 200, false);
+    const char *in[64];
+    for (int i = 0; i < 64; i++)
+        in[i] = "0";
+    in[62] = "60000";
+    s_batch(fb, p, 7, 0, in, 64, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 7, res, 1, NULL), 1);
+    for (int i = 0; i < 64; i++)
+        assert_true(res[i].seen == (i == 62));
+    assert_int_equal(res[62].status, LOOM_ETIMEDOUT);
+    assert_string_equal(res[62].error, "item timed out after 200 ms");
+    s_peer *from = NULL;
+    loom_msg *x = s_expect(fb, LOOM_MSG_WORKER_EXIT, S_WAIT_MS, &from);
+    assert_non_null(x);
+    assert_int_equal(x->u.worker_exit.status, 124);
+    loom_msg_destroy(&x);
+}
+
 //  An idle worker's watchdog parks (after 200 ms); the first item after it
 //  must wake it, or a hung item would never time out.
 static void
@@ -1599,6 +1628,8 @@ main(void)
         cmocka_unit_test_teardown(test_hostile_broker_messages_do_not_stop_the_worker, s_teardown),
         cmocka_unit_test_teardown(test_crash_reports_worker_exit_and_restarts, s_teardown),
         cmocka_unit_test_teardown(test_item_timeout_reports_etimedout_then_exits, s_teardown),
+        cmocka_unit_test_teardown(test_item_timeout_blames_the_hung_item_deep_in_a_batch,
+                                  s_teardown),
         cmocka_unit_test_teardown(test_item_timeout_after_an_idle_spell, s_teardown),
         cmocka_unit_test_teardown(test_heartbeats_continue_during_long_item, s_teardown),
         cmocka_unit_test_teardown(test_max_tasks_recycles_the_process, s_teardown),

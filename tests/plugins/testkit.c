@@ -42,6 +42,16 @@ s_echo(loom_task *t)
     return loom_task_output(t, in, n);
 }
 
+//  The input twice, in two output calls (an output that grows).
+static int
+s_twice(loom_task *t)
+{
+    size_t n;
+    const void *in = loom_task_input(t, &n);
+    int rc = loom_task_output(t, in, n);
+    return rc ? rc : loom_task_output(t, in, n);
+}
+
 static int
 s_fail(loom_task *t)
 {
@@ -289,6 +299,7 @@ s_fini(void *state)
 
 static const loom_task_def s_tasks[] = {
     {.name = "echo", .run = s_echo, .doc = "output = input"},
+    {.name = "twice", .run = s_twice, .doc = "output = input twice, in two calls"},
     {.name = "fail", .run = s_fail, .reduce = s_fail_reduce, .doc = "fails, naming the input"},
     {.name = "crash", .run = s_crash, .doc = "SIGSEGV on input 'crash', else echo"},
     {.name = "sleep", .run = s_sleep, .doc = "sleeps the input's milliseconds"},

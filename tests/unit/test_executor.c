@@ -250,6 +250,77 @@ test_output_grows_and_is_capped(void **state)
     loom_executor_destroy(&ex);
 }
 
+//  run_keep lends outputs up to `keep` bytes (the executor's buffer, valid
+//  until its next run) and hands larger ones over as run does, also when
+//  an output outgrows the buffer midway.
+static void
+test_run_keep_lends_small_outputs(void **state)
+{
+    (void)state;
+    loom_executor *ex = loom_executor_new(NULL, 1);
+    s_open(ex, 1, "testkit", "echo", false);
+    s_open(ex, 2, "testkit", "twice", false);
+    s_open(ex, 3, "testkit", "fail", false);
+    loom_exec_out out;
+    assert_int_equal(loom_executor_run_keep(ex, 1, 0, "hello", 5, 64, &out), 0);
+    assert_true(out.borrowed);
+    assert_int_equal(out.len, 5);
+    assert_memory_equal(out.data, "hello", 5);
+    const void *lent = out.data;
+    loom_exec_out_clear(&out); //  frees nothing lent (ASan would tell)
+    assert_int_equal(loom_executor_run_keep(ex, 1, 0, "again", 5, 64, &out), 0);
+    assert_ptr_equal(out.data, lent); //  the same buffer, no allocation
+    assert_memory_equal(out.data, "again", 5);
+    loom_exec_out_clear(&out);
+
+    //  Over keep, an owned copy; empty: nothing.
+    char text[300];
+    for (size_t i = 0; i < sizeof text; i++)
+        text[i] = (char)('a' + i % 26);
+    assert_int_equal(loom_executor_run_keep(ex, 1, 0, text, 65, 64, &out), 0);
+    assert_false(out.borrowed);
+    assert_int_equal(out.len, 65);
+    assert_memory_equal(out.data, text, 65);
+    free(out.data); //  the caller's
+    out.data = NULL;
+    loom_exec_out_clear(&out);
+    assert_int_equal(loom_executor_run_keep(ex, 1, 0, "", 0, 64, &out), 0);
+    assert_false(out.borrowed);
+    assert_null(out.data);
+    assert_int_equal(out.len, 0);
+
+    //  Outgrowing the buffer: the first part is carried over.
+    assert_int_equal(loom_executor_run_keep(ex, 2, 0, text, 200, 64, &out), 0);
+    assert_false(out.borrowed);
+    assert_int_equal(out.len, 400);
+    assert_memory_equal(out.data, text, 200);
+    assert_memory_equal((char *)out.data + 200, text, 200);
+    loom_exec_out_clear(&out);
+    assert_int_equal(loom_executor_run_keep(ex, 2, 0, text, 20, 64, &out), 0);
+    assert_true(out.borrowed);
+    assert_int_equal(out.len, 40);
+    assert_memory_equal((char *)out.data + 20, text, 20);
+    loom_exec_out_clear(&out);
+    //  A keep over the buffer's size is capped: still correct.
+    assert_int_equal(loom_executor_run_keep(ex, 2, 0, text, 300, SIZE_MAX, &out), 0);
+    assert_false(out.borrowed);
+    assert_int_equal(out.len, 600);
+    assert_memory_equal((char *)out.data + 300, text, 300);
+    loom_exec_out_clear(&out);
+
+    //  Failures and over-limit outputs lend nothing.
+    assert_int_equal(loom_executor_run_keep(ex, 3, 0, "x", 1, 64, &out), LOOM_ETASK);
+    assert_false(out.borrowed);
+    assert_null(out.data);
+    loom_exec_out_clear(&out);
+    loom_executor_set_max_output(ex, 10);
+    assert_int_equal(loom_executor_run_keep(ex, 2, 0, "abcdef", 6, 64, &out), LOOM_ETOOBIG);
+    assert_false(out.borrowed);
+    assert_null(out.data);
+    loom_exec_out_clear(&out);
+    loom_executor_destroy(&ex);
+}
+
 static void
 test_reduce_folds_with_fresh_context(void **state)
 {
@@ -616,6 +687,7 @@ main(void)
         cmocka_unit_test(test_worker_id_and_state),
         cmocka_unit_test(test_init_runs_once_per_executor_and_fini_at_destroy),
         cmocka_unit_test(test_output_grows_and_is_capped),
+        cmocka_unit_test(test_run_keep_lends_small_outputs),
         cmocka_unit_test(test_reduce_folds_with_fresh_context),
         cmocka_unit_test(test_reduce_needs_a_reduce_function),
         cmocka_unit_test(test_version_pin),
