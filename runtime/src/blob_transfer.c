@@ -64,6 +64,12 @@ loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash)
     return rc;
 }
 
+int
+loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
+{
+    return loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
+}
+
 void *
 loom__blob_dealer(void *ctx, const char *endpoint)
 {

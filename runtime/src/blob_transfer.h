@@ -29,6 +29,11 @@ int loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len);
 //  SHA-256 of size bytes of a source, read chunk by chunk.
 int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash);
 
+//  The blob name of the first size bytes of the open file fd (read with
+//  pread; the offset is not moved). Returns 0, or LOOM_EIO if the file
+//  could not be read or is shorter than size.
+int loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash);
+
 //  A DEALER connected to endpoint (its own socket options set), or NULL.
 //  Free it with zmq_close. ctx: a libzmq context.
 void *loom__blob_dealer(void *ctx, const char *endpoint);
