@@ -214,6 +214,13 @@ s_write_seeds(const char *dir)
 //  ---------------------------------------------------------------------
 //  Target
 
+//  Remove the ROUTER's ipc socket file at exit.
+static void
+s_unlink_endpoint(void)
+{
+    unlink(s_ep + strlen("ipc://"));
+}
+
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -234,6 +241,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     zsys_init();
     zsys_handler_set(NULL);
     snprintf(s_ep, sizeof s_ep, "ipc:///tmp/loom-fuzz-worker-%d", (int)getpid());
+    atexit(s_unlink_endpoint); //  libFuzzer ends a timed run with exit()
     s_router = zsock_new(ZMQ_ROUTER);
     zsock_set_linger(s_router, 0);
     zsock_set_router_mandatory(s_router, 1);

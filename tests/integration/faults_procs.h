@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -204,6 +205,10 @@ typedef struct {
 //  What the running test started, stopped by the teardown even when an
 //  assertion ended the test early.
 static s_cluster *s_live;
+//  $TMPDIR before s_cluster_init pointed it at the cluster's directory, so
+//  that what the processes make there (a temp blob store, host caches)
+//  goes with the directory even when a test kills them with SIGKILL.
+static char *s_saved_tmpdir;
 static pid_t s_extra[4];
 
 static int
@@ -234,8 +239,19 @@ s_cluster_init(s_cluster *c)
     assert_non_null(mkdtemp(c->dir));
     snprintf(c->task_ep, sizeof c->task_ep, "ipc://%s/task", c->dir);
     snprintf(c->blob_ep, sizeof c->blob_ep, "ipc://%s/blob", c->dir);
+    free(s_saved_tmpdir);
+    s_saved_tmpdir = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+    setenv("TMPDIR", c->dir, 1);
     s_live = c;
     assert_int_equal(s_broker_start(c), 0);
+}
+
+static int
+s_remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
 }
 
 static void
@@ -244,12 +260,11 @@ s_cluster_stop(s_cluster *c)
     for (size_t i = 0; i < c->nhosts; i++)
         s_stop(&c->hosts[i]);
     s_stop(&c->broker);
-    char path[300];
-    snprintf(path, sizeof path, "%s/task", c->dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/blob", c->dir);
-    unlink(path);
-    rmdir(c->dir);
+    nftw(c->dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (s_saved_tmpdir)
+        setenv("TMPDIR", s_saved_tmpdir, 1);
+    else
+        unsetenv("TMPDIR");
     if (s_live == c)
         s_live = NULL;
 }

@@ -8,6 +8,7 @@ set -u
 
 LOOM=${LOOM_EXE:?LOOM_EXE must name the loom executable}
 TMP=$(mktemp -d "/tmp/loom-test-$$-curve-XXXXXX")
+export TMPDIR="$TMP" # what loom makes in $TMPDIR goes with $TMP
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
