@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <loom/loom.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -61,6 +62,7 @@
 #define S_STOP_GRACE_MS 250        //  SIGTERM: an item still running after this is handed back
 #define S_INBOX_MAX 1000           //  messages queued for the main thread before reads pause
 #define S_PARK_TICKS 10            //  ticks finding the main thread idle before the watchdog parks
+#define S_TRIM_IDLE_MS 500 //  idle this long after work: freed memory goes back (malloc_trim)
 
 //  What the connection queues for the main thread.
 enum { S_IN_WELCOME = 1, S_IN_MSG };
@@ -137,8 +139,8 @@ typedef struct {
     uint64_t id;
     bool reduce;
     uint32_t timeout_ms;
-    int status;  //  0, or why the map could not be opened
-    char *error; //  owned; the reason when status != 0
+    int status;             //  0, or why the map could not be opened
+    char *error;            //  owned; the reason when status != 0
     loom_file_list *shares; //  the pipeline's shares, fetched at the first batch
     bool shares_ready;      //  fetched and given to the executor
     size_t bytes;           //  what its definition holds (args, shares)
@@ -156,10 +158,10 @@ typedef struct {
     uint32_t gen; //  generation of the maps below
     s_map *maps;
     size_t nmaps, capmaps;
-    size_t map_bytes;      //  sum of maps[].bytes
-    size_t max_maps;       //  at most this many definitions kept
-    size_t max_map_bytes;  //  and this many bytes of them
-    uint64_t map_use_seq;  //  last use stamp given
+    size_t map_bytes;     //  sum of maps[].bytes
+    size_t max_maps;      //  at most this many definitions kept
+    size_t max_map_bytes; //  and this many bytes of them
+    uint64_t map_use_seq; //  last use stamp given
     long items_run;
     //  Results being collected for one batch.
     uint64_t out_map;
@@ -592,8 +594,7 @@ s_watchdog(void *arg)
             //  wd_lock, so not before we wait).
             idle_ticks = 0;
             atomic_store(&self->wd_parked, true);
-            while (atomic_load(&self->main_idle) && atomic_load(&self->wd_parked) &&
-                   !self->wd_quit)
+            while (atomic_load(&self->main_idle) && atomic_load(&self->wd_parked) && !self->wd_quit)
                 pthread_cond_wait(&self->wd_cond, &self->wd_lock);
             //  A main thread that is busy but never lets go services the
             //  connection itself: no need to wake for it.
@@ -844,7 +845,8 @@ s_out_add(s_worker *self, const loom_wire_item *item, int status, void *data, si
     if (self->nres == self->capres) {
         self->capres = self->capres ? self->capres * 2 : 64;
         self->res = (loom_wire_result *)loom_xrealloc(self->res, self->capres * sizeof *self->res);
-        self->res_off = (size_t *)loom_xrealloc(self->res_off, self->capres * sizeof *self->res_off);
+        self->res_off =
+            (size_t *)loom_xrealloc(self->res_off, self->capres * sizeof *self->res_off);
     }
     size_t off = SIZE_MAX;
     LOOM_ASSERT(!lent || len <= S_SMALL_OUTPUT);
@@ -1338,6 +1340,13 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     s_conn *c = &self.conn;
     s_conn_start(c, opts); //  held from here on, but while plugin code runs
     int status = 0;
+    //  A burst of large messages (batches, map definitions) leaves the
+    //  heaps of this thread and of libzmq's I/O thread as large as the
+    //  burst was, though all of it is freed: glibc returns a heap's top,
+    //  not the free pages inside it. Once idle for S_TRIM_IDLE_MS after
+    //  work, the worker gives them back, once per idle spell.
+    bool trim_due = false;
+    int64_t idle_since = 0;
 
     while (!s_stop) {
         if (opts->max_tasks > 0 && self.items_run >= opts->max_tasks) {
@@ -1349,6 +1358,8 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
         if (in) {
             status = s_on_in(&self, in);
             s_in_destroy(&in);
+            trim_due = true;
+            idle_since = 0;
             if (status)
                 break;
             s_conn_service(c); //  the timers, when a stream of messages keeps us busy
@@ -1362,6 +1373,15 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
         if (rc < 0 && zmq_errno() != EINTR)
             break;
         s_conn_service(c);
+        if (trim_due && zlist_size(c->inbox) == 0) {
+            int64_t now = loom_now_ms();
+            if (!idle_since)
+                idle_since = now;
+            else if (now - idle_since >= S_TRIM_IDLE_MS) {
+                malloc_trim(0);
+                trim_due = false;
+            }
+        }
     }
     //  Send the last results, close with a linger; batches queued and not
     //  run are freed (the broker requeues them when we are gone).

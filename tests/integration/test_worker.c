@@ -907,7 +907,7 @@ test_map_definitions_are_capped_lru(void **state)
 
 //  The bytes of map definitions (args, shares) are capped too
 //  (LOOM_WORKER_MAP_BYTES): 200 maps with 1 MB of args each leave the
-//  worker's RSS far below 200 MB; one definition over the cap alone is
+//  worker's RSS far below 200 MB once it is idle; one definition over the cap alone is
 //  refused, its items failing with a reason naming the limit.
 static void
 test_map_definition_bytes_are_capped(void **state)
@@ -928,9 +928,14 @@ test_map_definition_bytes_are_capped(void **state)
             s_heartbeat_all(fb);
     }
     assert_int_equal(s_one(fb, p, 299, NULL, 0), 0); //  all read by now
+    //  The messages may all have been queued at once (a loaded machine):
+    //  the worker gives the freed memory back once idle (malloc_trim after
+    //  S_TRIM_IDLE_MS). What it still holds then is what it kept.
     long after = s_rss_kb(p->pid);
-    printf("worker RSS: %ld kB before, %ld kB after 200 MapOpens of 1 MiB args\n", before,
-           after);
+    for (int64_t until = loom_now_ms() + 3000; after - before >= 64 * 1024 && loom_now_ms() < until;
+         after = s_rss_kb(p->pid))
+        usleep(50 * 1000);
+    printf("worker RSS: %ld kB before, %ld kB after 200 MapOpens of 1 MiB args\n", before, after);
 #ifndef __SANITIZE_ADDRESS__ //  ASan keeps freed memory in quarantine: RSS tells nothing
     assert_true(after - before < 64 * 1024);
 #endif
@@ -1560,9 +1565,9 @@ test_hostile_broker_messages_do_not_stop_the_worker(void **state)
     s_map_open(fb, p, 52, "/etc/passwd", "x", 0, false);
     //  Messages a worker never gets: client and broker-bound ones.
     loom_msg m;
-    const loom_msg_type odd[] = {LOOM_MSG_HELLO,        LOOM_MSG_PIPELINE_OPEN, LOOM_MSG_MAP_END,
-                                 LOOM_MSG_CREDIT,       LOOM_MSG_RESULT_BATCH,  LOOM_MSG_STATS_REQUEST,
-                                 LOOM_MSG_WORKER_EXIT,  LOOM_MSG_STATS};
+    const loom_msg_type odd[] = {
+        LOOM_MSG_HELLO,        LOOM_MSG_PIPELINE_OPEN, LOOM_MSG_MAP_END,     LOOM_MSG_CREDIT,
+        LOOM_MSG_RESULT_BATCH, LOOM_MSG_STATS_REQUEST, LOOM_MSG_WORKER_EXIT, LOOM_MSG_STATS};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         memset(&m, 0, sizeof m);
         m.type = odd[i];
