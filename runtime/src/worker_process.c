@@ -644,11 +644,7 @@ s_conn_start(s_conn *self, const loom_worker_process_opts *opts)
     LOOM_ASSERT(self->pending && self->inbox && self->ctx);
     pthread_mutex_init(&self->lock, NULL);
     pthread_mutex_init(&self->wd_lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->wd_cond, &attr);
-    pthread_condattr_destroy(&attr);
+    loom_cond_init_monotonic(&self->wd_cond);
     pthread_mutex_lock(&self->lock);
     s_conn_connect(self);
     s_conn_tick(self);
