@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -124,12 +125,17 @@ loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
     if (want > job.blocks)
         want = job.blocks;
     //  The calling thread is one of them; a thread that cannot be started
-    //  leaves its blocks to the others.
+    //  leaves its blocks to the others. The helpers block every signal:
+    //  they stay with the threads the process set up to take them.
     pthread_t threads[S_HASH_THREADS];
     size_t started = 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     for (uint64_t i = 1; i < want; i++)
         if (pthread_create(&threads[started], NULL, s_hash_blocks, &job) == 0)
             started++;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     s_hash_blocks(&job);
     for (size_t i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
