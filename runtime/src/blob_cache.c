@@ -20,7 +20,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -229,9 +228,9 @@ s_evict(loom_blob_cache *self, uint64_t need, const char *keep)
 }
 
 //  True if the file at path (not a symlink) is a regular file of size
-//  bytes whose SHA-256 is hash. Read through windows of S_VERIFY_WINDOW
-//  mapped one at a time: no copy, and the process's RSS stays flat.
-#define S_VERIFY_WINDOW ((uint64_t)16 << 20)
+//  bytes whose blob name is hash. Its blocks are hashed on several threads
+//  (loom__blob_hash_fd), each reading through its own small buffer: the
+//  process's RSS stays flat.
 static bool
 s_verify(const char *path, const uint8_t *hash, uint64_t size)
 {
@@ -240,25 +239,9 @@ s_verify(const char *path, const uint8_t *hash, uint64_t size)
         return false;
     struct stat sb;
     bool ok = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size;
-    loom__blob_hasher *h = loom__blob_hasher_new();
-    for (uint64_t off = 0; ok && off < size; off += S_VERIFY_WINDOW) {
-        size_t len = (size_t)(size - off < S_VERIFY_WINDOW ? size - off : S_VERIFY_WINDOW);
-        void *map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
-        if (map == MAP_FAILED) {
-            ok = false;
-            break;
-        }
-        madvise(map, len, MADV_SEQUENTIAL);
-        loom__blob_hasher_update(h, map, len);
-        munmap(map, len);
-    }
+    uint8_t got[LOOM_HASH_SIZE];
+    ok = ok && loom__blob_hash_fd(fd, size, got) == 0 && loom__blob_hash_equal(got, hash);
     close(fd);
-    if (ok) {
-        uint8_t got[LOOM_HASH_SIZE];
-        loom__blob_hasher_final(h, got);
-        ok = memcmp(got, hash, LOOM_HASH_SIZE) == 0;
-    }
-    loom__blob_hasher_destroy(&h);
     return ok;
 }
 

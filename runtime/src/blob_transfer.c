@@ -11,12 +11,16 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <czmq.h>
 
-#define S_RETRY_MS 1000 //  a download with no progress this long asks again
+#define S_RETRY_MS 1000  //  a download with no progress this long asks again
+#define S_HASH_THREADS 4 //  at most this many threads name one file
 
 int
 loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len)
@@ -64,10 +68,88 @@ loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash)
     return rc;
 }
 
+//  One loom__blob_hash_fd call: its threads take the next block to hash
+//  from `next` and store its digest at its index.
+typedef struct {
+    int fd;
+    uint64_t size;
+    uint64_t blocks;           //  Blocks of the blob (the last may be short)
+    uint8_t *digests;          //  blocks * LOOM_BLOB_HASH_LEN, by block index
+    atomic_uint_fast64_t next; //  The next block no thread has taken
+    atomic_bool failed;        //  A read failed: the others stop
+} s_hash_job;
+
+//  Hash blocks of the job until none is left or a read fails; a thread's
+//  body, and the calling thread's share. Returns NULL.
+static void *
+s_hash_blocks(void *arg)
+{
+    s_hash_job *job = arg;
+    uint8_t *buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
+    EVP_MD_CTX *md = loom__blob_sha256_new();
+    uint64_t b;
+    while (!atomic_load(&job->failed) && (b = atomic_fetch_add(&job->next, 1)) < job->blocks) {
+        uint64_t off = b * LOOM_BLOB_HASH_BLOCK;
+        uint64_t end =
+            job->size - off < LOOM_BLOB_HASH_BLOCK ? job->size : off + LOOM_BLOB_HASH_BLOCK;
+        int rc = 0;
+        while (off < end && rc == 0) {
+            size_t n =
+                end - off < LOOM_BLOB_XFER_CHUNK ? (size_t)(end - off) : LOOM_BLOB_XFER_CHUNK;
+            rc = loom__blob_read_fd(&job->fd, off, buf, n);
+            int ok = rc == 0 ? EVP_DigestUpdate(md, buf, n) : 1;
+            LOOM_ASSERT(ok == 1);
+            off += n;
+        }
+        if (rc != 0) {
+            atomic_store(&job->failed, true);
+            break;
+        }
+        loom__blob_sha256_final(md, job->digests + b * LOOM_BLOB_HASH_LEN);
+    }
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return NULL;
+}
+
 int
 loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
 {
-    return loom__blob_hash(loom__blob_read_fd, &fd, size, hash);
+    s_hash_job job = {
+        .fd = fd, .size = size, .blocks = (size + LOOM_BLOB_HASH_BLOCK - 1) / LOOM_BLOB_HASH_BLOCK};
+    atomic_init(&job.next, 0);
+    atomic_init(&job.failed, false);
+    job.digests = loom_xmalloc(job.blocks ? job.blocks * LOOM_BLOB_HASH_LEN : 1);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t want = cpus < 1 ? 1 : cpus < S_HASH_THREADS ? (uint64_t)cpus : S_HASH_THREADS;
+    if (want > job.blocks)
+        want = job.blocks;
+    //  The calling thread is one of them; a thread that cannot be started
+    //  leaves its blocks to the others. The helpers block every signal:
+    //  they stay with the threads the process set up to take them.
+    pthread_t threads[S_HASH_THREADS];
+    size_t started = 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (uint64_t i = 1; i < want; i++)
+        if (pthread_create(&threads[started], NULL, s_hash_blocks, &job) == 0)
+            started++;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    s_hash_blocks(&job);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    int rc = atomic_load(&job.failed) ? LOOM_EIO : 0;
+    if (rc == 0) {
+        EVP_MD_CTX *top = loom__blob_sha256_new();
+        int ok =
+            job.blocks ? EVP_DigestUpdate(top, job.digests, job.blocks * LOOM_BLOB_HASH_LEN) : 1;
+        LOOM_ASSERT(ok == 1);
+        loom__blob_sha256_final(top, hash);
+        EVP_MD_CTX_free(top);
+    }
+    free(job.digests);
+    return rc;
 }
 
 void *

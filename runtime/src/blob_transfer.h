@@ -26,12 +26,15 @@ typedef struct {
 int loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len);
 int loom__blob_read_fd(void *ctx, uint64_t offset, void *buf, size_t len);
 
-//  SHA-256 of size bytes of a source, read chunk by chunk.
+//  The blob name (blob_hash.h) of size bytes of a source, read chunk by
+//  chunk on the calling thread.
 int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash);
 
-//  The blob name of the first size bytes of the open file fd (read with
-//  pread; the offset is not moved). Returns 0, or LOOM_EIO if the file
-//  could not be read or is shorter than size.
+//  The blob name of the first size bytes of the open file fd, its blocks
+//  hashed on min(online CPUs, 4, blocks) threads, the caller's one of them
+//  (no thread started for one block or none), each reading with pread into
+//  its own 256 KiB buffer (the offset is not moved). Returns 0, or LOOM_EIO
+//  (hash untouched) if the file could not be read or is shorter than size.
 int loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash);
 
 //  A DEALER connected to endpoint (its own socket options set), or NULL.
