@@ -547,9 +547,11 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     if (self->verbose)
         loom_log_info("broker: session %llu: role %d host '%s' pid %u", (unsigned long long)s->id,
                       (int)s->role, s->host, s->pid);
-    //  Workers that can see the store (same host: the blob endpoint is
-    //  ipc:// or loopback) may link its files instead of fetching them.
-    const char *store = s->role == LOOM_ROLE_WORKER && s_blob_ep_local(self->blob_ep)
+    //  Peers that can see the store (same host: the blob endpoint is
+    //  ipc:// or loopback): workers may link its files instead of fetching
+    //  them, clients may write a share there and ask the broker to adopt it.
+    bool sees_store = s->role == LOOM_ROLE_WORKER || s->role == LOOM_ROLE_CLIENT;
+    const char *store = sees_store && s_blob_ep_local(self->blob_ep)
                             ? loom_blob_channel_store_dir(self->bc)
                             : NULL;
     loom_msg m = {.type = LOOM_MSG_WELCOME};

@@ -166,6 +166,8 @@ loom__client_blob_close(loom_client *c)
     c->blob = NULL;
     free(c->blob_ep);
     c->blob_ep = NULL;
+    free(c->blob_store);
+    c->blob_store = NULL;
 }
 
 //  The client's DEALER to the blob channel, made now if needed.

@@ -186,6 +186,7 @@ typedef struct {
     uint64_t blob_bytes_in, blob_bytes_out, blobs_stored, blob_store_bytes;
     uint64_t workers_blob_bytes_in, workers_blob_bytes_out; //  sums of the workers' reports
     uint64_t connections_dropped; //  task-channel disconnections (peer gone, or a protocol error)
+    uint64_t blob_bytes_adopted;  //  blob bytes same-host clients wrote into the store
 } loom_wire_stats;
 
 typedef struct {
@@ -198,6 +199,7 @@ typedef struct {
     loom_span hash;
     uint64_t size;
     bool have;
+    const char *adopt; //  a temp file in the store to adopt (same host), or NULL
 } loom_wire_blob_have;
 
 typedef struct {
