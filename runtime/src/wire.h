@@ -312,8 +312,8 @@ int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_
 //  The same, with the sender's ZAP User-Id (with CURVE and zauth: the Z85
 //  text of its public key) copied into user (user_cap bytes; "" when the
 //  connection has none, or it does not fit).
-int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len,
-                        loom_msg **msg_p, int flags, char *user, size_t user_cap);
+int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
+                        int flags, char *user, size_t user_cap);
 
 //  True if m is a TaskBatch or ResultBatch that loom_wire_recv read in
 //  the plain layout (as encode writes a batch without files, errors,
