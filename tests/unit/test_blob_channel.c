@@ -543,16 +543,28 @@ test_adoption_takes_checked_files_only(void **state)
     loom_test_ipc(blob, sizeof blob, "ba-blob");
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     snprintf(dir, sizeof dir, "%s/loom-ba-%d", tmp, (int)getpid());
+    //  Put files left by clients that died: a stale one goes when the
+    //  store opens, a recent one (a client still writing) stays.
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char *stale = s_write_file(dir, "put-9-1.tmp", (const uint8_t *)"old", 3);
+    char *recent = s_write_file(dir, "put-9-2.tmp", (const uint8_t *)"new", 3);
+    struct timespec past[2] = {{time(NULL) - 600, 0}, {time(NULL) - 600, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, stale, past, 0), 0);
     char *bt = NULL, *bb = NULL, *err = NULL;
     zactor_t *broker = loom_broker_start(task, blob, &bt, &bb, &err);
     assert_non_null(broker);
     assert_int_equal(loom_broker_set_store(broker, dir, 100000, 0, true), 0);
+    assert_false(s_exists(stale));
+    assert_true(s_exists(recent));
+    unlink(recent);
+    free(stale);
+    free(recent);
     void *a = loom__blob_dealer(zsys_init(), bb);
     uint8_t hash[LOOM_HASH_SIZE], other[LOOM_HASH_SIZE], big[LOOM_HASH_SIZE];
     uint8_t *data = s_source(3000, 21, hash);
     uint8_t *data2 = s_source(2000, 22, other);
     uint8_t *data3 = s_source(150000, 23, big);
-    //  The store directory exists once the broker has answered someone.
+    //  No such file: refused.
     assert_false(s_adopt(a, "put-1-0.tmp", hash, 3000));
     loom_wire_stats before = s_stats_of(broker);
 
