@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <loom/loom.h>
 
+#include "blob_store.h"
 #include "blob_transfer.h"
 #include "broker.h"
 #include "wire.h"
@@ -481,6 +482,38 @@ test_unnamed_uploads_count_against_the_quota(void **state)
     unlink(blob + 6);
 }
 
+//  A broker of a test's own, its store in dir (cap bytes, temporary).
+typedef struct {
+    char task[128], blob[128];
+    char *bt, *bb, *err; //  its endpoints, its error
+    zactor_t *actor;
+} s_own_broker;
+
+static void
+s_own_start(s_own_broker *b, const char *name, const char *dir, uint64_t cap)
+{
+    memset(b, 0, sizeof *b);
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s-task", name);
+    loom_test_ipc(b->task, sizeof b->task, ep);
+    snprintf(ep, sizeof ep, "%s-blob", name);
+    loom_test_ipc(b->blob, sizeof b->blob, ep);
+    b->actor = loom_broker_start(b->task, b->blob, &b->bt, &b->bb, &b->err);
+    assert_non_null(b->actor);
+    assert_int_equal(loom_broker_set_store(b->actor, dir, cap, 0, true), 0);
+}
+
+static void
+s_own_stop(s_own_broker *b)
+{
+    zactor_destroy(&b->actor);
+    free(b->bt);
+    free(b->bb);
+    free(b->err);
+    unlink(b->task + 6);
+    unlink(b->blob + 6);
+}
+
 //  Write len bytes of data into dir/name (mode 0600). Returns the path.
 static char *
 s_write_file(const char *dir, const char *name, const uint8_t *data, size_t len)
@@ -524,8 +557,7 @@ static void
 s_store_path(const char *dir, const uint8_t *hash, char *path, size_t cap)
 {
     char hex[2 * LOOM_HASH_SIZE + 1];
-    for (size_t i = 0; i < LOOM_HASH_SIZE; i++)
-        snprintf(hex + 2 * i, 3, "%02x", hash[i]);
+    loom_blob_hex(hash, hex);
     snprintf(path, cap, "%s/%.2s/%s", dir, hex, hex);
 }
 
@@ -538,9 +570,7 @@ static void
 test_adoption_takes_checked_files_only(void **state)
 {
     (void)state;
-    char task[128], blob[128], dir[256], outside[300];
-    loom_test_ipc(task, sizeof task, "ba-task");
-    loom_test_ipc(blob, sizeof blob, "ba-blob");
+    char dir[256], outside[300];
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     snprintf(dir, sizeof dir, "%s/loom-ba-%d", tmp, (int)getpid());
     //  Put files left by clients that died: a stale one goes when the
@@ -550,16 +580,15 @@ test_adoption_takes_checked_files_only(void **state)
     char *recent = s_write_file(dir, "put-9-2.tmp", (const uint8_t *)"new", 3);
     struct timespec past[2] = {{time(NULL) - 600, 0}, {time(NULL) - 600, 0}};
     assert_int_equal(utimensat(AT_FDCWD, stale, past, 0), 0);
-    char *bt = NULL, *bb = NULL, *err = NULL;
-    zactor_t *broker = loom_broker_start(task, blob, &bt, &bb, &err);
-    assert_non_null(broker);
-    assert_int_equal(loom_broker_set_store(broker, dir, 100000, 0, true), 0);
+    s_own_broker ob;
+    s_own_start(&ob, "ba", dir, 100000);
+    zactor_t *broker = ob.actor;
     assert_false(s_exists(stale));
     assert_true(s_exists(recent));
     unlink(recent);
     free(stale);
     free(recent);
-    void *a = loom__blob_dealer(zsys_init(), bb);
+    void *a = loom__blob_dealer(zsys_init(), ob.bb);
     uint8_t hash[LOOM_HASH_SIZE], other[LOOM_HASH_SIZE], big[LOOM_HASH_SIZE];
     uint8_t *data = s_source(3000, 21, hash);
     uint8_t *data2 = s_source(2000, 22, other);
@@ -657,12 +686,7 @@ test_adoption_takes_checked_files_only(void **state)
     free(data2);
     free(data3);
     zmq_close(a);
-    zactor_destroy(&broker);
-    free(bt);
-    free(bb);
-    free(err);
-    unlink(task + 6);
-    unlink(blob + 6);
+    s_own_stop(&ob);
 }
 
 //  A client on the broker's host that cannot write its put file into the
@@ -672,16 +696,13 @@ static void
 test_client_falls_back_to_the_channel(void **state)
 {
     (void)state;
-    char task[128], blob[128], dir[256];
-    loom_test_ipc(task, sizeof task, "bf-task");
-    loom_test_ipc(blob, sizeof blob, "bf-blob");
+    char dir[256];
     snprintf(dir, sizeof dir, "%s/loom-bf-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
              (int)getpid());
-    char *bt = NULL, *bb = NULL, *err = NULL;
-    zactor_t *broker = loom_broker_start(task, blob, &bt, &bb, &err);
-    assert_non_null(broker);
-    assert_int_equal(loom_broker_set_store(broker, dir, 0, 0, true), 0);
-    loom_client *c = loom_client_new(bt, NULL);
+    s_own_broker ob;
+    s_own_start(&ob, "bf", dir, 0);
+    zactor_t *broker = ob.actor;
+    loom_client *c = loom_client_new(ob.bt, NULL);
     assert_non_null(c);
     loom_pipeline *p = loom_pipeline_new(c, "fallback");
     assert_non_null(p);
@@ -713,12 +734,7 @@ test_client_falls_back_to_the_channel(void **state)
     free(data);
     loom_pipeline_destroy(&p);
     loom_client_destroy(&c);
-    zactor_destroy(&broker);
-    free(bt);
-    free(bb);
-    free(err);
-    unlink(task + 6);
-    unlink(blob + 6);
+    s_own_stop(&ob);
 }
 
 int
