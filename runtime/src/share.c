@@ -40,6 +40,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,8 +59,9 @@ typedef struct {
     uint8_t hash[LOOM_HASH_SIZE];
 } s_known_file;
 
-static atomic_uint_fast64_t s_put_seq; //  put files this process made in stores
-static atomic_bool s_local_warned;     //  why a same-host upload was not used: said once
+static atomic_uint_fast64_t s_put_seq; //  the next put file's <seq> (random start)
+static pthread_once_t s_put_once = PTHREAD_ONCE_INIT;
+static atomic_bool s_local_warned; //  why a same-host upload was not used: said once
 
 static s_known_file s_known[S_KNOWN_FILES];
 static size_t s_known_n, s_known_next; //  entries used; the next one to replace
@@ -312,6 +314,40 @@ s_copy_file(int dst, int src, uint64_t size)
     return err;
 }
 
+//  Put file names start their <seq> at a random number: another user of
+//  the host cannot list the store (0700), so cannot learn a name to ask
+//  the broker to adopt under a name of its choosing before this client does.
+static void
+s_put_seq_init(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+        v = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 32;
+    atomic_store(&s_put_seq, v >> 2); //  room to count up within 20 digits
+}
+
+//  The next put file name of this process into name.
+static void
+s_put_name(char *name, size_t cap)
+{
+    pthread_once(&s_put_once, s_put_seq_init);
+    snprintf(name, cap, "put-%ld-%llu.tmp", (long)getpid(),
+             (unsigned long long)atomic_fetch_add(&s_put_seq, 1));
+}
+
+//  True if a file's fstat b is a's: nothing wrote it in between (as far
+//  as size, mtime and ctime tell).
+static bool
+s_unchanged(const struct stat *a, const struct stat *b)
+{
+    s_known_file k = {.dev = a->st_dev,
+                      .ino = a->st_ino,
+                      .size = a->st_size,
+                      .mtime = a->st_mtim,
+                      .ctime = a->st_ctim};
+    return s_same_file(&k, b);
+}
+
 //  Why the same-host upload was not used, once per process.
 static void
 s_local_off(const char *what, const char *why, const char *detail)
@@ -372,8 +408,10 @@ s_put_local(loom_client *c, const char *what, int fd, const loom_blob_mem *mem, 
     if (!sock)
         return LOOM_ENOTSUP;
     char name[64], path[PATH_MAX];
-    snprintf(name, sizeof name, "put-%ld-%llu.tmp", (long)getpid(),
-             (unsigned long long)atomic_fetch_add(&s_put_seq, 1));
+    s_put_name(name, sizeof name);
+    struct stat before, after;
+    if (fd >= 0 && fstat(fd, &before) != 0)
+        return LOOM_EIO;
     if (snprintf(path, sizeof path, "%s/%s", c->blob_store, name) >= (int)sizeof path)
         return LOOM_ENOTSUP;
     int out = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
@@ -396,6 +434,10 @@ s_put_local(loom_client *c, const char *what, int fd, const loom_blob_mem *mem, 
         s_local_off(what, "cannot write it there", strerror(err));
     else if (namer.rc)
         rc = namer.rc; //  the source cannot be read: the channel path says so
+    else if (fd >= 0 && (fstat(fd, &after) != 0 || !s_unchanged(&before, &after)))
+        //  Written meanwhile: the copy and the name may be of other bytes.
+        //  The channel names what it receives.
+        s_local_off(what, "the file changed while it was copied", NULL);
     else if ((rc = s_adopt(c, sock, name, namer.hash, size)) != 0)
         s_local_off(what, "the broker did not adopt it",
                     rc == LOOM_EPROTO ? "refused" : loom_strerror(rc));

@@ -11,6 +11,7 @@
 #include <loom/loom.h>
 
 #include "blob_store.h"
+#include "client_priv.h"
 #include "blob_transfer.h"
 #include "broker.h"
 #include "wire.h"
@@ -690,8 +691,10 @@ test_adoption_takes_checked_files_only(void **state)
 }
 
 //  A client on the broker's host that cannot write its put file into the
-//  store (here: the name it would take is in the way) uploads the share on
-//  the channel instead, and the share works.
+//  store, or whose put file the broker refuses, uploads the share on the
+//  channel instead, and the share works; it leaves no put file behind.
+//  (The store directory the client was told is swapped under it: one that
+//  does not exist, then one that is not the broker's store.)
 static void
 test_client_falls_back_to_the_channel(void **state)
 {
@@ -713,12 +716,11 @@ test_client_falls_back_to_the_channel(void **state)
     assert_int_equal(loom_pipeline_share(p, "one", data, 1000), 0);
     loom_wire_stats mid = s_stats_of(broker);
     assert_int_equal(mid.blob_bytes_adopted - before.blob_bytes_adopted, 1000);
-    //  Every put file name this process could take next, made a directory.
-    for (int i = 0; i < 64; i++) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/put-%d-%d.tmp", dir, (int)getpid(), i);
-        mkdir(path, 0700);
-    }
+    //  Cannot create the put file.
+    char *told = c->blob_store;
+    char gone[300], other[300];
+    snprintf(gone, sizeof gone, "%s/no-such-dir", dir);
+    c->blob_store = gone;
     assert_int_equal(loom_pipeline_share(p, "two", data, 5000), 0);
     loom_wire_stats after = s_stats_of(broker);
     assert_int_equal(after.blob_bytes_adopted, mid.blob_bytes_adopted);
@@ -726,11 +728,21 @@ test_client_falls_back_to_the_channel(void **state)
     char sp[512];
     s_store_path(dir, hash, sp, sizeof sp);
     assert_true(s_exists(sp));
-    for (int i = 0; i < 64; i++) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/put-%d-%d.tmp", dir, (int)getpid(), i);
-        rmdir(path);
-    }
+    //  The broker refuses the adoption (the put file is not in its store).
+    snprintf(other, sizeof other, "%s-other", dir);
+    assert_int_equal(mkdir(other, 0700), 0);
+    c->blob_store = other;
+    uint8_t h3[LOOM_HASH_SIZE];
+    uint8_t *d3 = s_source(3000, 32, h3);
+    assert_int_equal(loom_pipeline_share(p, "three", d3, 3000), 0);
+    loom_wire_stats last = s_stats_of(broker);
+    assert_int_equal(last.blob_bytes_adopted, mid.blob_bytes_adopted);
+    assert_int_equal(last.blob_bytes_in - after.blob_bytes_in, 3000);
+    s_store_path(dir, h3, sp, sizeof sp);
+    assert_true(s_exists(sp));
+    assert_int_equal(rmdir(other), 0); //  empty: the client removed its put file
+    c->blob_store = told;
+    free(d3);
     free(data);
     loom_pipeline_destroy(&p);
     loom_client_destroy(&c);
