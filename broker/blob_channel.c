@@ -35,6 +35,7 @@ struct loom_blob_channel {
     zhashx_t *peers;   //  with a quota: peer hex -> zhashx (blob hex -> its hash) it uploaded
     uint8_t *buf;      //  one chunk, for reads
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out, rejected;
+    uint64_t bytes_adopted; //  written into the store by same-host clients themselves
 };
 
 static void
@@ -252,28 +253,37 @@ s_peer_charge(loom_blob_channel *self, const char *peer, const uint8_t *hash)
     }
 }
 
+//  True if peer may add the blob of h to what it holds in the store; else
+//  text (may be NULL) says why.
+static bool
+s_within_quota(loom_blob_channel *self, loom_blob_store *st, const char *peer,
+               const loom_wire_blob_have *h, char *text, size_t cap_text)
+{
+    uint64_t cap = loom_blob_store_cap(st);
+    uint64_t quota = self->quota && self->quota < cap ? self->quota : 0;
+    if (!quota)
+        return true;
+    uint64_t used = s_peer_usage(self, st, peer, h->hash.data);
+    if (h->size <= quota && used + h->size <= quota)
+        return true;
+    if (text)
+        snprintf(text, cap_text,
+                 "blob quota: an upload of %llu bytes would take this client to %llu "
+                 "bytes in the store, over its quota of %llu (LOOM_BLOB_QUOTA)",
+                 (unsigned long long)h->size, (unsigned long long)(used + h->size),
+                 (unsigned long long)quota);
+    return false;
+}
+
 //  Refuse the upload of total bytes if peer would go over its quota or
 //  the store over its cap: the uploader gets an Error naming the limit.
 static bool
 s_admit(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
         const char *peer, const loom_wire_blob_have *h)
 {
-    uint64_t cap = loom_blob_store_cap(st);
-    uint64_t quota = self->quota && self->quota < cap ? self->quota : 0;
     char text[256];
-    if (quota) {
-        uint64_t used = s_peer_usage(self, st, peer, h->hash.data);
-        if (h->size > quota || used + h->size > quota) {
-            snprintf(text, sizeof text,
-                     "blob quota: an upload of %llu bytes would take this client to %llu "
-                     "bytes in the store, over its quota of %llu (LOOM_BLOB_QUOTA)",
-                     (unsigned long long)h->size, (unsigned long long)(used + h->size),
-                     (unsigned long long)quota);
-            goto refuse;
-        }
-    }
-    return true;
-refuse:
+    if (s_within_quota(self, st, peer, h, text, sizeof text))
+        return true;
     loom_log_warning("broker: %s", text);
     self->rejected++;
     s_send_error(self, rid, rid_len, LOOM_ETOOBIG, text);
@@ -292,10 +302,35 @@ s_send_stored(loom_blob_channel *self, const uint8_t *rid, size_t rid_len, const
     s_send_have(self, rid, rid_len, (loom_span){name, LOOM_HASH_SIZE}, size, true);
 }
 
+//  A same-host client wrote the blob into the store itself (h->adopt):
+//  take the file if it passes the store's checks and the peer's quota,
+//  answer have; else have=false and the client uploads on the channel
+//  (which then says why, if a limit refuses it).
+static void
+s_on_adopt(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
+           const char *peer, const loom_wire_blob_have *h)
+{
+    bool held = loom_blob_store_size(st, h->hash.data, NULL);
+    int rc = held || s_within_quota(self, st, peer, h, NULL, 0)
+                 ? loom_blob_store_adopt(st, h->adopt, h->hash.data, h->size)
+                 : LOOM_ETOOBIG;
+    if (rc == LOOM_EINVAL)
+        self->rejected++;
+    if (rc == 0 && !held) {
+        self->bytes_adopted += h->size;
+        s_peer_charge(self, peer, h->hash.data);
+    }
+    s_send_have(self, rid, rid_len, h->hash, h->size, rc == 0);
+}
+
 static void
 s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
           const char *peer, const loom_wire_blob_have *h)
 {
+    if (h->adopt) {
+        s_on_adopt(self, st, rid, rid_len, peer, h);
+        return;
+    }
     uint64_t size = 0;
     if (loom_blob_store_has(st, h->hash.data, &size)) {
         s_send_have(self, rid, rid_len, h->hash, size, true);
@@ -533,6 +568,7 @@ loom_blob_channel_stats(loom_blob_channel *self, loom_wire_stats *st)
     st->msgs_in += self->msgs_in;
     st->msgs_out += self->msgs_out;
     st->msgs_rejected += self->rejected;
+    st->blob_bytes_adopted += self->bytes_adopted;
     if (self->store) {
         st->blobs_stored += loom_blob_store_count(self->store);
         st->blob_store_bytes += loom_blob_store_bytes(self->store);

@@ -68,7 +68,7 @@ void loom_blob_channel_release_prefix(loom_blob_channel *self, const char *prefi
 //  Expire uploads and blobs (call now and then).
 void loom_blob_channel_tick(loom_blob_channel *self, int64_t now_ms);
 
-//  Add the channel's counters to st (blob_bytes_in/out, blobs_stored,
+//  Add the channel's counters to st (blob_bytes_in/out/adopted, blobs_stored,
 //  blob_store_bytes) and its messages to msgs_in/out/rejected.
 void loom_blob_channel_stats(loom_blob_channel *self, loom_wire_stats *st);
 

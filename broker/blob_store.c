@@ -1,7 +1,10 @@
 /*  blob_store: the broker's content-addressed blob store (see
     blob_store.h). An index in memory (hex digest -> size, references, last
     use), files on disk under DIR/ab/<hex>, uploads in progress as temp
-    files DIR/ab/<hex>.<n>.tmp with a running SHA-256 state.  */
+    files DIR/ab/<hex>.<n>.tmp with a running SHA-256 state. Files a
+    client on this host wrote itself, DIR/put-<pid>-<seq>.tmp, are
+    adopted (renamed into place) when it asks; ones left behind by a
+    client that died are removed once stale.  */
 
 #include "blob_store.h"
 
@@ -16,9 +19,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define S_HEX_LEN (2 * LOOM_BLOB_HASH_SIZE)
+#define S_PUT_STALE_S (5 * 60)     //  a client's put file untouched this long is left over
+#define S_PUT_SWEEP_MS (60 * 1000) //  look for such files this often
 
 typedef struct {
     uint8_t hash[LOOM_BLOB_HASH_SIZE];
@@ -46,6 +52,7 @@ struct loom_blob_store {
     zhashx_t *uploads; //  "peer/hex" -> s_upload
     uint64_t bytes;    //  sum of stored sizes
     uint64_t tmp_seq;
+    int64_t put_swept; //  ms: when stale put files were last looked for
 };
 
 const uint8_t LOOM_BLOB_UNNAMED[LOOM_BLOB_HASH_SIZE] = {0};
@@ -136,10 +143,52 @@ s_mkdir(const char *dir)
     return LOOM_EIO;
 }
 
+//  True if name is a client's put file: put-<digits>-<digits>.tmp, so
+//  no '/' and no "..".
+static bool
+s_put_name(const char *name)
+{
+    const char *p = name;
+    if (strncmp(p, "put-", 4))
+        return false;
+    p += 4;
+    for (int part = 0; part < 2; part++) {
+        const char *digits = p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        if (p == digits || p - digits > 20)
+            return false;
+        if (part == 0 && *p++ != '-')
+            return false;
+    }
+    return strcmp(p, ".tmp") == 0;
+}
+
+//  Remove the put files in dir that were not written to for S_PUT_STALE_S
+//  (their client died before asking for adoption).
+static void
+s_put_sweep(loom_blob_store *self)
+{
+    DIR *top = opendir(self->dir);
+    if (!top)
+        return;
+    time_t now = time(NULL);
+    struct dirent *e;
+    while ((e = readdir(top))) {
+        struct stat sb;
+        if (s_put_name(e->d_name) &&
+            fstatat(dirfd(top), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+            now - sb.st_mtime > S_PUT_STALE_S)
+            unlinkat(dirfd(top), e->d_name, 0);
+    }
+    closedir(top);
+}
+
 //  Index the blobs under dir/ab/, removing temp files.
 static void
 s_scan(loom_blob_store *self)
 {
+    s_put_sweep(self);
     DIR *top = opendir(self->dir);
     if (!top)
         return;
@@ -191,6 +240,7 @@ loom_blob_store_new(const char *dir, uint64_t cap_bytes, int64_t ttl_ms)
     self->uploads = zhashx_new();
     zhashx_set_destructor(self->uploads, s_upload_free);
     s_scan(self);
+    self->put_swept = loom_now_ms();
     return self;
 }
 
@@ -280,6 +330,32 @@ s_upload_key(const char *peer, const uint8_t *hash, char *key, size_t cap)
     snprintf(key, cap, "%s/%s", peer, hex);
 }
 
+//  A blob now in place at DIR/ab/<hex>: index it.
+static void
+s_index(loom_blob_store *self, const char *hex, const uint8_t *hash, uint64_t size)
+{
+    if (zhashx_lookup(self->blobs, hex))
+        return;
+    s_blob *b = loom_xcalloc(1, sizeof *b);
+    memcpy(b->hash, hash, sizeof b->hash);
+    b->size = size;
+    b->last_use = loom_now_ms();
+    zhashx_insert(self->blobs, hex, b);
+    self->bytes += b->size;
+}
+
+//  Room for total more bytes: stored blobs, uploads in progress and these
+//  within the cap, after dropping unreferenced blobs (least recently used
+//  first). Blobs pipelines still use are never dropped for room.
+static bool
+s_room(loom_blob_store *self, uint64_t total)
+{
+    if (total > self->cap)
+        return false;
+    s_evict(self, self->cap - total);
+    return self->bytes + s_pending(self) + total <= self->cap;
+}
+
 //  The upload is complete: check its hash (an unnamed one takes it as its
 //  name), rename into place, index; name (may be NULL) gets the name.
 static int
@@ -312,14 +388,7 @@ s_finish(loom_blob_store *self, const char *key, s_upload *u, uint8_t *name)
     } else {
         free(u->tmp);
         u->tmp = NULL; //  renamed: nothing to unlink
-        if (!zhashx_lookup(self->blobs, hex)) {
-            s_blob *b = loom_xcalloc(1, sizeof *b);
-            memcpy(b->hash, u->hash, sizeof b->hash);
-            b->size = u->total;
-            b->last_use = loom_now_ms();
-            zhashx_insert(self->blobs, hex, b);
-            self->bytes += b->size;
-        }
+        s_index(self, hex, u->hash, u->total);
     }
     if (rc == 0 && name)
         memcpy(name, u->hash, LOOM_BLOB_HASH_SIZE);
@@ -335,13 +404,7 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
     char key[512];
     s_upload_key(peer, hash, key, sizeof key);
     zhashx_delete(self->uploads, key);
-    //  Room for it: stored blobs, uploads in progress and this one within
-    //  the cap, after dropping unreferenced blobs (least recently used
-    //  first). Blobs pipelines still use are never dropped for room.
-    if (total > self->cap)
-        return LOOM_ETOOBIG;
-    s_evict(self, self->cap - total);
-    if (self->bytes + s_pending(self) + total > self->cap)
+    if (!s_room(self, total))
         return LOOM_ETOOBIG;
     //  An unnamed upload's temp file lives in DIR/00/ (its name is not
     //  known yet); it is renamed into its own subdirectory when it is.
@@ -410,6 +473,50 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         return 0;
     int rc = s_finish(self, key, u, name);
     *done = rc == 0;
+    return rc;
+}
+
+int
+loom_blob_store_adopt(loom_blob_store *self, const char *name, const uint8_t *hash, uint64_t size)
+{
+    if (!name || !s_put_name(name) || loom_blob_unnamed(hash))
+        return LOOM_EINVAL;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/%s", self->dir, name);
+    int fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid()) {
+        //  Not a file of ours (a symlink, a directory, another user's):
+        //  leave it alone.
+        if (fd >= 0)
+            close(fd);
+        return LOOM_EINVAL;
+    }
+    //  Ours from here on: unless renamed into place, the put file goes.
+    char hex[S_HEX_LEN + 1], path[4096], sub[4096];
+    loom_blob_hex(hash, hex);
+    s_path(self, hex, path, sizeof path);
+    snprintf(sub, sizeof sub, "%s/%.2s", self->dir, hex);
+    s_blob *held = zhashx_lookup(self->blobs, hex);
+    int rc = 0;
+    bool renamed = false;
+    if (sb.st_nlink != 1 || (uint64_t)sb.st_size != size)
+        rc = LOOM_EINVAL;
+    else if (held)
+        held->last_use = loom_now_ms();
+    else if (!s_room(self, size))
+        rc = LOOM_ETOOBIG;
+    else if (fchmod(fd, 0400) != 0 || s_mkdir(sub) != 0 || rename(tmp, path) != 0) {
+        //  (Read-only, as an upload's file: hosts may hard-link it.)
+        loom_log_error("blob store: cannot adopt %s as %s: %s", tmp, path, strerror(errno));
+        rc = LOOM_EIO;
+    } else {
+        renamed = true;
+        s_index(self, hex, hash, size);
+    }
+    close(fd);
+    if (!renamed)
+        unlink(tmp);
     return rc;
 }
 
@@ -531,6 +638,10 @@ loom_blob_store_sweep(loom_blob_store *self, int64_t now_ms)
             s_remove(self, k, b);
     }
     zlistx_destroy(&keys);
+    if (now_ms - self->put_swept >= S_PUT_SWEEP_MS) {
+        s_put_sweep(self);
+        self->put_swept = now_ms;
+    }
     //  Over the cap: unreferenced blobs, least recently used first.
     s_evict(self, self->cap);
 }

@@ -77,6 +77,18 @@ int loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const 
                                  uint64_t offset, const void *data, size_t len, bool *done,
                                  uint64_t *received_p, uint8_t *name);
 
+//  Adopt the file DIR/name that a client on this host wrote itself as blob
+//  hash of size bytes: name must be put-<digits>-<digits>.tmp; the file a
+//  regular one (not a symlink) of the store's user, with one link and
+//  exactly size bytes; room for it as for an upload (LOOM_ETOOBIG). The
+//  bytes are not hashed again: see PROTOCOL.md, "Same-host upload". It is
+//  made read-only and renamed into place (if the blob is held already the
+//  file is removed). Returns 0 once the store holds the blob; LOOM_EINVAL,
+//  LOOM_ETOOBIG, LOOM_EIO when refused: the file is removed if it was a
+//  regular file of the store's user, else left alone.
+int loom_blob_store_adopt(loom_blob_store *self, const char *name, const uint8_t *hash,
+                          uint64_t size);
+
 //  Total of peer's upload of hash, or 0 with false if there is none.
 bool loom_blob_store_upload_total(loom_blob_store *self, const char *peer, const uint8_t *hash,
                                   uint64_t *total);

@@ -168,8 +168,8 @@ s_forward(s_broker *self, s_session *s, loom_msg **msg_p, uint64_t map)
         loom_msg_destroy(msg_p);
         return LOOM_ECONNECT;
     }
-    int rc = loom_wire_forward(zsock_resolve(self->tasks), s->rid, s->rid_len, msg_p, map,
-                               ZMQ_DONTWAIT);
+    int rc =
+        loom_wire_forward(zsock_resolve(self->tasks), s->rid, s->rid_len, msg_p, map, ZMQ_DONTWAIT);
     if (rc == 0)
         self->st.msgs_out++;
     return s_sent(self, s, type, rc);
@@ -547,11 +547,12 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     if (self->verbose)
         loom_log_info("broker: session %llu: role %d host '%s' pid %u", (unsigned long long)s->id,
                       (int)s->role, s->host, s->pid);
-    //  Workers that can see the store (same host: the blob endpoint is
-    //  ipc:// or loopback) may link its files instead of fetching them.
-    const char *store = s->role == LOOM_ROLE_WORKER && s_blob_ep_local(self->blob_ep)
-                            ? loom_blob_channel_store_dir(self->bc)
-                            : NULL;
+    //  Peers that can see the store (same host: the blob endpoint is
+    //  ipc:// or loopback): workers may link its files instead of fetching
+    //  them, clients may write a share there and ask the broker to adopt it.
+    bool sees_store = s->role == LOOM_ROLE_WORKER || s->role == LOOM_ROLE_CLIENT;
+    const char *store =
+        sees_store && s_blob_ep_local(self->blob_ep) ? loom_blob_channel_store_dir(self->bc) : NULL;
     loom_msg m = {.type = LOOM_MSG_WELCOME};
     m.u.welcome = (loom_wire_welcome){.epoch = self->epoch,
                                       .session = s->id,

@@ -38,6 +38,7 @@ s_print(const loom_wire_stats *st)
     U(connections_dropped);
     U(blob_bytes_in);
     U(blob_bytes_out);
+    U(blob_bytes_adopted);
     U(blobs_stored);
     U(blob_store_bytes);
     U(workers_blob_bytes_in);

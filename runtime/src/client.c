@@ -68,6 +68,7 @@ typedef struct {
     int timeout_ms;            //  handshake
     loom_wire_welcome welcome; //  out: the broker's Welcome
     char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
+    char blob_store[4096];     //  out: Welcome.blob_store ("" if none)
 } s_io_args;
 
 //  The union type of an encoded Message, read without decoding (the API
@@ -148,7 +149,10 @@ s_io_handshake(void *dealer, s_io_args *a)
                 a->welcome = msg->u.welcome;
                 snprintf(a->blob_ep, sizeof a->blob_ep, "%s",
                          a->welcome.blob_endpoint ? a->welcome.blob_endpoint : "");
+                snprintf(a->blob_store, sizeof a->blob_store, "%s",
+                         a->welcome.blob_store ? a->welcome.blob_store : "");
                 a->welcome.blob_endpoint = NULL; //  freed with msg
+                a->welcome.blob_store = NULL;
                 if (a->welcome.heartbeat_ms == 0)
                     a->welcome.heartbeat_ms = 1000;
                 if (a->welcome.liveness == 0)
@@ -582,6 +586,7 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
 
     self->welcome = args.welcome;
     self->blob_ep = loom__blob_endpoint(args.blob_ep, self->endpoint);
+    self->blob_store = *args.blob_store ? loom_xstrdup(args.blob_store) : NULL;
     if (self->welcome.heartbeat_ms == 0)
         self->welcome.heartbeat_ms = 1000;
     if (self->welcome.liveness == 0)
@@ -720,6 +725,8 @@ s_resume(loom_client *c, const loom_wire_welcome *w)
         free(c->blob_ep);
         c->blob_ep = loom__blob_endpoint(w->blob_endpoint, c->endpoint);
     }
+    free(c->blob_store);
+    c->blob_store = w->blob_store && *w->blob_store ? loom_xstrdup(w->blob_store) : NULL;
     for (loom_pipeline *p = c->pipelines; p; p = p->next) {
         loom_msg m = {.type = LOOM_MSG_PIPELINE_OPEN};
         m.u.pipeline_open.pipeline = p->id;

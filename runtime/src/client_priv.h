@@ -53,6 +53,7 @@ struct loom_client {
     bool in_callback;          //  on_result is running: no reentrant calls
     char *blob_ep;             //  blob channel endpoint (Welcome), NULL if none
     void *blob;                //  DEALER to it, made at the first share (share.c)
+    char *blob_store;          //  the broker's store dir when on this host (Welcome), or NULL
     uint64_t reconnects;       //  sessions resumed after the broker was lost
 };
 

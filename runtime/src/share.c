@@ -13,6 +13,15 @@
     broker whether it holds it (BlobHave) and sends nothing if it does,
     else uploads it under that name (the broker checks the bytes).
 
+    A client on the broker's host (the Welcome names the store's
+    directory) writes the bytes into the store itself, as a put file
+    STORE/put-<pid>-<seq>.tmp (copy_file_range from a file), names them
+    on a second thread meanwhile, and asks the broker to adopt the file
+    (BlobHave with `adopt`): no byte crosses the socket. If that cannot be
+    done (the directory is not writable by this user, no space, the broker
+    refuses) the file goes and the share is uploaded on the channel; the
+    reason is logged once per process. LOOM_BLOB_LOCAL=0 turns it off.
+
     A broker restarted with a temporary store has lost the shares: on the
     new session the client checks each (BlobHave) and uploads again what
     the broker lacks, from where it kept the bytes: a shared file from its
@@ -28,11 +37,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #define S_UPLOAD_TIMEOUT_MS 30000 //  no answer from the broker this long: give up
 #define S_KNOWN_FILES 64          //  files whose names this process remembers
@@ -46,6 +58,10 @@ typedef struct {
     struct timespec mtime, ctime;
     uint8_t hash[LOOM_HASH_SIZE];
 } s_known_file;
+
+static atomic_uint_fast64_t s_put_seq; //  the next put file's <seq> (random start)
+static pthread_once_t s_put_once = PTHREAD_ONCE_INIT;
+static atomic_bool s_local_warned; //  why a same-host upload was not used: said once
 
 static s_known_file s_known[S_KNOWN_FILES];
 static size_t s_known_n, s_known_next; //  entries used; the next one to replace
@@ -166,6 +182,8 @@ loom__client_blob_close(loom_client *c)
     c->blob = NULL;
     free(c->blob_ep);
     c->blob_ep = NULL;
+    free(c->blob_store);
+    c->blob_store = NULL;
 }
 
 //  The client's DEALER to the blob channel, made now if needed.
@@ -222,6 +240,211 @@ s_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size, loom
             c->blob = NULL;
         }
     }
+    return rc;
+}
+
+//  ---------------------------------------------------------------------------
+//  Same-host upload: a put file in the broker's store, adopted
+
+//  What the naming thread reads: a file (fd >= 0) or memory.
+typedef struct {
+    int fd;
+    const loom_blob_mem *mem;
+    uint64_t size;
+    uint8_t hash[LOOM_HASH_SIZE];
+    int rc;
+} s_namer;
+
+static void *
+s_namer_main(void *arg)
+{
+    s_namer *n = arg;
+    n->rc = n->fd >= 0 ? loom__blob_hash_fd(n->fd, n->size, n->hash)
+                       : loom__blob_hash(loom__blob_read_mem, (void *)n->mem, n->size, n->hash);
+    return NULL;
+}
+
+static int
+s_write_all(int fd, const uint8_t *data, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? errno : ENOSPC;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+//  Copy size bytes of the file src (from offset 0; its offset is not
+//  moved) to dst: in the kernel where it can, else read and write.
+//  Returns 0 or an errno.
+static int
+s_copy_file(int dst, int src, uint64_t size)
+{
+    loff_t in = 0;
+    bool kernel = true;
+    uint8_t *buf = NULL;
+    int err = 0;
+    while ((uint64_t)in < size && !err) {
+        size_t want = size - (uint64_t)in < (1u << 30) ? (size_t)(size - (uint64_t)in) : 1u << 30;
+        if (kernel) {
+            ssize_t n = copy_file_range(src, &in, dst, NULL, want, 0);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 &&
+                (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+                kernel = false;
+                continue;
+            }
+            if (n <= 0)
+                err = n < 0 ? errno : EIO; //  an error, or the file shrank
+            continue;
+        }
+        if (!buf)
+            buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
+        if (want > LOOM_BLOB_XFER_CHUNK)
+            want = LOOM_BLOB_XFER_CHUNK;
+        err = loom__blob_read_fd(&src, (uint64_t)in, buf, want) ? EIO : s_write_all(dst, buf, want);
+        in += (loff_t)want;
+    }
+    free(buf);
+    return err;
+}
+
+//  Put file names start their <seq> at a random number: another user of
+//  the host cannot list the store (0700), so cannot learn a name to ask
+//  the broker to adopt under a name of its choosing before this client does.
+static void
+s_put_seq_init(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+        v = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 32;
+    atomic_store(&s_put_seq, v >> 2); //  room to count up within 20 digits
+}
+
+//  The next put file name of this process into name.
+static void
+s_put_name(char *name, size_t cap)
+{
+    pthread_once(&s_put_once, s_put_seq_init);
+    snprintf(name, cap, "put-%ld-%llu.tmp", (long)getpid(),
+             (unsigned long long)atomic_fetch_add(&s_put_seq, 1));
+}
+
+//  True if a file's fstat b is a's: nothing wrote it in between (as far
+//  as size, mtime and ctime tell).
+static bool
+s_unchanged(const struct stat *a, const struct stat *b)
+{
+    s_known_file k = {.dev = a->st_dev,
+                      .ino = a->st_ino,
+                      .size = a->st_size,
+                      .mtime = a->st_mtim,
+                      .ctime = a->st_ctim};
+    return s_same_file(&k, b);
+}
+
+//  Why the same-host upload was not used, once per process.
+static void
+s_local_off(const char *what, const char *why, const char *detail)
+{
+    if (!atomic_exchange(&s_local_warned, true))
+        loom_log_warning("loom: %s: not written into the broker's store (%s%s%s): uploading it on "
+                         "the blob channel (said once)",
+                         what, why, detail ? ": " : "", detail ? detail : "");
+}
+
+//  Ask the broker to adopt the put file `name` as blob hash of size bytes.
+//  Returns 0 once it holds the blob, else a code (it did not take it).
+static int
+s_adopt(loom_client *c, void *sock, const char *name, const uint8_t *hash, uint64_t size)
+{
+    loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
+    m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    m.u.blob_have.size = size;
+    m.u.blob_have.adopt = name;
+    int rc = loom_wire_send(sock, NULL, 0, &m, 0);
+    if (rc)
+        return rc;
+    int64_t end = loom_now_ms() + S_UPLOAD_TIMEOUT_MS;
+    rc = LOOM_ETIMEDOUT;
+    for (int64_t left; rc == LOOM_ETIMEDOUT && (left = end - loom_now_ms()) > 0;) {
+        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)left) <= 0)
+            continue;
+        loom_msg *in = NULL;
+        if (loom_wire_recv(sock, NULL, 0, NULL, &in, ZMQ_DONTWAIT) != 0)
+            continue;
+        const loom_wire_blob_have *h = &in->u.blob_have;
+        if (in->type == LOOM_MSG_BLOB_HAVE && h->hash.len == LOOM_HASH_SIZE &&
+            !memcmp(h->hash.data, hash, LOOM_HASH_SIZE))
+            rc = h->have && h->size == size ? 0 : LOOM_EPROTO;
+        loom_msg_destroy(&in);
+    }
+    if (rc == LOOM_ETIMEDOUT) {
+        //  A late answer must not meet the next upload.
+        zmq_close(c->blob);
+        c->blob = NULL;
+    }
+    return rc;
+}
+
+//  Write a source (the file fd, or mem when fd < 0) into the broker's store
+//  as a put file, name it meanwhile, and have the broker adopt it. Returns
+//  0 with the name in hash; anything else: not done (nothing left behind),
+//  upload on the channel.
+static int
+s_put_local(loom_client *c, const char *what, int fd, const loom_blob_mem *mem, uint64_t size,
+            uint8_t *hash)
+{
+    const char *env = getenv("LOOM_BLOB_LOCAL");
+    if (!c->blob_store || (env && !strcmp(env, "0")))
+        return LOOM_ENOTSUP;
+    void *sock = loom__client_blob(c);
+    if (!sock)
+        return LOOM_ENOTSUP;
+    char name[64], path[PATH_MAX];
+    s_put_name(name, sizeof name);
+    struct stat before, after;
+    if (fd >= 0 && fstat(fd, &before) != 0)
+        return LOOM_EIO;
+    if (snprintf(path, sizeof path, "%s/%s", c->blob_store, name) >= (int)sizeof path)
+        return LOOM_ENOTSUP;
+    int out = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (out < 0) {
+        s_local_off(what, "cannot create a file there", strerror(errno));
+        return LOOM_EIO;
+    }
+    s_namer namer = {.fd = fd, .mem = mem, .size = size};
+    pthread_t tid;
+    bool threaded = pthread_create(&tid, NULL, s_namer_main, &namer) == 0;
+    int err = fd >= 0 ? s_copy_file(out, fd, size) : s_write_all(out, mem->data, mem->len);
+    if (threaded)
+        pthread_join(tid, NULL);
+    else
+        s_namer_main(&namer);
+    if (close(out) != 0 && !err)
+        err = errno;
+    int rc = LOOM_EIO;
+    if (err)
+        s_local_off(what, "cannot write it there", strerror(err));
+    else if (namer.rc)
+        rc = namer.rc; //  the source cannot be read: the channel path says so
+    else if (fd >= 0 && (fstat(fd, &after) != 0 || !s_unchanged(&before, &after)))
+        //  Written meanwhile: the copy and the name may be of other bytes.
+        //  The channel names what it receives.
+        s_local_off(what, "the file changed while it was copied", NULL);
+    else if ((rc = s_adopt(c, sock, name, namer.hash, size)) != 0)
+        s_local_off(what, "the broker did not adopt it",
+                    rc == LOOM_EPROTO ? "refused" : loom_strerror(rc));
+    else
+        memcpy(hash, namer.hash, LOOM_HASH_SIZE);
+    if (rc)
+        unlink(path);
     return rc;
 }
 
@@ -298,7 +521,8 @@ loom_pipeline_share(loom_pipeline *p, const char *name, const void *data, size_t
     uint8_t hash[LOOM_HASH_SIZE];
     char what[320];
     snprintf(what, sizeof what, "share '%s'", name);
-    rc = s_put(p->client, what, NULL, len, loom__blob_read_mem, &mem, hash);
+    if (s_put_local(p->client, what, -1, &mem, len, hash) != 0)
+        rc = s_put(p->client, what, NULL, len, loom__blob_read_mem, &mem, hash);
     if (rc == 0) {
         //  An embedded cluster's broker never restarts alone: no copy.
         struct loom__share_src src = {NULL, -1};
@@ -339,8 +563,9 @@ loom__blob_put_file(loom_client *c, const char *what, int fd, uint64_t size, uin
 {
     //  Shared before and unchanged: the broker may hold it (named upload,
     //  nothing sent if it does). Else, or if its bytes no longer match
-    //  that name after all: unnamed, and remembered if the file did not
-    //  change meanwhile.
+    //  that name after all: written into the broker's store if it is on
+    //  this host, else unnamed; remembered if the file did not change
+    //  meanwhile.
     struct stat before;
     struct timespec start;
     clock_gettime(CLOCK_REALTIME_COARSE, &start);
@@ -349,7 +574,9 @@ loom__blob_put_file(loom_client *c, const char *what, int fd, uint64_t size, uin
     if (stat_ok && s_known_lookup(&before, hash))
         rc = s_put(c, what, hash, size, loom__blob_read_fd, &fd, NULL);
     if (rc == LOOM_EPROTO) {
-        rc = s_put(c, what, NULL, size, loom__blob_read_fd, &fd, hash);
+        rc = s_put_local(c, what, fd, NULL, size, hash);
+        if (rc)
+            rc = s_put(c, what, NULL, size, loom__blob_read_fd, &fd, hash);
         if (rc == 0 && stat_ok && s_settled(fd, &before, size, &start))
             s_known_add(&before, hash);
     }
@@ -409,8 +636,7 @@ loom__pipeline_shares_restore(loom_pipeline *p, char *err, size_t err_len)
                      sh->name, src->path);
         else if (!src->path && src->fd < 0)
             snprintf(err, err_len,
-                     "share '%s' lost by the restarted broker: the client kept no copy",
-                     sh->name);
+                     "share '%s' lost by the restarted broker: the client kept no copy", sh->name);
         else
             snprintf(err, err_len, "share '%s' lost by the restarted broker: upload failed: %s",
                      sh->name, loom_strerror(rc));

@@ -183,6 +183,7 @@ s_bound(const loom_msg *m)
         break;
     case LOOM_MSG_BLOB_HAVE:
         total = s_add(total, s_span_bound(m->u.blob_have.hash));
+        total = s_add(total, s_str_bound(m->u.blob_have.adopt));
         break;
     case LOOM_MSG_BLOB_PUT:
         total = s_add(total, s_span_bound(m->u.blob_put.hash));
@@ -368,7 +369,7 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
                            s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
                            s->workers_blob_bytes_in, s->workers_blob_bytes_out,
-                           s->connections_dropped)
+                           s->connections_dropped, s->blob_bytes_adopted)
         .Union();
 }
 
@@ -437,7 +438,8 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
     case LOOM_MSG_BLOB_HAVE: {
         const loom_wire_blob_have *h = &m->u.blob_have;
         auto hash = s_put_bytes(b, h->hash);
-        return lw::CreateBlobHave(b, hash, h->size, h->have).Union();
+        auto adopt = s_put_str(b, h->adopt);
+        return lw::CreateBlobHave(b, hash, h->size, h->have, adopt).Union();
     }
     case LOOM_MSG_BLOB_PUT: {
         const loom_wire_blob_put *p = &m->u.blob_put;
@@ -1178,6 +1180,7 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->workers_blob_bytes_in = s->workers_blob_bytes_in();
     out->workers_blob_bytes_out = s->workers_blob_bytes_out();
     out->connections_dropped = s->connections_dropped();
+    out->blob_bytes_adopted = s->blob_bytes_adopted();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_
@@ -1298,6 +1301,7 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         const lw::BlobHave *h = msg->body_as_BlobHave();
         m->u.blob_have.size = h->size();
         m->u.blob_have.have = h->have();
+        m->u.blob_have.adopt = s_get_str(h->adopt());
         return s_get_hash(h->hash(), &m->u.blob_have.hash) ? 0 : LOOM_EPROTO;
     }
     case lw::Body_BlobPut: {

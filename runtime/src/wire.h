@@ -186,6 +186,7 @@ typedef struct {
     uint64_t blob_bytes_in, blob_bytes_out, blobs_stored, blob_store_bytes;
     uint64_t workers_blob_bytes_in, workers_blob_bytes_out; //  sums of the workers' reports
     uint64_t connections_dropped; //  task-channel disconnections (peer gone, or a protocol error)
+    uint64_t blob_bytes_adopted;  //  blob bytes same-host clients wrote into the store
 } loom_wire_stats;
 
 typedef struct {
@@ -198,6 +199,7 @@ typedef struct {
     loom_span hash;
     uint64_t size;
     bool have;
+    const char *adopt; //  a temp file in the store to adopt (same host), or NULL
 } loom_wire_blob_have;
 
 typedef struct {
@@ -310,8 +312,8 @@ int loom_wire_recv(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_
 //  The same, with the sender's ZAP User-Id (with CURVE and zauth: the Z85
 //  text of its public key) copied into user (user_cap bytes; "" when the
 //  connection has none, or it does not fit).
-int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len,
-                        loom_msg **msg_p, int flags, char *user, size_t user_cap);
+int loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom_msg **msg_p,
+                        int flags, char *user, size_t user_cap);
 
 //  True if m is a TaskBatch or ResultBatch that loom_wire_recv read in
 //  the plain layout (as encode writes a batch without files, errors,

@@ -5,17 +5,20 @@
 
     loom: the embedded cluster (a broker in this process, 2 worker
     processes over ipc://, one host cache). A file of SHARE_MB MiB is
-    shared (uploaded client -> broker in 256 KiB chunks with credit, the
-    broker hashing what it writes to its store and naming the blob): "upload"
-    is that call's wall time. Then one item of testkit "shared" runs in a
-    map of that pipeline: the worker fetches the blob broker -> host cache
-    (hash checked) before running it: "fetch" is the map's wall time (on
-    the broker's host, as here, the host hard-links the store's file into
-    its cache and hashes it: no bytes move, "broker->host 0" below). The
-    same file shared again is known by name: "share again" is the BlobHave
-    round trip. Then READERS items of testkit "shared_sum" read a READ_MB
-    MiB share (every byte, through the mmap): the wall time of the whole
-    map, fetch included, and the blob bytes the broker received and sent
+    shared: the client is on the broker's host, so it copies the file into
+    the broker's store itself (copy_file_range), names it on a second
+    thread meanwhile, and the broker adopts the file: "upload same-host" is
+    that call's wall time. (Before each upload, sync(): the writeback of
+    the files written before is not counted in it.) A second file of SHARE_MB MiB (other bytes) is
+    shared with LOOM_BLOB_LOCAL=0: uploaded client -> broker on the blob
+    channel in 256 KiB chunks with credit, the broker hashing what it
+    writes to its store and naming the blob: "upload channel". Then one item of testkit "shared"
+   runs in a map of that pipeline: the worker fetches the blob broker -> host cache (hash checked)
+   before running it: "fetch" is the map's wall time (on the broker's host, as here, the host
+   hard-links the store's file into its cache and hashes it: no bytes move, "broker->host 0" below).
+   The same file shared again is known by name: "share again" is the BlobHave round trip. Then
+   READERS items of testkit "shared_sum" read a READ_MB MiB share (every byte, through the mmap):
+   the wall time of the whole map, fetch included, and the blob bytes the broker received and sent
     for it (`loom status` on the embedded broker's socket).
 
     raw-zmq: the same SHARE_MB MiB sent DEALER -> ROUTER over ipc:// in
@@ -57,8 +60,9 @@ s_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+//  A file of mb MiB in /tmp whose bytes depend on seed. Its path (malloc'd), or NULL.
 static char *
-s_make_file(long mb)
+s_make_file(long mb, int seed)
 {
     char *path = strdup("/tmp/loom-bench-share-XXXXXX");
     int fd = mkstemp(path);
@@ -67,7 +71,7 @@ s_make_file(long mb)
     char *buf = malloc(1 << 20);
     for (long i = 0; i < mb; i++) {
         for (size_t j = 0; j < (1u << 20); j += 64)
-            buf[j] = (char)(i + j);
+            buf[j] = (char)(i + j + (size_t)seed);
         if (write(fd, buf, 1 << 20) != 1 << 20)
             break;
     }
@@ -98,11 +102,12 @@ s_map(loom_pipeline *p, const char *task, const char *input, int n)
     return rc == 0 && !failed ? s_now() - t0 : -1;
 }
 
-//  The embedded broker's blob_bytes_in and blob_bytes_out, read with
-//  `$LOOM_EXE status` on its socket (the cluster's dir is
-//  $TMPDIR-or-/tmp/loom-PID-*). Returns 0, or -1 if it cannot be read.
+//  The embedded broker's blob_bytes_in, blob_bytes_out and
+//  blob_bytes_adopted, read with `$LOOM_EXE status` on its socket (the
+//  cluster's dir is $TMPDIR-or-/tmp/loom-PID-*). Returns 0, or -1 if they
+//  cannot be read.
 static int
-s_blob_bytes(uint64_t *in, uint64_t *out)
+s_blob_bytes(uint64_t *in, uint64_t *out, uint64_t *adopted)
 {
     const char *exe = getenv("LOOM_EXE");
     const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -125,8 +130,10 @@ s_blob_bytes(uint64_t *in, uint64_t *out)
             *in = v;
         else if (sscanf(line, "blob_bytes_out %llu", &v) == 1 && ++found)
             *out = v;
+        else if (sscanf(line, "blob_bytes_adopted %llu", &v) == 1 && ++found)
+            *adopted = v;
     }
-    return pclose(f) == 0 && found == 2 ? 0 : -1;
+    return pclose(f) == 0 && found == 3 ? 0 : -1;
 }
 
 typedef struct {
@@ -262,9 +269,10 @@ main(int argc, char **argv)
         fprintf(stderr, "usage: bench_share [SHARE_MB [READ_MB [READERS]]]\n");
         return 2;
     }
-    char *big = s_make_file(share_mb);
-    char *small = s_make_file(read_mb);
-    if (!big || !small) {
+    char *big = s_make_file(share_mb, 0);
+    char *big2 = s_make_file(share_mb, 1);
+    char *small = s_make_file(read_mb, 2);
+    if (!big || !big2 || !small) {
         fprintf(stderr, "bench_share: cannot write the test files in /tmp\n");
         return 1;
     }
@@ -276,24 +284,43 @@ main(int argc, char **argv)
     }
     double gb = (double)share_mb / 1024;
     loom_pipeline *p = loom_pipeline_new(c, "bench");
+    uint64_t in0 = 0, out0 = 0, in1 = 0, out1 = 0, ad0 = 0, ad1 = 0, ad2 = 0, cin = 0;
+    int counted = s_blob_bytes(&in0, &out0, &ad0);
+    //  Each upload starts with no dirty pages left by the steps before it
+    //  (the test files just written, the other upload's store file): the
+    //  kernel's writeback of those is not the upload's cost.
+    sync();
     double t0 = s_now();
     int rc = loom_pipeline_share_file(p, "big", big);
     double upload = s_now() - t0;
+    if (counted == 0)
+        counted = s_blob_bytes(&in1, &out1, &ad1);
     double fetch = rc == 0 ? s_map(p, "shared", "", 1) : -1;
     t0 = s_now();
     int rc2 = loom_pipeline_share_file(p, "big", big); //  held already: skipped
     double again = s_now() - t0;
+    //  The same size of other bytes, on the blob channel.
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
+    sync();
+    t0 = s_now();
+    int rc3 = loom_pipeline_share_file(p, "big2", big2);
+    double upload_channel = s_now() - t0;
+    unsetenv("LOOM_BLOB_LOCAL");
+    if (counted == 0)
+        counted = s_blob_bytes(&cin, &out1, &ad2);
+    bool adopted = counted == 0 && ad1 - ad0 == (uint64_t)share_mb << 20 && in1 == in0 &&
+                   cin - in1 == (uint64_t)share_mb << 20 && ad2 == ad1;
     loom_pipeline_destroy(&p);
 
-    uint64_t in0 = 0, out0 = 0, in1 = 0, out1 = 0;
-    int counted = s_blob_bytes(&in0, &out0);
+    if (counted == 0)
+        counted = s_blob_bytes(&in0, &out0, &ad0);
     p = loom_pipeline_new(c, "readers");
     double read_wall = -1;
     if (loom_pipeline_share_file(p, "data", small) == 0)
         read_wall = s_map(p, "shared_sum", "data", readers);
     loom_pipeline_destroy(&p);
     if (counted == 0)
-        counted = s_blob_bytes(&in1, &out1);
+        counted = s_blob_bytes(&in1, &out1, &ad1);
     loom_client_destroy(&c);
     //  Peak RSS now, before the raw and hash steps allocate: this process
     //  (client and embedded broker) and the largest worker process (reaped
@@ -306,16 +333,25 @@ main(int argc, char **argv)
     double hash = s_hash_secs((uint64_t)share_mb << 20);
     double disk = s_write_secs((uint64_t)share_mb << 20);
     unlink(big);
+    unlink(big2);
     unlink(small);
     free(big);
+    free(big2);
     free(small);
-    if (rc || rc2 || fetch < 0 || read_wall < 0 || raw < 0 || disk < 0) {
+    if (rc || rc2 || rc3 || fetch < 0 || read_wall < 0 || raw < 0 || disk < 0) {
         fprintf(stderr, "bench_share: a step failed\n");
         return 1;
     }
     printf("share %ld MiB, 2 worker processes, embedded cluster over ipc://\n", share_mb);
-    printf("loom upload  (client->broker store):  %8.3f s  %6.2f GB/s\n", upload, gb / upload);
-    printf("loom fetch   (broker->host cache):    %8.3f s  %6.2f GB/s\n", fetch, gb / fetch);
+    printf("loom upload same-host (adopted):      %8.3f s  %6.2f GB/s  %.2f of raw\n", upload,
+           gb / upload, raw / upload);
+    printf("loom upload channel (LOOM_BLOB_LOCAL=0):%6.3f s  %6.2f GB/s  %.2f of raw\n",
+           upload_channel, gb / upload_channel, raw / upload_channel);
+    if (!adopted)
+        printf("  (the counters do not show the first upload adopted and the second on the "
+               "channel)\n");
+    printf("loom fetch   (broker->host cache):    %8.3f s  %6.2f GB/s  %.2f of raw\n", fetch,
+           gb / fetch, raw / fetch);
     printf("loom share again (known, held):       %8.3f s\n", again);
     printf("raw-zmq bulk (same bytes, 1 MiB win): %8.3f s  %6.2f GB/s\n", raw, gb / raw);
     printf("SHA-256 alone (memory, one core):     %8.3f s  %6.2f GB/s\n", hash, gb / hash);
@@ -323,10 +359,10 @@ main(int argc, char **argv)
     printf("%d tasks reading a %ld MiB share:     %8.3f s wall (fetch included)\n", readers,
            read_mb, read_wall);
     if (counted == 0)
-        printf("  bytes moved: client->broker %.1f MiB, broker->host %.1f MiB "
-               "(tasks read %.1f MiB)\n",
-               (double)(in1 - in0) / (1 << 20), (double)(out1 - out0) / (1 << 20),
-               (double)readers * (double)read_mb);
+        printf("  bytes moved: client->broker %.1f MiB (%.1f MiB adopted from the store), "
+               "broker->host %.1f MiB (tasks read %.1f MiB)\n",
+               (double)(in1 - in0) / (1 << 20), (double)(ad1 - ad0) / (1 << 20),
+               (double)(out1 - out0) / (1 << 20), (double)readers * (double)read_mb);
     if (counted == 0 && out1 == out0)
         printf("  (broker->host 0: the host linked the store's file into its cache, verified)\n");
     else if (counted == 0)
@@ -340,6 +376,7 @@ main(int argc, char **argv)
         printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\n", share_mb, read_mb, readers);
         printf("share_upload_gbs %.4f\nshare_fetch_gbs %.4f\nshare_raw_gbs %.4f\n", gb / upload,
                gb / fetch, gb / raw);
+        printf("share_upload_channel_gbs %.4f\n", gb / upload_channel);
         printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\n", gb / hash, read_wall);
         printf("share_write_gbs %.4f\n", gb / disk);
         if (counted == 0)

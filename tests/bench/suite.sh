@@ -68,9 +68,12 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%d KiB", v["memory_client_rss"]), "-", "-")
         row(sprintf("memory: worker peak RSS, %d items", v["memory_items"]),
             sprintf("%d KiB", v["memory_worker_rss"]), "-", "-")
-        row(sprintf("shares: upload %d MiB (client->broker store)", v["share_mb"]),
+        row(sprintf("shares: upload %d MiB (same host: adopted)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_upload_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
             sprintf("%.3f", v["share_upload_gbs"] / v["share_raw_gbs"]))
+        row(sprintf("shares: upload %d MiB (blob channel)", v["share_mb"]),
+            sprintf("%.2f GB/s", v["share_upload_channel_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
+            sprintf("%.3f", v["share_upload_channel_gbs"] / v["share_raw_gbs"]))
         row(sprintf("shares: fetch %d MiB (broker->host cache)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_fetch_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
             sprintf("%.3f", v["share_fetch_gbs"] / v["share_raw_gbs"]))

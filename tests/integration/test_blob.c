@@ -10,6 +10,7 @@
 
 #include "loom_test.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -178,10 +179,13 @@ test_share_file_refuses_missing_and_non_regular_paths(void **state)
 //  the upload moves it once; the host links the store's file (nothing
 //  moves broker -> host). A host that cannot link fetches once:
 //  test_host_that_cannot_link_fetches_once.
+//  On the channel (LOOM_BLOB_LOCAL=0: not written into the store by the
+//  client, though it is on the broker's host).
 static void
 test_share_moves_once_per_pipeline_not_per_task(void **state)
 {
     (void)state;
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
     char path[] = "/tmp/loom-test-share-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -280,14 +284,17 @@ test_share_moves_once_per_pipeline_not_per_task(void **state)
     loom_pipeline_destroy(&p2);
     loom_pipeline_destroy(&p);
     unlink(path);
+    unsetenv("LOOM_BLOB_LOCAL");
 }
 
 //  Shared bytes are uploaded unnamed (the broker hashes them and names the
-//  blob): the same bytes shared twice are sent twice and stored once.
+//  blob): the same bytes shared twice are sent twice and stored once (on
+//  the channel: LOOM_BLOB_LOCAL=0).
 static void
 test_same_bytes_shared_twice_are_stored_once(void **state)
 {
     (void)state;
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
     size_t len = 3 * 256 * 1024 + 17;
     uint8_t *data = malloc(len);
     unsigned sum = 0;
@@ -310,8 +317,85 @@ test_same_bytes_shared_twice_are_stored_once(void **state)
     assert_int_equal(after.blobs_stored, before.blobs_stored + 1);
     //  One fetch for the host: both pipelines name the same blob.
     assert_true(after.blob_bytes_out - before.blob_bytes_out < 2 * len);
+    assert_int_equal(after.blob_bytes_adopted, before.blob_bytes_adopted);
     loom_pipeline_destroy(&b);
     loom_pipeline_destroy(&a);
+    unsetenv("LOOM_BLOB_LOCAL");
+}
+
+//  The put files (put-*.tmp) left in the store directory dir.
+static int
+s_put_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += !strncmp(e->d_name, "put-", 4);
+    closedir(d);
+    return n;
+}
+
+//  A client on the broker's host writes its shares into the store itself
+//  and the broker adopts them: no byte on the channel, the store's file
+//  read-only under the blob's name, the tasks read the right bytes; bytes
+//  the store holds already are not counted twice; no put file is left.
+static void
+test_same_host_share_is_adopted(void **state)
+{
+    (void)state;
+    const size_t n = (5u << 20) + 3, fn = (2u << 20) + 11;
+    unsigned sum, fsum;
+    uint8_t hash[LOOM_HASH_SIZE], fhash[LOOM_HASH_SIZE];
+    uint8_t *b = s_bytes(n, 4242, &sum, hash);
+    uint8_t *fb = s_bytes(fn, 4343, &fsum, fhash);
+    char path[] = "/tmp/loom-test-adopt-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, fb, fn), (ssize_t)fn);
+    close(fd);
+    free(fb);
+
+    loom_wire_stats before = s_stats();
+    loom_pipeline *p = loom_pipeline_new(s_client, "adopt");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share(p, "m", b, n), 0);
+    assert_int_equal(loom_pipeline_share_file(p, "f", path), 0);
+    loom_wire_stats after = s_stats();
+    assert_int_equal(after.blob_bytes_adopted - before.blob_bytes_adopted, n + fn);
+    assert_int_equal(after.blob_bytes_in, before.blob_bytes_in);
+    assert_int_equal(after.blobs_stored, before.blobs_stored + 2);
+    char want[64];
+    snprintf(want, sizeof want, "%zu %u", n, sum);
+    s_run(p, "shared_sum", "m", 8, want);
+    snprintf(want, sizeof want, "%zu %u", fn, fsum);
+    s_run(p, "shared_sum", "f", 8, want);
+
+    const char *dir = loom__cluster_dir(loom__client_cluster(s_client));
+    char store[4096], sp[4200];
+    snprintf(store, sizeof store, "%s/store", dir);
+    s_blob_path(store, hash, sp, sizeof sp);
+    struct stat sb;
+    assert_int_equal(stat(sp, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0400);
+    assert_int_equal((uint64_t)sb.st_size, n);
+    s_blob_path(store, fhash, sp, sizeof sp);
+    assert_int_equal(stat(sp, &sb), 0);
+    assert_int_equal((uint64_t)sb.st_size, fn);
+
+    //  The same bytes again: the store holds them; nothing more adopted.
+    loom_pipeline *q = loom_pipeline_new(s_client, "adopt-again");
+    assert_non_null(q);
+    assert_int_equal(loom_pipeline_share(q, "m2", b, n), 0);
+    loom_wire_stats again = s_stats();
+    assert_int_equal(again.blob_bytes_adopted, after.blob_bytes_adopted);
+    assert_int_equal(again.blob_bytes_in, after.blob_bytes_in);
+    assert_int_equal(again.blobs_stored, after.blobs_stored);
+    assert_int_equal(s_put_files(store), 0);
+    free(b);
+    loom_pipeline_destroy(&q);
+    loom_pipeline_destroy(&p);
+    unlink(path);
 }
 
 static void
@@ -566,7 +650,7 @@ test_blob_quota_refuses_the_client_over_it_only(void **state)
     assert_int_equal(loom_pipeline_share(pa, "one", buf, 3000), 0);
     memset(buf, 'b', 3000);
     assert_int_equal(loom_pipeline_share(pa, "two", buf, 2000), LOOM_ETOOBIG);
-    assert_int_equal(loom_pipeline_share(pb, "two", buf, 3000), 0); //  b is not a
+    assert_int_equal(loom_pipeline_share(pb, "two", buf, 3000), 0);  //  b is not a
     assert_int_equal(loom_pipeline_share(pa, "small", buf, 500), 0); //  a within its quota
     free(buf);
     loom_pipeline_destroy(&pa);
@@ -733,6 +817,7 @@ main(void)
         cmocka_unit_test(test_share_file_refuses_missing_and_non_regular_paths),
         cmocka_unit_test(test_share_moves_once_per_pipeline_not_per_task),
         cmocka_unit_test(test_same_bytes_shared_twice_are_stored_once),
+        cmocka_unit_test(test_same_host_share_is_adopted),
         cmocka_unit_test(test_files_go_in_and_come_back_as_local_paths),
         cmocka_unit_test(test_memory_stays_bounded_while_sharing_a_big_file),
         cmocka_unit_test(test_full_cache_fails_items_clearly_and_the_worker_keeps_serving),

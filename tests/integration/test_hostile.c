@@ -24,6 +24,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 extern char **environ;
@@ -36,6 +38,7 @@ extern char **environ;
 #define S_MAX_PIPELINES 4
 
 static char s_ep[128];
+static char s_blob_ep[128];
 static zactor_t *s_broker;
 static pid_t s_worker_pid;
 
@@ -283,12 +286,13 @@ s_setup(void **state)
 {
     (void)state;
     loom_test_ipc(s_ep, sizeof s_ep, "hostile");
+    loom_test_ipc(s_blob_ep, sizeof s_blob_ep, "hostile-blob");
     loom_broker_opts o = {.max_frame = S_MAX_FRAME,
                           .max_batch = S_MAX_BATCH,
                           .max_maps = S_MAX_MAPS,
                           .max_pipelines = S_MAX_PIPELINES};
     char *err = NULL;
-    s_broker = loom_broker_start_opts(&o, s_ep, NULL, NULL, NULL, &err);
+    s_broker = loom_broker_start_opts(&o, s_ep, s_blob_ep, NULL, NULL, &err);
     if (!s_broker)
         fail_msg("broker: %s", err ? err : "?");
     const char *exe = getenv("LOOM_EXE");
@@ -334,6 +338,7 @@ s_teardown(void **state)
     }
     zactor_destroy(&s_broker);
     unlink(s_ep + strlen("ipc://"));
+    unlink(s_blob_ep + strlen("ipc://"));
     return 0;
 }
 
@@ -722,6 +727,74 @@ s_attack_as_client(void)
     zsock_destroy(&c);
 }
 
+//  Ask the broker's blob channel to adopt `name` as a blob of size bytes:
+//  it must answer have=false and count the refusal.
+static void
+s_adopt_refused(zsock_t *b, const char *name, uint64_t size, const char *what)
+{
+    uint8_t hash[LOOM_HASH_SIZE];
+    memset(hash, 0x5a, sizeof hash);
+    uint64_t before = s_refused();
+    loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
+    m.u.blob_have = (loom_wire_blob_have){{hash, sizeof hash}, size, false, name};
+    s_send(b, &m);
+    loom_msg *a = s_expect(b, LOOM_MSG_BLOB_HAVE, S_WAIT_MS);
+    if (!a)
+        fail_msg("%s: no answer", what);
+    if (a->u.blob_have.have)
+        fail_msg("%s: adopted", what);
+    loom_msg_destroy(&a);
+    s_wait_refused(before + 1, what);
+}
+
+//  27-28. A peer of the store's host asking the broker to adopt a file
+//  outside its store, or a symlink in it to one outside: refused, and the
+//  file outside is left as it was.
+static void
+s_attack_adopt(void)
+{
+    zsock_t *c = s_dealer();
+    loom_msg h = {.type = LOOM_MSG_HELLO};
+    h.u.hello = (loom_wire_hello){.role = LOOM_ROLE_CLIENT, .host = "hostile", .pid = 1};
+    s_send(c, &h);
+    loom_msg *w = s_expect(c, LOOM_MSG_WELCOME, S_WAIT_MS);
+    assert_non_null(w);
+    assert_non_null(w->u.welcome.blob_store);
+    char store[4096], outside[4200], link_path[4200];
+    snprintf(store, sizeof store, "%s", w->u.welcome.blob_store);
+    loom_msg_destroy(&w);
+    zsock_t *b = zsock_new(ZMQ_DEALER);
+    assert_non_null(b);
+    zsock_set_linger(b, 0);
+    assert_int_equal(zsock_connect(b, "%s", s_blob_ep), 0);
+    uint64_t stored = s_stats().blobs_stored;
+
+    snprintf(outside, sizeof outside, "%s/../put-1-1.tmp", store);
+    int fd = open(outside, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "secret", 6), 6);
+    close(fd);
+    s_adopt_refused(b, "../put-1-1.tmp", 6, "adopt of a file outside the store");
+    s_adopt_refused(b, outside, 6, "adopt of an absolute path");
+    s_adopt_refused(b, "/etc/passwd", 6, "adopt of /etc/passwd");
+    s_kinds++;
+
+    snprintf(link_path, sizeof link_path, "%s/put-2-2.tmp", store);
+    assert_int_equal(symlink(outside, link_path), 0);
+    s_adopt_refused(b, "put-2-2.tmp", 6, "adopt of a symlink");
+    s_kinds++;
+
+    struct stat sb;
+    assert_int_equal(stat(outside, &sb), 0);
+    assert_int_equal(sb.st_size, 6);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    assert_int_equal(s_stats().blobs_stored, stored);
+    unlink(link_path);
+    unlink(outside);
+    zsock_destroy(&b);
+    zsock_destroy(&c);
+}
+
 static void
 test_hostile_peers_while_a_map_runs(void **state)
 {
@@ -740,6 +813,7 @@ test_hostile_peers_while_a_map_runs(void **state)
     s_attack_frames();
     s_attack_as_worker();
     s_attack_as_client();
+    s_attack_adopt();
     atomic_store(&l.stop, true);
     pthread_join(s_thread, NULL);
     s_running = NULL;

@@ -6,8 +6,13 @@
 #include "loom_test.h"
 
 #include <czmq.h>
+#include <fcntl.h>
+#include <loom/loom.h>
 #include <openssl/sha.h>
+#include <sys/stat.h>
 
+#include "blob_store.h"
+#include "client_priv.h"
 #include "blob_transfer.h"
 #include "broker.h"
 #include "wire.h"
@@ -484,6 +489,272 @@ test_unnamed_uploads_count_against_the_quota(void **state)
     unlink(blob + 6);
 }
 
+//  A broker of a test's own, its store in dir (cap bytes, temporary).
+typedef struct {
+    char task[128], blob[128];
+    char *bt, *bb, *err; //  its endpoints, its error
+    zactor_t *actor;
+} s_own_broker;
+
+static void
+s_own_start(s_own_broker *b, const char *name, const char *dir, uint64_t cap)
+{
+    memset(b, 0, sizeof *b);
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s-task", name);
+    loom_test_ipc(b->task, sizeof b->task, ep);
+    snprintf(ep, sizeof ep, "%s-blob", name);
+    loom_test_ipc(b->blob, sizeof b->blob, ep);
+    b->actor = loom_broker_start(b->task, b->blob, &b->bt, &b->bb, &b->err);
+    assert_non_null(b->actor);
+    assert_int_equal(loom_broker_set_store(b->actor, dir, cap, 0, true), 0);
+}
+
+static void
+s_own_stop(s_own_broker *b)
+{
+    zactor_destroy(&b->actor);
+    free(b->bt);
+    free(b->bb);
+    free(b->err);
+    unlink(b->task + 6);
+    unlink(b->blob + 6);
+}
+
+//  Write len bytes of data into dir/name (mode 0600). Returns the path.
+static char *
+s_write_file(const char *dir, const char *name, const uint8_t *data, size_t len)
+{
+    char *path = malloc(strlen(dir) + strlen(name) + 2);
+    sprintf(path, "%s/%s", dir, name);
+    int fd = open(path, O_CREAT | O_EXCL | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+//  Ask the broker to adopt dir's put file `name` as blob hash of size
+//  bytes; its answer (have).
+static bool
+s_adopt(void *dealer, const char *name, const uint8_t *hash, uint64_t size)
+{
+    loom_msg have = {.type = LOOM_MSG_BLOB_HAVE};
+    have.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    have.u.blob_have.size = size;
+    have.u.blob_have.adopt = name;
+    assert_int_equal(loom_wire_send(dealer, NULL, 0, &have, 0), 0);
+    loom_msg *m = s_next_on(dealer);
+    assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+    assert_memory_equal(m->u.blob_have.hash.data, hash, LOOM_HASH_SIZE);
+    bool got = m->u.blob_have.have;
+    loom_msg_destroy(&m);
+    return got;
+}
+
+static bool
+s_exists(const char *path)
+{
+    struct stat sb;
+    return lstat(path, &sb) == 0;
+}
+
+//  DIR/ab/<hex> of hash.
+static void
+s_store_path(const char *dir, const uint8_t *hash, char *path, size_t cap)
+{
+    char hex[2 * LOOM_HASH_SIZE + 1];
+    loom_blob_hex(hash, hex);
+    snprintf(path, cap, "%s/%.2s/%s", dir, hex, hex);
+}
+
+//  A same-host peer's put file is adopted only if it is what it claims:
+//  a plain file of the store's user, one link, the announced size, within
+//  the cap, named put-<n>-<n>.tmp in the store itself. A refused regular
+//  file is removed; a symlink or a file outside the store is left alone.
+//  After a refusal the channel upload still works.
+static void
+test_adoption_takes_checked_files_only(void **state)
+{
+    (void)state;
+    char dir[256], outside[300];
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(dir, sizeof dir, "%s/loom-ba-%d", tmp, (int)getpid());
+    //  Put files left by clients that died: a stale one goes when the
+    //  store opens, a recent one (a client still writing) stays.
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char *stale = s_write_file(dir, "put-9-1.tmp", (const uint8_t *)"old", 3);
+    char *recent = s_write_file(dir, "put-9-2.tmp", (const uint8_t *)"new", 3);
+    struct timespec past[2] = {{time(NULL) - 600, 0}, {time(NULL) - 600, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, stale, past, 0), 0);
+    s_own_broker ob;
+    s_own_start(&ob, "ba", dir, 100000);
+    zactor_t *broker = ob.actor;
+    assert_false(s_exists(stale));
+    assert_true(s_exists(recent));
+    unlink(recent);
+    free(stale);
+    free(recent);
+    void *a = loom__blob_dealer(zsys_init(), ob.bb);
+    uint8_t hash[LOOM_HASH_SIZE], other[LOOM_HASH_SIZE], big[LOOM_HASH_SIZE];
+    uint8_t *data = s_source(3000, 21, hash);
+    uint8_t *data2 = s_source(2000, 22, other);
+    uint8_t *data3 = s_source(150000, 23, big);
+    //  No such file: refused.
+    assert_false(s_adopt(a, "put-1-0.tmp", hash, 3000));
+    loom_wire_stats before = s_stats_of(broker);
+
+    //  Good: renamed into place, read-only, counted as adopted, not as in.
+    char *p1 = s_write_file(dir, "put-1-1.tmp", data, 3000);
+    assert_true(s_adopt(a, "put-1-1.tmp", hash, 3000));
+    char sp[512];
+    s_store_path(dir, hash, sp, sizeof sp);
+    struct stat sb;
+    assert_int_equal(stat(sp, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0400);
+    assert_int_equal(sb.st_size, 3000);
+    assert_false(s_exists(p1));
+    loom_wire_stats after = s_stats_of(broker);
+    assert_int_equal(after.blob_bytes_adopted - before.blob_bytes_adopted, 3000);
+    assert_int_equal(after.blob_bytes_in, before.blob_bytes_in);
+    assert_int_equal(after.blobs_stored, before.blobs_stored + 1);
+    //  Held already: the put file goes, nothing counted twice.
+    char *p1b = s_write_file(dir, "put-1-9.tmp", data, 3000);
+    assert_true(s_adopt(a, "put-1-9.tmp", hash, 3000));
+    assert_false(s_exists(p1b));
+    assert_int_equal(s_stats_of(broker).blob_bytes_adopted, after.blob_bytes_adopted);
+
+    //  Wrong size: refused, and the file (ours) removed.
+    char *p2 = s_write_file(dir, "put-1-2.tmp", data2, 2000);
+    assert_false(s_adopt(a, "put-1-2.tmp", other, 2001));
+    assert_false(s_exists(p2));
+    s_store_path(dir, other, sp, sizeof sp);
+    assert_false(s_exists(sp));
+
+    //  A symlink to a file outside the store: refused, both left alone.
+    snprintf(outside, sizeof outside, "%s/loom-ba-out-%d", tmp, (int)getpid());
+    int fd = open(outside, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_int_equal(write(fd, data2, 2000), 2000);
+    close(fd);
+    char link_path[512];
+    snprintf(link_path, sizeof link_path, "%s/put-1-3.tmp", dir);
+    assert_int_equal(symlink(outside, link_path), 0);
+    assert_false(s_adopt(a, "put-1-3.tmp", other, 2000));
+    assert_true(s_exists(link_path));
+    assert_true(s_exists(outside));
+    assert_false(s_exists(sp));
+
+    //  Names that leave the store, or are not put files: refused; the file
+    //  outside is not touched.
+    char *p4 = s_write_file(tmp, "put-7-4.tmp", data2, 2000);
+    assert_false(s_adopt(a, "../put-7-4.tmp", other, 2000));
+    assert_false(s_adopt(a, "ab/put-7-4.tmp", other, 2000));
+    assert_false(s_adopt(a, "put-7-4.tmp/", other, 2000));
+    assert_false(s_adopt(a, "put-x-4.tmp", other, 2000));
+    assert_true(s_exists(p4));
+    unlink(p4);
+
+    //  Hard-linked (nlink 2): refused, the put file removed.
+    char *p5 = s_write_file(dir, "put-1-5.tmp", data2, 2000);
+    char alias[512];
+    snprintf(alias, sizeof alias, "%s/alias-%d", tmp, (int)getpid());
+    assert_int_equal(link(p5, alias), 0);
+    assert_false(s_adopt(a, "put-1-5.tmp", other, 2000));
+    assert_false(s_exists(p5));
+    assert_false(s_exists(sp));
+    unlink(alias);
+
+    //  Over the store's cap (100000): refused, removed.
+    char *p6 = s_write_file(dir, "put-1-6.tmp", data3, 150000);
+    assert_false(s_adopt(a, "put-1-6.tmp", big, 150000));
+    assert_false(s_exists(p6));
+
+    //  After the refusals the channel still takes the bytes.
+    loom_wire_stats mid = s_stats_of(broker);
+    uint8_t name[LOOM_HASH_SIZE];
+    loom_blob_mem mem = {data2, 2000};
+    assert_int_equal(
+        loom__blob_upload_unnamed(a, 2000, loom__blob_read_mem, &mem, 5000, NULL, name), 0);
+    assert_memory_equal(name, other, LOOM_HASH_SIZE);
+    assert_true(s_exists(sp));
+    loom_wire_stats end = s_stats_of(broker);
+    assert_int_equal(end.blob_bytes_in - mid.blob_bytes_in, 2000);
+    assert_int_equal(end.blob_bytes_adopted, after.blob_bytes_adopted);
+
+    unlink(link_path);
+    unlink(outside);
+    free(p1);
+    free(p1b);
+    free(p2);
+    free(p4);
+    free(p5);
+    free(p6);
+    free(data);
+    free(data2);
+    free(data3);
+    zmq_close(a);
+    s_own_stop(&ob);
+}
+
+//  A client on the broker's host that cannot write its put file into the
+//  store, or whose put file the broker refuses, uploads the share on the
+//  channel instead, and the share works; it leaves no put file behind.
+//  (The store directory the client was told is swapped under it: one that
+//  does not exist, then one that is not the broker's store.)
+static void
+test_client_falls_back_to_the_channel(void **state)
+{
+    (void)state;
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/loom-bf-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             (int)getpid());
+    s_own_broker ob;
+    s_own_start(&ob, "bf", dir, 0);
+    zactor_t *broker = ob.actor;
+    loom_client *c = loom_client_new(ob.bt, NULL);
+    assert_non_null(c);
+    loom_pipeline *p = loom_pipeline_new(c, "fallback");
+    assert_non_null(p);
+    uint8_t hash[LOOM_HASH_SIZE];
+    uint8_t *data = s_source(5000, 31, hash);
+    //  Adopted when nothing is in the way.
+    loom_wire_stats before = s_stats_of(broker);
+    assert_int_equal(loom_pipeline_share(p, "one", data, 1000), 0);
+    loom_wire_stats mid = s_stats_of(broker);
+    assert_int_equal(mid.blob_bytes_adopted - before.blob_bytes_adopted, 1000);
+    //  Cannot create the put file.
+    char *told = c->blob_store;
+    char gone[300], other[300];
+    snprintf(gone, sizeof gone, "%s/no-such-dir", dir);
+    c->blob_store = gone;
+    assert_int_equal(loom_pipeline_share(p, "two", data, 5000), 0);
+    loom_wire_stats after = s_stats_of(broker);
+    assert_int_equal(after.blob_bytes_adopted, mid.blob_bytes_adopted);
+    assert_int_equal(after.blob_bytes_in - mid.blob_bytes_in, 5000);
+    char sp[512];
+    s_store_path(dir, hash, sp, sizeof sp);
+    assert_true(s_exists(sp));
+    //  The broker refuses the adoption (the put file is not in its store).
+    snprintf(other, sizeof other, "%s-other", dir);
+    assert_int_equal(mkdir(other, 0700), 0);
+    c->blob_store = other;
+    uint8_t h3[LOOM_HASH_SIZE];
+    uint8_t *d3 = s_source(3000, 32, h3);
+    assert_int_equal(loom_pipeline_share(p, "three", d3, 3000), 0);
+    loom_wire_stats last = s_stats_of(broker);
+    assert_int_equal(last.blob_bytes_adopted, mid.blob_bytes_adopted);
+    assert_int_equal(last.blob_bytes_in - after.blob_bytes_in, 3000);
+    s_store_path(dir, h3, sp, sizeof sp);
+    assert_true(s_exists(sp));
+    assert_int_equal(rmdir(other), 0); //  empty: the client removed its put file
+    c->blob_store = told;
+    free(d3);
+    free(data);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&c);
+    s_own_stop(&ob);
+}
+
 int
 main(void)
 {
@@ -494,6 +765,8 @@ main(void)
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
         cmocka_unit_test(test_unnamed_uploads_count_against_the_quota),
+        cmocka_unit_test(test_adoption_takes_checked_files_only),
+        cmocka_unit_test(test_client_falls_back_to_the_channel),
     };
     return cmocka_run_group_tests_name("blob_channel", tests, s_setup, s_teardown);
 }

@@ -470,8 +470,7 @@ test_sched_chunk_goes_whole(void **state)
     c = loom_sched_chunk_new(malloc(1), s_chunk_msg_free, 100);
     for (uint32_t i = 0; i < 99; i++, next++)
         assert_int_equal(loom_sched_submit_from(s, m, c, i, next, &next, 8, NULL, 0), 0);
-    assert_int_equal(loom_sched_submit_from(s, m, c, 99, next - 1, &next, 8, NULL, 0),
-                     LOOM_ESTATE);
+    assert_int_equal(loom_sched_submit_from(s, m, c, 99, next - 1, &next, 8, NULL, 0), LOOM_ESTATE);
     loom_sched_chunk_done(&c, false);
     assert_int_equal(s_chunk_msgs_freed, 1);
     assert_true(loom_sched_next_batch(s, &b));
@@ -1592,8 +1591,10 @@ test_bind_errors(void **state)
     zactor_destroy(&b);
 }
 
-//  Worker processes of this host (blob endpoint on loopback) are told the
-//  store's directory, so they may link its files; clients are not.
+//  Worker processes and clients of this host (blob endpoint on loopback)
+//  are told the store's directory, so workers may link its files and
+//  clients write shares into it for the broker to adopt; supervisors are
+//  not.
 static void
 test_welcome_tells_local_workers_the_store(void **state)
 {
@@ -1604,8 +1605,8 @@ test_welcome_tells_local_workers_the_store(void **state)
     char dir[] = "/tmp/loom-test-store-XXXXXX";
     assert_non_null(mkdtemp(dir));
     assert_int_equal(loom_broker_set_store(b, dir, 0, 0, true), 0);
-    const loom_role roles[] = {LOOM_ROLE_WORKER, LOOM_ROLE_CLIENT};
-    for (int i = 0; i < 2; i++) {
+    const loom_role roles[] = {LOOM_ROLE_WORKER, LOOM_ROLE_CLIENT, LOOM_ROLE_SUPERVISOR};
+    for (int i = 0; i < 3; i++) {
         zsock_t *s = zsock_new(ZMQ_DEALER);
         assert_non_null(s);
         zsock_set_linger(s, 0);
@@ -1616,7 +1617,7 @@ test_welcome_tells_local_workers_the_store(void **state)
         s_send(s, &m);
         loom_msg *w = s_expect(s, LOOM_MSG_WELCOME);
         assert_non_null(w->u.welcome.blob_endpoint);
-        if (roles[i] == LOOM_ROLE_WORKER) {
+        if (roles[i] != LOOM_ROLE_SUPERVISOR) {
             assert_non_null(w->u.welcome.blob_store);
             assert_string_equal(w->u.welcome.blob_store, dir);
         } else
@@ -1719,8 +1720,8 @@ test_session_bound_to_its_curve_key(void **state)
     //  would answer with an Error, until the broker has dropped some.
     //  A connection that came too early stays refused: B starts again.
     loom_msg mo = {.type = LOOM_MSG_MAP_OPEN};
-    mo.u.map_open =
-        (loom_wire_map_open){.map = 1, .pipeline = 7, .plugin = "echo", .version = "", .task = "echo"};
+    mo.u.map_open = (loom_wire_map_open){
+        .map = 1, .pipeline = 7, .plugin = "echo", .version = "", .task = "echo"};
     uint64_t base = s_stats_of(broker).msgs_rejected;
     int64_t until = loom_now_ms() + 10000;
     bool dropped = false;

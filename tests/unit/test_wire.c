@@ -123,11 +123,11 @@ s_sample(int type, loom_msg *m)
         break;
     case LOOM_MSG_STATS: {
         loom_wire_stats *s = &m->u.stats;
-        uint64_t *u64[] = {&s->epoch,           &s->uptime_ms,       &s->items_queued,
-                           &s->items_in_flight, &s->items_done,      &s->items_failed,
-                           &s->items_retried,   &s->results_dropped, &s->msgs_in,
-                           &s->msgs_out,        &s->msgs_rejected,   &s->blob_bytes_in,
-                           &s->blob_bytes_out,  &s->blobs_stored,    &s->blob_store_bytes};
+        uint64_t *u64[] = {
+            &s->epoch,          &s->uptime_ms,    &s->items_queued,     &s->items_in_flight,
+            &s->items_done,     &s->items_failed, &s->items_retried,    &s->results_dropped,
+            &s->msgs_in,        &s->msgs_out,     &s->msgs_rejected,    &s->blob_bytes_in,
+            &s->blob_bytes_out, &s->blobs_stored, &s->blob_store_bytes, &s->blob_bytes_adopted};
         uint32_t *u32[] = {&s->clients, &s->workers, &s->supervisors, &s->maps, &s->pipelines};
         for (size_t i = 0; i < sizeof u64 / sizeof u64[0]; i++)
             *u64[i] = BIG64 + i * UINT64_C(0x100000001);
@@ -139,7 +139,8 @@ s_sample(int type, loom_msg *m)
         m->u.worker_exit = (loom_wire_worker_exit){123456, 9, -2};
         break;
     case LOOM_MSG_BLOB_HAVE:
-        m->u.blob_have = (loom_wire_blob_have){{s_hash_a, LOOM_HASH_SIZE}, BIG64, true};
+        m->u.blob_have =
+            (loom_wire_blob_have){{s_hash_a, LOOM_HASH_SIZE}, BIG64, true, "put-4242-7.tmp"};
         break;
     case LOOM_MSG_BLOB_PUT:
         m->u.blob_put = (loom_wire_blob_put){
@@ -307,6 +308,7 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         s_assert_span(a->u.blob_have.hash, b->u.blob_have.hash);
         assert_true(a->u.blob_have.size == b->u.blob_have.size);
         assert_int_equal(a->u.blob_have.have, b->u.blob_have.have);
+        s_assert_str(a->u.blob_have.adopt, b->u.blob_have.adopt);
         break;
     case LOOM_MSG_BLOB_PUT:
         s_assert_span(a->u.blob_put.hash, b->u.blob_put.hash);
@@ -1426,8 +1428,8 @@ test_fast_path_reads_back_in_flatc(void **state)
 
     loom_wire_result res[1] = {{.index = 9, .attempt = 1, .status = -3, .data = {d, 2}}};
     loom_msg r = {.type = LOOM_MSG_RESULT_BATCH};
-    r.u.result_batch = (loom_wire_result_batch){.map = 11, .elapsed_us = 77, .nresults = 1,
-                                                .results = res};
+    r.u.result_batch =
+        (loom_wire_result_batch){.map = 11, .elapsed_us = 77, .nresults = 1, .results = res};
     assert_int_equal(loom_wire_encode(&r, &buf, &len), 0);
     json = s_flatc_json("fast-results", buf, len);
     s_assert_contains(json, "\"body_type\":\"ResultBatch\"");
@@ -1584,8 +1586,7 @@ test_forward_sends_the_same_bytes(void **state)
         assert_int_equal(loom_wire_recv(p.router, rid, sizeof rid, &rid_len, &got, 0), 0);
         s_assert_msg_equal(&m, got);
         assert_true(loom_wire_forwardable(got));
-        assert_int_equal(loom_wire_forward(p.router, "other", 5, &got, BIG64 + 3, ZMQ_DONTWAIT),
-                         0);
+        assert_int_equal(loom_wire_forward(p.router, "other", 5, &got, BIG64 + 3, ZMQ_DONTWAIT), 0);
         assert_null(got);
         assert_int_equal(loom_wire_recv(other, NULL, 0, NULL, &got, 0), 0);
         if (type == LOOM_MSG_TASK_BATCH)
@@ -1674,6 +1675,19 @@ s_write_corpus(const char *dir)
         s_write_file(path, buf, len);
         free(buf);
     }
+    //  An adoption asking for a file outside the store.
+    uint8_t hash[LOOM_HASH_SIZE];
+    memset(hash, 0xab, sizeof hash);
+    loom_msg adopt = {.type = LOOM_MSG_BLOB_HAVE};
+    adopt.u.blob_have =
+        (loom_wire_blob_have){{hash, LOOM_HASH_SIZE}, 4096, false, "../put-1-1.tmp"};
+    void *abuf;
+    size_t alen;
+    assert_int_equal(loom_wire_encode(&adopt, &abuf, &alen), 0);
+    char apath[512];
+    snprintf(apath, sizeof apath, "%s/AdoptBlobHave.loom", dir);
+    s_write_file(apath, abuf, alen);
+    free(abuf);
     //  Plain batches, for the fast reader.
     static uint8_t pool[128];
     loom_wire_item items[5];
