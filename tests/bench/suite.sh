@@ -70,15 +70,16 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%d KiB", v["memory_worker_rss"]), "-", "-")
         row(sprintf("shares: upload %d MiB (same host: adopted)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_upload_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
-            sprintf("%.3f", v["share_upload_gbs"] / v["share_raw_gbs"]))
+            sprintf("%.3f", v["share_upload_ratio"]))
         row(sprintf("shares: upload %d MiB (blob channel)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_upload_channel_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
-            sprintf("%.3f", v["share_upload_channel_gbs"] / v["share_raw_gbs"]))
+            sprintf("%.3f", v["share_upload_channel_ratio"]))
         row(sprintf("shares: fetch %d MiB (broker->host cache)", v["share_mb"]),
             sprintf("%.2f GB/s", v["share_fetch_gbs"]), sprintf("%.2f GB/s", v["share_raw_gbs"]),
-            sprintf("%.3f", v["share_fetch_gbs"] / v["share_raw_gbs"]))
+            sprintf("%.3f", v["share_fetch_ratio"]))
         row(sprintf("shares: %d tasks reading a %d MiB share", v["share_readers"], v["share_read_mb"]),
-            sprintf("%.2f s wall", v["share_read_wall_s"]), "-", "-")
+            sprintf("%.2f s wall", v["share_read_wall_s"]), sprintf("%.2f s in-process", v["share_read_local_s"]),
+            sprintf("%.2f", v["share_read_local_s"] / v["share_read_wall_s"]))
         row(sprintf("shares: MiB into / out of the broker, %d tasks", v["share_readers"]),
             sprintf("%.0f / %.0f MiB", v["share_read_bytes_in"] / 1048576,
                     v["share_read_bytes_out"] / 1048576),
@@ -88,7 +89,8 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
     }' "$tmp/all"
 echo "baselines: raw libzmq relay (DEALER->ROUTER|ROUTER->DEALER, 100 items/msg, 10,000 in flight);"
 echo "raw round trip through the same relay; scaling: the same task on 1 process;"
-echo "shares: raw libzmq DEALER->ROUTER of the same bytes, 256 KiB frames, 1 MiB window"
-echo "(each byte of a share is hashed with SHA-256 once by the broker on the way in and once by the host"
-echo "on the way out: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here; each side also writes a new file:"
-echo "$(awk '/^share_write_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s here (share_write_gbs). The client's peak RSS includes the embedded broker.)"
+echo "shares: raw libzmq DEALER->ROUTER of the same bytes, 256 KiB frames, 1 MiB window; $(awk '/^share_rounds/{print $2}' "$tmp/all") rounds"
+echo "alternating raw and loom, the median of the rounds' ratios; tasks reading: the same sums on 2 threads of one"
+echo "process over one mapping of the file. SHA-256 here: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s a core; a plain write of a new"
+echo "file: $(awk '/^share_write_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s (share_write_gbs: into memory this VM had handed back to its host; each"
+echo "upload reuses the pages of such a write, see bench_share.c). The client's peak RSS includes the embedded broker."
