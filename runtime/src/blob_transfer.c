@@ -324,6 +324,32 @@ loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void
     return s_upload(dealer, s_unnamed, size, rd, ctx, timeout_ms, sent_p, hash);
 }
 
+int
+loom__blob_adopt(void *dealer, const char *name, const uint8_t *hash, uint64_t size, int timeout_ms)
+{
+    loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
+    m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    m.u.blob_have.size = size;
+    m.u.blob_have.adopt = name;
+    int rc = loom_wire_send(dealer, NULL, 0, &m, 0);
+    if (rc)
+        return rc == LOOM_EAGAIN ? LOOM_ETIMEDOUT : rc;
+    for (int64_t end = loom_now_ms() + timeout_ms, left; (left = end - loom_now_ms()) > 0;) {
+        loom_msg *in = NULL;
+        rc = s_recv(dealer, (int)left, &in);
+        if (rc == LOOM_EAGAIN)
+            continue;
+        if (rc)
+            return rc;
+        bool answer = in->type == LOOM_MSG_BLOB_HAVE && s_same(in->u.blob_have.hash, hash);
+        rc = answer && in->u.blob_have.have && in->u.blob_have.size == size ? 0 : LOOM_EPROTO;
+        loom_msg_destroy(&in);
+        if (answer)
+            return rc;
+    }
+    return LOOM_ETIMEDOUT;
+}
+
 static int
 s_ask(void *dealer, const uint8_t *hash, uint64_t offset, uint64_t credit)
 {

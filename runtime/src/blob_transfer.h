@@ -61,6 +61,14 @@ int loom__blob_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blo
 int loom__blob_upload_unnamed(void *dealer, uint64_t size, loom_blob_reader rd, void *ctx,
                               int timeout_ms, uint64_t *sent, uint8_t *hash);
 
+//  Ask the broker to adopt the put file `name` that this host wrote into
+//  its store as blob hash of size bytes (BlobHave with adopt; PROTOCOL.md,
+//  "Same-host upload"). Returns 0 once the broker holds the blob;
+//  LOOM_EPROTO if it refused; LOOM_ETIMEDOUT after timeout_ms without an
+//  answer (a late one may still come: the caller should not reuse dealer).
+int loom__blob_adopt(void *dealer, const char *name, const uint8_t *hash, uint64_t size,
+                     int timeout_ms);
+
 //  Download blob hash of size bytes into fd (written at offsets from 0)
 //  and check its hash. Returns 0; LOOM_EPROTO when the bytes do not match
 //  the hash or the broker's size differs (the caller may try again);

@@ -358,41 +358,6 @@ s_local_off(const char *what, const char *why, const char *detail)
                          what, why, detail ? ": " : "", detail ? detail : "");
 }
 
-//  Ask the broker to adopt the put file `name` as blob hash of size bytes.
-//  Returns 0 once it holds the blob, else a code (it did not take it).
-static int
-s_adopt(loom_client *c, void *sock, const char *name, const uint8_t *hash, uint64_t size)
-{
-    loom_msg m = {.type = LOOM_MSG_BLOB_HAVE};
-    m.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
-    m.u.blob_have.size = size;
-    m.u.blob_have.adopt = name;
-    int rc = loom_wire_send(sock, NULL, 0, &m, 0);
-    if (rc)
-        return rc;
-    int64_t end = loom_now_ms() + S_UPLOAD_TIMEOUT_MS;
-    rc = LOOM_ETIMEDOUT;
-    for (int64_t left; rc == LOOM_ETIMEDOUT && (left = end - loom_now_ms()) > 0;) {
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, (long)left) <= 0)
-            continue;
-        loom_msg *in = NULL;
-        if (loom_wire_recv(sock, NULL, 0, NULL, &in, ZMQ_DONTWAIT) != 0)
-            continue;
-        const loom_wire_blob_have *h = &in->u.blob_have;
-        if (in->type == LOOM_MSG_BLOB_HAVE && h->hash.len == LOOM_HASH_SIZE &&
-            !memcmp(h->hash.data, hash, LOOM_HASH_SIZE))
-            rc = h->have && h->size == size ? 0 : LOOM_EPROTO;
-        loom_msg_destroy(&in);
-    }
-    if (rc == LOOM_ETIMEDOUT) {
-        //  A late answer must not meet the next upload.
-        zmq_close(c->blob);
-        c->blob = NULL;
-    }
-    return rc;
-}
-
 //  Write a source (the file fd, or mem when fd < 0) into the broker's store
 //  as a put file, name it meanwhile, and have the broker adopt it. Returns
 //  0 with the name in hash; anything else: not done (nothing left behind),
@@ -438,10 +403,15 @@ s_put_local(loom_client *c, const char *what, int fd, const loom_blob_mem *mem, 
         //  Written meanwhile: the copy and the name may be of other bytes.
         //  The channel names what it receives.
         s_local_off(what, "the file changed while it was copied", NULL);
-    else if ((rc = s_adopt(c, sock, name, namer.hash, size)) != 0)
+    else if ((rc = loom__blob_adopt(sock, name, namer.hash, size, S_UPLOAD_TIMEOUT_MS)) != 0) {
+        if (rc == LOOM_ETIMEDOUT) {
+            //  A late answer must not meet the next upload.
+            zmq_close(c->blob);
+            c->blob = NULL;
+        }
         s_local_off(what, "the broker did not adopt it",
                     rc == LOOM_EPROTO ? "refused" : loom_strerror(rc));
-    else
+    } else
         memcpy(hash, namer.hash, LOOM_HASH_SIZE);
     if (rc)
         unlink(path);
