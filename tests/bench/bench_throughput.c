@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -327,29 +328,46 @@ typedef struct {
     void *ctl;
     void *client;
     pthread_t relay, workers[64];
+    pid_t pids[64]; //  worker processes, when the rig has them
     int nworkers;
+    bool procs;
 } s_raw_rig;
 
+//  With procs, the echo workers are processes, forked before this process
+//  has a ZeroMQ context (call it before anything starts a thread), each
+//  with a context of its own, as loom's workers are processes.
 static void
-s_raw_start(s_raw_rig *rig, int nworkers)
+s_raw_start(s_raw_rig *rig, int nworkers, bool procs)
 {
     s_raw *raw = &rig->raw;
     snprintf(rig->dir, sizeof rig->dir, "/tmp/loom-bench-XXXXXX");
     if (!mkdtemp(rig->dir))
         s_die("cannot make a temp dir");
-    raw->ctx = zmq_ctx_new();
     snprintf(raw->front, sizeof raw->front, "ipc://%s/front", rig->dir);
     snprintf(raw->back, sizeof raw->back, "ipc://%s/back", rig->dir);
-    snprintf(raw->ctl, sizeof raw->ctl, "inproc://relay-ctl");
-    rig->ctl = zmq_socket(raw->ctx, ZMQ_PAIR);
-    s_check(zmq_bind(rig->ctl, raw->ctl), "bind ctl");
-
+    snprintf(raw->ctl, sizeof raw->ctl, "inproc://relay-ctl-%s", procs ? "p" : "t");
     if (nworkers > 64)
         nworkers = 64;
     rig->nworkers = nworkers;
+    rig->procs = procs;
     raw->nworkers = nworkers;
+    for (int i = 0; procs && i < nworkers; i++) {
+        fflush(stdout);
+        rig->pids[i] = fork();
+        if (rig->pids[i] < 0)
+            s_die("cannot fork a raw worker");
+        if (rig->pids[i] == 0) {
+            raw->ctx = zmq_ctx_new();
+            s_raw_worker(raw);
+            zmq_ctx_term(raw->ctx);
+            _exit(0);
+        }
+    }
+    raw->ctx = zmq_ctx_new();
+    rig->ctl = zmq_socket(raw->ctx, ZMQ_PAIR);
+    s_check(zmq_bind(rig->ctl, raw->ctl), "bind ctl");
     pthread_create(&rig->relay, NULL, s_relay, raw);
-    for (int i = 0; i < nworkers; i++)
+    for (int i = 0; !procs && i < nworkers; i++)
         pthread_create(&rig->workers[i], NULL, s_raw_worker, raw);
 
     rig->client = zmq_socket(raw->ctx, ZMQ_DEALER);
@@ -408,8 +426,12 @@ s_raw_stop(s_raw_rig *rig)
     //  the relay.
     for (int i = 0; i < rig->nworkers; i++)
         s_check(zmq_send(rig->client, "", 0, 0), "client send stop");
-    for (int i = 0; i < rig->nworkers; i++)
-        pthread_join(rig->workers[i], NULL);
+    for (int i = 0; i < rig->nworkers; i++) {
+        if (rig->procs)
+            waitpid(rig->pids[i], NULL, 0);
+        else
+            pthread_join(rig->workers[i], NULL);
+    }
     s_check(zmq_send(rig->ctl, "", 0, 0), "stop relay");
     pthread_join(rig->relay, NULL);
     int linger = 0;
@@ -456,8 +478,10 @@ main(int argc, char **argv)
     //  burst of load from elsewhere falls on both: throughput raw, loom
     //  unordered, loom ordered, raw again (the baseline is the mean of the
     //  two raw runs); latency in 10 alternating blocks of samples/10.
-    s_raw_rig rig;
-    s_raw_start(&rig, workers);
+    //  The relay with worker processes first: it forks before any thread.
+    s_raw_rig prig, rig;
+    s_raw_start(&prig, workers, true);
+    s_raw_start(&rig, workers, false);
     loom_client_opts copts = {.local_workers = workers};
     loom_client *client = loom_client_new(NULL, &copts);
     if (!client)
@@ -476,17 +500,22 @@ main(int argc, char **argv)
         s_die("loom: cannot open a map of echo/echo");
     int64_t *raw_us = calloc((size_t)samples, sizeof *raw_us);
     int64_t *loom_us = calloc((size_t)samples, sizeof *loom_us);
+    int64_t *proc_us = calloc((size_t)samples, sizeof *proc_us);
     int64_t warm[10];
     s_loom_latency(m, warm, 10); //  first round trips of a map: not measured
     s_raw_latency(&rig, warm, 10);
+    s_raw_latency(&prig, warm, 10);
     int blocks = samples < 10 ? 1 : 10;
     for (int b = 0; b < blocks; b++) {
         int from = samples * b / blocks, to = samples * (b + 1) / blocks;
         s_raw_latency(&rig, raw_us + from, to - from);
         s_loom_latency(m, loom_us + from, to - from);
+        s_raw_latency(&prig, proc_us + from, to - from);
     }
     s_lat raw_lat = s_latency(raw_us, samples);
     s_lat loom_lat = s_latency(loom_us, samples);
+    s_lat proc_lat = s_latency(proc_us, samples);
+    free(proc_us);
     free(raw_us);
     free(loom_us);
     loom_map_close(m);
@@ -497,6 +526,7 @@ main(int argc, char **argv)
     loom_pipeline_destroy(&p);
     loom_client_destroy(&client);
     s_raw_stop(&rig);
+    s_raw_stop(&prig);
 
     printf("throughput unordered: loom %.0f items/s  raw-zmq %.0f items/s  ratio %.2f\n", unordered,
            raw_rate, unordered / raw_rate);
@@ -506,6 +536,9 @@ main(int argc, char **argv)
            "raw-zmq mean %.0f us p50 %.0f us p99 %.0f us max %.0f us\n",
            loom_lat.mean, loom_lat.p50, loom_lat.p99, loom_lat.max, raw_lat.mean, raw_lat.p50,
            raw_lat.p99, raw_lat.max);
+    printf("latency one item:     raw-zmq with worker processes mean %.0f us p50 %.0f us p99 %.0f us "
+           "max %.0f us\n",
+           proc_lat.mean, proc_lat.p50, proc_lat.p99, proc_lat.max);
     //  The same figures as "name value unit" lines, for tests/bench/suite.sh.
     if (getenv("LOOM_BENCH_MACHINE")) {
         printf("tp_unordered %.0f items/s\n", unordered);
@@ -515,6 +548,8 @@ main(int argc, char **argv)
         printf("lat_p99 %.0f us\n", loom_lat.p99);
         printf("lat_raw_p50 %.0f us\n", raw_lat.p50);
         printf("lat_raw_p99 %.0f us\n", raw_lat.p99);
+        printf("lat_rawproc_p50 %.0f us\n", proc_lat.p50);
+        printf("lat_rawproc_p99 %.0f us\n", proc_lat.p99);
     }
     return unordered > 0 && ordered > 0 ? 0 : 1;
 }

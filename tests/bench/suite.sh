@@ -57,10 +57,14 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
         row(sprintf("throughput ordered (%d x 16 B, %d procs)", items, workers),
             sprintf("%.0f items/s", v["tp_ordered"]), sprintf("%.0f items/s", v["tp_raw"]),
             sprintf("%.3f", v["tp_ordered"] / v["tp_raw"]))
-        row("latency p50 (one item, round trip)", sprintf("%.0f us", v["lat_p50"]),
+        row("latency p50 (one item; relay, echo threads)", sprintf("%.0f us", v["lat_p50"]),
             sprintf("%.0f us", v["lat_raw_p50"]), sprintf("%.2f", v["lat_p50"] / v["lat_raw_p50"]))
-        row("latency p99 (one item, round trip)", sprintf("%.0f us", v["lat_p99"]),
+        row("latency p99 (one item; relay, echo threads)", sprintf("%.0f us", v["lat_p99"]),
             sprintf("%.0f us", v["lat_raw_p99"]), sprintf("%.2f", v["lat_p99"] / v["lat_raw_p99"]))
+        row("latency p50 (one item; relay, echo procs)", sprintf("%.0f us", v["lat_p50"]),
+            sprintf("%.0f us", v["lat_rawproc_p50"]), sprintf("%.2f", v["lat_p50"] / v["lat_rawproc_p50"]))
+        row("latency p99 (one item; relay, echo procs)", sprintf("%.0f us", v["lat_p99"]),
+            sprintf("%.0f us", v["lat_rawproc_p99"]), sprintf("%.2f", v["lat_p99"] / v["lat_rawproc_p99"]))
         row(sprintf("scaling: %d x %d ms CPU, 2 procs vs 1", v["scaling_items"], v["scaling_task_ms"]),
             sprintf("%.1f items/s", v["scaling_2"]), sprintf("%.1f items/s", v["scaling_1"]),
             sprintf("%.2f", v["scaling_speedup"]))
@@ -88,7 +92,8 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
         row("memory: worker peak RSS, shares case", sprintf("%d KiB", v["share_worker_rss"]), "-", "-")
     }' "$tmp/all"
 echo "baselines: raw libzmq relay (DEALER->ROUTER|ROUTER->DEALER, 100 items/msg, 10,000 in flight);"
-echo "raw round trip through the same relay; scaling: the same task on 1 process;"
+echo "latency: one item's round trip through the same relay, its echo workers threads of the bench process"
+echo "(echo threads) or processes of their own as loom's are (echo procs), alternating with loom; scaling: the same task on 1 process;"
 echo "shares: raw libzmq DEALER->ROUTER of the same bytes, 256 KiB frames, 1 MiB window; $(awk '/^share_rounds/{print $2}' "$tmp/all") rounds"
 echo "alternating raw and loom, the median of the rounds' ratios; tasks reading: the same sums on 2 threads of one"
 echo "process over one mapping of the file. SHA-256 here: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s a core; a plain write of a new"
