@@ -1382,6 +1382,48 @@ loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p)
     return s_decode_copy(static_cast<const uint8_t *>(data), len, true, msg_p);
 }
 
+size_t loom__wire_in_place_min = 8192;
+
+//  Verify a received frame where it is and keep it in the message (as a
+//  plain batch keeps its frame): a blob chunk's bytes are not copied. The
+//  frame is 8-byte aligned, as the verifier wants; libzmq allocates a
+//  message larger than its 8 KiB receive batch on its own, so keeping such
+//  a frame keeps no one else's bytes alive.
+static int
+s_decode_in_place(zmq_msg_t *frame, size_t len, loom_msg **msg_p)
+{
+    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + sizeof(zmq_msg_t)));
+    if (!block)
+        return LOOM_ENOMEM;
+    zmq_msg_t *kept = reinterpret_cast<zmq_msg_t *>(block + s_buf_offset);
+    zmq_msg_init(kept);
+    zmq_msg_move(kept, frame);
+    loom_msg *m = reinterpret_cast<loom_msg *>(block);
+    memset(m, 0, sizeof *m);
+    //  (Read from kept: a very small message lives inside its zmq_msg_t.)
+    const uint8_t *data = static_cast<const uint8_t *>(zmq_msg_data(kept));
+    int rc = s_decode(data, len, m);
+    if (rc == 0 && (m->type == LOOM_MSG_TASK_BATCH || m->type == LOOM_MSG_RESULT_BATCH)) {
+        //  A batch the fast reader did not take: copied, as before, so that
+        //  a message holding its frame is always a plain batch
+        //  (loom_wire_forwardable, loom_wire_forward rely on its layout).
+        free(m->priv_);
+        rc = s_decode_copy(data, len, true, msg_p);
+        zmq_msg_close(kept);
+        free(block);
+        return rc;
+    }
+    if (rc) {
+        free(m->priv_);
+        zmq_msg_close(kept);
+        free(block);
+        return rc;
+    }
+    m->frame_ = kept;
+    *msg_p = m;
+    return 0;
+}
+
 //  Decode a received frame. A plain batch keeps the frame itself (moved
 //  into the message's block, closed by loom_msg_destroy) and borrows from
 //  it: no copy, and loom_wire_forward can send it on. Anything else is
@@ -1419,6 +1461,8 @@ s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
         free(block);
         data = static_cast<const uint8_t *>(zmq_msg_data(frame));
     }
+    if (len >= loom__wire_in_place_min && ((uintptr_t)data & 7) == 0)
+        return s_decode_in_place(frame, len, msg_p);
     return s_decode_copy(data, len, true, msg_p);
 }
 

@@ -270,9 +270,15 @@ int loom_wire_encode(const loom_msg *m, void **buf_p, size_t *len_p);
 int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
 
 //  Decode a received frame (a zmq_msg_t *): as loom_wire_decode, except
-//  that a plain batch takes the frame itself instead of a copy (the frame
-//  is left empty, still to be closed), as loom_wire_recv does.
+//  that a plain batch, and any frame of at least loom__wire_in_place_min
+//  bytes that is 8-byte aligned, takes the frame itself instead of a copy
+//  (the frame is left empty, still to be closed), as loom_wire_recv does.
 int loom_wire_decode_frame(void *frame, loom_msg **msg_p);
+
+//  8192: smaller frames are copied (cheap, and libzmq may carve them out
+//  of a shared receive buffer). Tests and fuzz targets lower it to reach
+//  the in-place path with small messages.
+extern size_t loom__wire_in_place_min;
 
 //  The same as loom_wire_decode, always through the FlatBuffers verifier (never the fast
 //  reader of plain batches): for tests that compare the two.

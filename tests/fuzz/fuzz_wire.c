@@ -6,7 +6,9 @@
     encode agree on every field). Encoding reads every decoded string and
     span, so ASan sees any pointer the decoder let out of its buffer. The
     fast reader of plain batches must agree with the FlatBuffers verifier:
-    the same answer, and the same message (the same bytes once encoded).  */
+    the same answer, and the same message (the same bytes once encoded).
+    A received frame (loom_wire_decode_frame, which verifies an aligned
+    frame where it is) must agree with both the same way.  */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -15,6 +17,8 @@
 #include <string.h>
 
 #include "wire.h"
+
+#include <zmq.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -48,13 +52,46 @@ s_check_verified(const uint8_t *data, size_t size, const loom_msg *m)
     loom_msg_destroy(&v);
 }
 
+//  Decode data as a received frame (aligned: libzmq's own buffer, so every
+//  size takes the in-place path) and compare with m (NULL: refused).
+static void
+s_check_frame(const uint8_t *data, size_t size, const loom_msg *m)
+{
+    loom__wire_in_place_min = 0;
+    zmq_msg_t frame;
+    if (zmq_msg_init_size(&frame, size) != 0)
+        return;
+    if (size)
+        memcpy(zmq_msg_data(&frame), data, size);
+    loom_msg *f = NULL;
+    int rc = loom_wire_decode_frame(&frame, &f);
+    zmq_msg_close(&frame);
+    if (rc == LOOM_ENOMEM)
+        return;
+    if ((rc == 0) != (m != NULL))
+        s_die("a received frame and a copy decode differently", rc);
+    if (!m)
+        return;
+    void *a = NULL, *b = NULL;
+    size_t alen, blen;
+    if (loom_wire_encode(m, &a, &alen) != 0 || loom_wire_encode(f, &b, &blen) != 0)
+        s_die("a decoded message does not encode", 0);
+    if (alen != blen || memcmp(a, b, alen) != 0)
+        s_die("a received frame and a copy read different messages", 0);
+    free(a);
+    free(b);
+    loom_msg_destroy(&f);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     loom_msg *m = NULL;
     int rc = loom_wire_decode(data, size, &m);
-    if (rc != LOOM_ENOMEM)
+    if (rc != LOOM_ENOMEM) {
         s_check_verified(data, size, m);
+        s_check_frame(data, size, m);
+    }
     if (rc != 0) {
         if (rc != LOOM_EPROTO && rc != LOOM_ENOMEM)
             s_die("decode returned an unexpected code", rc);
