@@ -13,9 +13,9 @@
 
 #include "wire.h"
 
-#define LOOM_BLOB_CHUNK (256 * 1024)                //  bytes per BlobPut / BlobChunk at most
-#define LOOM_BLOB_WINDOW (16 * LOOM_BLOB_CHUNK)     //  upload credit the broker grants ahead
-#define LOOM_BLOB_MAX_CREDIT (16 * LOOM_BLOB_CHUNK) //  download bytes served per BlobGet
+#define LOOM_BLOB_CHUNK (1024 * 1024)               //  bytes per BlobPut / BlobChunk at most
+#define LOOM_BLOB_WINDOW (4 * LOOM_BLOB_CHUNK)     //  upload credit the broker grants ahead
+#define LOOM_BLOB_MAX_CREDIT (4 * LOOM_BLOB_CHUNK) //  download bytes served per BlobGet
 
 typedef struct loom_blob_channel loom_blob_channel;
 

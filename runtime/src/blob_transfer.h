@@ -12,8 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOOM_BLOB_XFER_CHUNK (256 * 1024)
-#define LOOM_BLOB_XFER_WINDOW (16 * LOOM_BLOB_XFER_CHUNK)
+#define LOOM_BLOB_XFER_CHUNK (1024 * 1024)
+#define LOOM_BLOB_XFER_WINDOW (4 * LOOM_BLOB_XFER_CHUNK)
 
 //  Read exactly len bytes at offset into buf. Returns 0 or a negative code.
 typedef int (*loom_blob_reader)(void *ctx, uint64_t offset, void *buf, size_t len);
