@@ -29,6 +29,20 @@ s_die(const char *what, int rc)
     abort();
 }
 
+//  Die with why unless a and b encode to the same bytes.
+static void
+s_same(const loom_msg *a, const loom_msg *b, const char *why)
+{
+    void *ea = NULL, *eb = NULL;
+    size_t alen, blen;
+    if (loom_wire_encode(a, &ea, &alen) != 0 || loom_wire_encode(b, &eb, &blen) != 0)
+        s_die("a decoded message does not encode", 0);
+    if (alen != blen || memcmp(ea, eb, alen) != 0)
+        s_die(why, 0);
+    free(ea);
+    free(eb);
+}
+
 //  Decode with the verifier only and compare with m (NULL: refused).
 static void
 s_check_verified(const uint8_t *data, size_t size, const loom_msg *m)
@@ -41,14 +55,7 @@ s_check_verified(const uint8_t *data, size_t size, const loom_msg *m)
         s_die("the fast reader and the verifier disagree", rc);
     if (!m)
         return;
-    void *a = NULL, *b = NULL;
-    size_t alen, blen;
-    if (loom_wire_encode(m, &a, &alen) != 0 || loom_wire_encode(v, &b, &blen) != 0)
-        s_die("a decoded message does not encode", 0);
-    if (alen != blen || memcmp(a, b, alen) != 0)
-        s_die("the fast reader and the verifier read different messages", 0);
-    free(a);
-    free(b);
+    s_same(m, v, "the fast reader and the verifier read different messages");
     loom_msg_destroy(&v);
 }
 
@@ -72,14 +79,7 @@ s_check_frame(const uint8_t *data, size_t size, const loom_msg *m)
         s_die("a received frame and a copy decode differently", rc);
     if (!m)
         return;
-    void *a = NULL, *b = NULL;
-    size_t alen, blen;
-    if (loom_wire_encode(m, &a, &alen) != 0 || loom_wire_encode(f, &b, &blen) != 0)
-        s_die("a decoded message does not encode", 0);
-    if (alen != blen || memcmp(a, b, alen) != 0)
-        s_die("a received frame and a copy read different messages", 0);
-    free(a);
-    free(b);
+    s_same(m, f, "a received frame and a copy read different messages");
     loom_msg_destroy(&f);
 }
 
