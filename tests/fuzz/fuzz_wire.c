@@ -34,7 +34,7 @@ static void
 s_same(const loom_msg *a, const loom_msg *b, const char *why)
 {
     void *ea = NULL, *eb = NULL;
-    size_t alen, blen;
+    size_t alen = 0, blen = 0;
     if (loom_wire_encode(a, &ea, &alen) != 0 || loom_wire_encode(b, &eb, &blen) != 0)
         s_die("a decoded message does not encode", 0);
     if (alen != blen || memcmp(ea, eb, alen) != 0)
