@@ -33,7 +33,6 @@ struct loom_blob_channel {
     zhashx_t *shares;  //  owner -> s_shares
     uint64_t quota;    //  bytes one peer may hold in the store (0: the cap)
     zhashx_t *peers;   //  with a quota: peer hex -> zhashx (blob hex -> its hash) it uploaded
-    uint8_t *buf;      //  one chunk, for reads
     uint64_t bytes_in, bytes_out, msgs_in, msgs_out, rejected;
     uint64_t bytes_adopted; //  written into the store by same-host clients themselves
 };
@@ -77,7 +76,6 @@ loom_blob_channel_new(zsock_t *router)
     zhashx_set_destructor(self->shares, s_shares_free);
     self->peers = zhashx_new();
     zhashx_set_destructor(self->peers, s_peer_free);
-    self->buf = loom_xmalloc(LOOM_BLOB_CHUNK);
     return self;
 }
 
@@ -94,7 +92,6 @@ loom_blob_channel_destroy(loom_blob_channel **self_p)
     zhashx_destroy(&self->shares);
     zhashx_destroy(&self->peers);
     free(self->dir);
-    free(self->buf);
     free(self);
     *self_p = NULL;
 }
@@ -389,6 +386,26 @@ s_on_put(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
         s_send_grant(self, rid, rid_len, p->hash, received, total);
 }
 
+//  A stored blob's bytes at an offset, as a loom_wire_fill; err keeps a
+//  read's failure apart from the send's.
+typedef struct {
+    loom_blob_store *st;
+    const uint8_t *hash;
+    uint64_t offset;
+    int err;
+} s_store_src;
+
+static int
+s_fill_store(void *ctx, void *buf, size_t len)
+{
+    s_store_src *src = ctx;
+    size_t n = 0;
+    uint64_t total = 0;
+    int rc = loom_blob_store_read(src->st, src->hash, src->offset, buf, len, &n, &total);
+    src->err = rc ? rc : n == len ? 0 : LOOM_EIO;
+    return src->err;
+}
+
 static void
 s_on_get(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_t rid_len,
          const loom_wire_blob_get *g)
@@ -397,22 +414,36 @@ s_on_get(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
     uint64_t offset = g->offset;
     bool first = true;
     for (;;) {
-        size_t want = credit < LOOM_BLOB_CHUNK ? (size_t)credit : LOOM_BLOB_CHUNK;
-        size_t n = 0;
         uint64_t total = 0;
-        int rc = loom_blob_store_read(st, g->hash.data, offset, self->buf, want, &n, &total);
-        if (rc) {
-            s_send_status(self, rid, rid_len, g->hash, offset, rc);
+        if (!loom_blob_store_size(st, g->hash.data, &total)) {
+            s_send_status(self, rid, rid_len, g->hash, offset, LOOM_ENOENT);
             return;
         }
+        if (offset > total) {
+            s_send_status(self, rid, rid_len, g->hash, offset, LOOM_EINVAL);
+            return;
+        }
+        size_t want = credit < LOOM_BLOB_CHUNK ? (size_t)credit : LOOM_BLOB_CHUNK;
+        size_t n = total - offset < want ? (size_t)(total - offset) : want;
         if (n == 0 && !first)
             return; //  credit used up, or the end reached
+        //  The store's file is read straight into the frame.
         loom_msg m = {.type = LOOM_MSG_BLOB_CHUNK};
         m.u.blob_chunk.hash = g->hash;
         m.u.blob_chunk.offset = offset;
         m.u.blob_chunk.total = total;
-        m.u.blob_chunk.data = (loom_span){self->buf, n};
-        s_send(self, rid, rid_len, &m);
+        m.u.blob_chunk.data = (loom_span){NULL, n};
+        s_store_src src = {st, g->hash.data, offset, 0};
+        int rc = loom_wire_send_filled(zsock_resolve(self->router), rid, rid_len, &m,
+                                       s_fill_store, &src, ZMQ_DONTWAIT);
+        if (src.err) {
+            s_send_status(self, rid, rid_len, g->hash, offset, src.err);
+            return;
+        }
+        if (rc == 0) {
+            self->msgs_out++;
+            self->bytes_out += n;
+        }
         offset += n;
         credit -= n;
         first = false;

@@ -227,6 +227,20 @@ s_same(loom_span h, const uint8_t *hash)
 
 static const uint8_t s_unnamed[LOOM_HASH_SIZE] = {0};
 
+//  A reader at an offset, as a loom_wire_fill.
+typedef struct {
+    loom_blob_reader rd;
+    void *ctx;
+    uint64_t offset;
+} s_fill_src;
+
+static int
+s_fill(void *ctx, void *buf, size_t len)
+{
+    s_fill_src *src = ctx;
+    return src->rd(src->ctx, src->offset, buf, len);
+}
+
 //  Upload under hash (s_unnamed: the broker names the blob, and a
 //  BlobHave{have: true} of any name ends the upload, its name in *stored).
 static int
@@ -240,7 +254,6 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
     int rc = loom_wire_send(dealer, NULL, 0, &m, 0);
     if (rc)
         return rc == LOOM_EAGAIN ? LOOM_ETIMEDOUT : rc;
-    uint8_t *buf = loom_xmalloc(LOOM_BLOB_XFER_CHUNK);
     uint64_t sent = 0, limit = 0;
     int64_t last = loom_now_ms();
     rc = LOOM_ETIMEDOUT;
@@ -282,15 +295,14 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
             while (sent < limit) {
                 size_t n = limit - sent < LOOM_BLOB_XFER_CHUNK ? (size_t)(limit - sent)
                                                                : LOOM_BLOB_XFER_CHUNK;
-                int e = rd(ctx, sent, buf, n);
-                if (e == 0) {
-                    loom_msg put = {.type = LOOM_MSG_BLOB_PUT};
-                    put.u.blob_put.hash = (loom_span){hash, LOOM_HASH_SIZE};
-                    put.u.blob_put.offset = sent;
-                    put.u.blob_put.total = size;
-                    put.u.blob_put.data = (loom_span){buf, n};
-                    e = loom_wire_send(dealer, NULL, 0, &put, 0);
-                }
+                //  The source is read straight into the frame.
+                loom_msg put = {.type = LOOM_MSG_BLOB_PUT};
+                put.u.blob_put.hash = (loom_span){hash, LOOM_HASH_SIZE};
+                put.u.blob_put.offset = sent;
+                put.u.blob_put.total = size;
+                put.u.blob_put.data = (loom_span){NULL, n};
+                s_fill_src src = {rd, ctx, sent};
+                int e = loom_wire_send_filled(dealer, NULL, 0, &put, s_fill, &src, 0);
                 if (e) {
                     rc = e == LOOM_EAGAIN ? LOOM_ETIMEDOUT : e;
                     finished = true;
@@ -303,7 +315,6 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
         if (finished)
             break;
     }
-    free(buf);
     if (sent_p)
         *sent_p = sent;
     return rc;

@@ -1523,16 +1523,12 @@ s_send_error(int err)
     return LOOM_EIO;
 }
 
-int
-loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags)
+//  Send the encoded message at raw + offset (size bytes; raw is freed
+//  once libzmq is done with it, or now on failure).
+static int
+s_send_raw(void *sock, const void *rid, size_t rid_len, uint8_t *raw, size_t offset, size_t size,
+           int flags)
 {
-    LOOM_ASSERT(sock && m);
-    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
-    uint8_t *raw;
-    size_t offset, size;
-    int rc = s_encode(m, &raw, &offset, &size);
-    if (rc)
-        return rc;
     if (rid && zmq_send(sock, rid, rid_len, flags | ZMQ_SNDMORE) == -1) {
         int err = zmq_errno();
         free(raw);
@@ -1551,6 +1547,74 @@ loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, i
         return s_send_error(err);
     }
     return 0;
+}
+
+int
+loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags)
+{
+    LOOM_ASSERT(sock && m);
+    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
+    uint8_t *raw;
+    size_t offset, size;
+    int rc = s_encode(m, &raw, &offset, &size);
+    if (rc)
+        return rc;
+    return s_send_raw(sock, rid, rid_len, raw, offset, size, flags);
+}
+
+int
+loom_wire_send_filled(void *sock, const void *rid, size_t rid_len, const loom_msg *m,
+                      loom_wire_fill fill, void *ctx, int flags)
+{
+    LOOM_ASSERT(sock && m && fill);
+    LOOM_ASSERT((flags & ~ZMQ_DONTWAIT) == 0);
+    LOOM_ASSERT(m->type == LOOM_MSG_BLOB_PUT || m->type == LOOM_MSG_BLOB_CHUNK);
+    //  c: m with its data span pointing somewhere (never read), so that the
+    //  checks and the size bound see the bytes that fill will write.
+    loom_msg c = *m;
+    bool put = m->type == LOOM_MSG_BLOB_PUT;
+    loom_span *data = put ? &c.u.blob_put.data : &c.u.blob_chunk.data;
+    if (data->len == 0)
+        return loom_wire_send(sock, rid, rid_len, m, flags);
+    data->data = reinterpret_cast<const uint8_t *>(&c);
+    int rc = s_check(&c);
+    if (rc)
+        return rc;
+    size_t bound = s_bound(&c);
+    if (bound > s_max_buffer)
+        return LOOM_ETOOBIG;
+    uint8_t *raw;
+    size_t offset, size;
+    try {
+        //  Built as s_put_body builds it (the same bytes as loom_wire_send
+        //  once filled), the data written in place.
+        fb::FlatBufferBuilder b(bound, &s_allocator, false, 8);
+        fb::Offset<void> body;
+        uint8_t *dst = nullptr;
+        if (put) {
+            const loom_wire_blob_put *p = &c.u.blob_put;
+            auto hash = s_put_bytes(b, p->hash);
+            auto bytes = b.CreateUninitializedVector(p->data.len, &dst);
+            rc = fill(ctx, dst, p->data.len);
+            body = lw::CreateBlobPut(b, hash, p->offset, p->total, bytes).Union();
+        } else {
+            const loom_wire_blob_chunk *k = &c.u.blob_chunk;
+            auto hash = s_put_bytes(b, k->hash);
+            auto bytes = b.CreateUninitializedVector(k->data.len, &dst);
+            rc = fill(ctx, dst, k->data.len);
+            body = lw::CreateBlobChunk(b, hash, k->offset, k->total, bytes, k->status).Union();
+        }
+        if (rc)
+            return rc;
+        auto root = lw::CreateMessage(b, LOOM_PROTO_VERSION, (lw::Body)c.type, body);
+        lw::FinishMessageBuffer(b, root);
+        size_t allocated;
+        raw = b.ReleaseRaw(allocated, offset);
+        size = allocated - offset;
+    } catch (const std::bad_alloc &) {
+        return LOOM_ENOMEM;
+    }
+    return s_send_raw(sock, rid, rid_len, raw, offset, size, flags);
 }
 
 //  Receive the remaining frames of a message into nothing. Returns 0, or

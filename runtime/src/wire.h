@@ -300,6 +300,16 @@ const char *loom_msg_type_name(int type);
 //  failure.
 int loom_wire_send(void *sock, const void *rid, size_t rid_len, const loom_msg *m, int flags);
 
+//  Writes len bytes at buf; returns 0 or a loom error code.
+typedef int (*loom_wire_fill)(void *ctx, void *buf, size_t len);
+
+//  As loom_wire_send, for a BlobPut or BlobChunk whose bytes fill writes
+//  straight into the encoded frame (m's data span gives their length; its
+//  pointer is not read): the same frame, without a copy of the bytes. A
+//  fill error is returned as is, and nothing is sent.
+int loom_wire_send_filled(void *sock, const void *rid, size_t rid_len, const loom_msg *m,
+                          loom_wire_fill fill, void *ctx, int flags);
+
 //  Receive one whole message (all its frames, always drained). With a
 //  ROUTER (rid not NULL) the first frame is the routing id, copied to rid
 //  (rid_cap bytes, at least 256) with its length in *rid_len. Then exactly

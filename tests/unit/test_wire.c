@@ -1725,6 +1725,106 @@ test_large_frames_decode_in_place(void **state)
     s_pair_close(&p);
 }
 
+//  loom_wire_send_filled: the bytes written by the fill callback in place
+//  give the very frame loom_wire_send gives for the same message; a fill
+//  error is returned and nothing is sent; a bad hash is refused.
+typedef struct {
+    const uint8_t *from;
+    int calls;
+    int fail;
+} s_filler;
+
+static int
+s_fill_test(void *ctx, void *buf, size_t len)
+{
+    s_filler *f = ctx;
+    f->calls++;
+    if (f->fail)
+        return f->fail;
+    memcpy(buf, f->from, len);
+    return 0;
+}
+
+//  The next frame on the router (after its routing id), as a copy.
+static uint8_t *
+s_raw_frame(s_pair *p, size_t *len)
+{
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    assert_true(zmq_msg_recv(&f, p->router, 0) >= 0); //  routing id
+    assert_true(zmq_msg_more(&f));
+    assert_true(zmq_msg_recv(&f, p->router, 0) >= 0);
+    *len = zmq_msg_size(&f);
+    uint8_t *copy = malloc(*len ? *len : 1);
+    memcpy(copy, zmq_msg_data(&f), *len);
+    zmq_msg_close(&f);
+    return copy;
+}
+
+static void
+test_send_filled_is_the_same_frame(void **state)
+{
+    (void)state;
+    s_pair p;
+    s_pair_open(&p, "filled");
+    enum { LEN = 300001 };
+    uint8_t *bytes = malloc(LEN);
+    for (size_t i = 0; i < LEN; i++)
+        bytes[i] = (uint8_t)(i * 13 + 5);
+    static const uint8_t hash[LOOM_HASH_SIZE] = {9, 8, 7};
+    size_t lens[] = {LEN, 1, 0};
+    for (int t = 0; t < 2; t++) {
+        for (size_t k = 0; k < sizeof lens / sizeof *lens; k++) {
+            loom_msg m = {.type = t ? LOOM_MSG_BLOB_CHUNK : LOOM_MSG_BLOB_PUT};
+            loom_span data = {lens[k] ? bytes : NULL, lens[k]};
+            if (t) {
+                m.u.blob_chunk = (loom_wire_blob_chunk){.hash = {hash, LOOM_HASH_SIZE},
+                                                        .offset = BIG64,
+                                                        .total = BIG64 + LEN,
+                                                        .data = data,
+                                                        .status = -3};
+            } else {
+                m.u.blob_put = (loom_wire_blob_put){
+                    .hash = {hash, LOOM_HASH_SIZE}, .offset = 7, .total = LEN + 7, .data = data};
+            }
+            size_t alen, blen;
+            assert_int_equal(loom_wire_send(p.dealer, NULL, 0, &m, 0), 0);
+            uint8_t *a = s_raw_frame(&p, &alen);
+            s_filler f = {bytes, 0, 0};
+            if (t)
+                m.u.blob_chunk.data.data = NULL;
+            else
+                m.u.blob_put.data.data = NULL;
+            assert_int_equal(loom_wire_send_filled(p.dealer, NULL, 0, &m, s_fill_test, &f, 0), 0);
+            assert_int_equal(f.calls, lens[k] ? 1 : 0);
+            uint8_t *b = s_raw_frame(&p, &blen);
+            assert_int_equal(alen, blen);
+            assert_memory_equal(a, b, alen);
+            free(a);
+            free(b);
+        }
+    }
+    //  A failing fill: its code back, nothing sent.
+    loom_msg m = {.type = LOOM_MSG_BLOB_PUT};
+    m.u.blob_put = (loom_wire_blob_put){
+        .hash = {hash, LOOM_HASH_SIZE}, .offset = 0, .total = LEN, .data = {NULL, LEN}};
+    s_filler f = {bytes, 0, LOOM_EIO};
+    assert_int_equal(loom_wire_send_filled(p.dealer, NULL, 0, &m, s_fill_test, &f, 0), LOOM_EIO);
+    assert_int_equal(f.calls, 1);
+    //  A hash of the wrong length: refused before any fill.
+    m.u.blob_put.hash.len = 5;
+    f.fail = 0;
+    assert_int_equal(loom_wire_send_filled(p.dealer, NULL, 0, &m, s_fill_test, &f, 0),
+                     LOOM_EINVAL);
+    assert_int_equal(f.calls, 1);
+    zmq_msg_t none;
+    zmq_msg_init(&none);
+    assert_int_equal(zmq_msg_recv(&none, p.router, ZMQ_DONTWAIT), -1);
+    zmq_msg_close(&none);
+    free(bytes);
+    s_pair_close(&p);
+}
+
 //  --------------------------------------------------------------------------
 //  Speed (printed, not asserted)
 
@@ -1868,6 +1968,7 @@ main(void)
         cmocka_unit_test(test_fast_reader_agrees_with_verifier),
         cmocka_unit_test(test_forward_sends_the_same_bytes),
         cmocka_unit_test(test_large_frames_decode_in_place),
+        cmocka_unit_test(test_send_filled_is_the_same_frame),
         cmocka_unit_test(test_batch_speed),
     };
     return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
