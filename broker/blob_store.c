@@ -1,7 +1,8 @@
 /*  blob_store: the broker's content-addressed blob store (see
     blob_store.h). An index in memory (hex digest -> size, references, last
     use), files on disk under DIR/ab/<hex>, uploads in progress as temp
-    files DIR/ab/<hex>.<n>.tmp with a running SHA-256 state. Files a
+    files DIR/ab/<hex>.<n>.tmp, named as they arrive (on this thread, or
+    on the hashing threads of upload_hasher.c for large ones). Files a
     client on this host wrote itself, DIR/put-<pid>-<seq>.tmp, are
     adopted (renamed into place) when it asks; ones left behind by a
     client that died are removed once stale.  */
@@ -10,6 +11,7 @@
 
 #include "base.h"
 #include "blob_hash.h"
+#include "upload_hasher.h"
 
 #include <czmq.h>
 #include <ctype.h>
@@ -25,6 +27,9 @@
 #define S_HEX_LEN (2 * LOOM_BLOB_HASH_SIZE)
 #define S_PUT_STALE_S (5 * 60)     //  a client's put file untouched this long is left over
 #define S_PUT_SWEEP_MS (60 * 1000) //  look for such files this often
+//  An upload of at least this much is named on the hashing threads
+//  (upload_hasher.h).
+#define S_BG_HASH_MIN (2 * LOOM_BLOB_HASH_BLOCK)
 
 typedef struct {
     uint8_t hash[LOOM_BLOB_HASH_SIZE];
@@ -39,7 +44,8 @@ typedef struct {
     uint64_t received;
     int fd;
     char *tmp;                 //  temp file path (owned)
-    loom__blob_hasher *hasher; //  SHA-256 of the bytes so far
+    loom__blob_hasher *hasher; //  the name of the bytes so far, on this thread; or
+    loom_upload_hasher *bg;    //  the name, block by block, on the hashing threads
     int64_t last_use;
 } s_upload;
 
@@ -115,6 +121,7 @@ s_upload_free(void **item)
     s_upload *u = *item;
     if (!u)
         return;
+    loom_upload_hasher_destroy(&u->bg);
     if (u->fd >= 0)
         close(u->fd);
     loom__blob_hasher_destroy(&u->hasher);
@@ -362,7 +369,10 @@ static int
 s_finish(loom_blob_store *self, const char *key, s_upload *u, uint8_t *name)
 {
     uint8_t got[LOOM_BLOB_HASH_SIZE];
-    loom__blob_hasher_final(u->hasher, got);
+    if (u->bg)
+        loom_upload_hasher_final(u->bg, got);
+    else
+        loom__blob_hasher_final(u->hasher, got);
     if (loom_blob_unnamed(u->hash))
         memcpy(u->hash, got, sizeof got);
     char hex[S_HEX_LEN + 1], path[4096];
@@ -426,7 +436,10 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
         free(u);
         return LOOM_EIO;
     }
-    u->hasher = loom__blob_hasher_new();
+    if (total >= S_BG_HASH_MIN)
+        u->bg = loom_upload_hasher_new(total);
+    else
+        u->hasher = loom__blob_hasher_new();
     zhashx_insert(self->uploads, key, u);
     if (total == 0) {
         int rc = s_finish(self, key, u, name);
@@ -451,6 +464,11 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         zhashx_delete(self->uploads, key);
         return LOOM_EINVAL;
     }
+    //  Named first: a block completed here is hashed while it is written.
+    if (u->bg)
+        loom_upload_hasher_update(u->bg, data, len);
+    else
+        loom__blob_hasher_update(u->hasher, data, len);
     size_t put = 0;
     while (put < len) {
         ssize_t w = write(u->fd, (const uint8_t *)data + put, len - put);
@@ -464,7 +482,6 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         }
         put += (size_t)w;
     }
-    loom__blob_hasher_update(u->hasher, data, len);
     u->received += len;
     u->last_use = loom_now_ms();
     if (received_p)

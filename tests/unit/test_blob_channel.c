@@ -11,6 +11,7 @@
 #include <openssl/sha.h>
 #include <sys/stat.h>
 
+#include "blob_hash.h"
 #include "blob_store.h"
 #include "client_priv.h"
 #include "blob_transfer.h"
@@ -127,11 +128,11 @@ test_names_hash_the_block_digest(void **state)
     free(a);
 }
 
+//  An upload of size bytes, the same again (held: nothing sent), a
+//  download back, reads past the end.
 static void
-test_upload_then_download_and_skip_when_held(void **state)
+s_upload_download(size_t size)
 {
-    (void)state;
-    size_t size = 3 * LOOM_BLOB_XFER_CHUNK + 5;
     uint8_t *data = malloc(size);
     for (size_t i = 0; i < size; i++)
         data[i] = (uint8_t)(i * 13);
@@ -181,6 +182,37 @@ test_upload_then_download_and_skip_when_held(void **state)
     assert_true(m->u.blob_chunk.total == size);
     loom_msg_destroy(&m);
     free(back);
+    free(data);
+}
+
+//  A small upload is named on the broker's thread, one of more than two
+//  blocks on its hashing threads (upload_hasher.c): both are stored under
+//  their name and read back. A large one whose bytes are not its name's
+//  is refused, as a small one is (test_bad_requests_get_a_status).
+static void
+test_upload_then_download_and_skip_when_held(void **state)
+{
+    (void)state;
+    s_upload_download(3 * LOOM_BLOB_XFER_CHUNK + 5);
+    size_t size = 2 * LOOM_BLOB_HASH_BLOCK + 3 * LOOM_BLOB_XFER_CHUNK + 5;
+    s_upload_download(size);
+
+    uint8_t *data = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        data[i] = (uint8_t)(i * 7 + 3);
+    loom_blob_mem mem = {data, size};
+    uint8_t hash[LOOM_HASH_SIZE];
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, hash), 0);
+    data[size - 1] ^= 1; //  the last byte of the last block
+    uint64_t sent = 0;
+    assert_int_equal(
+        loom__blob_upload(s_dealer, hash, size, loom__blob_read_mem, &mem, 5000, &sent),
+        LOOM_EPROTO);
+    assert_int_equal(sent, size);
+    data[size - 1] ^= 1; //  and the right bytes are taken after that
+    assert_int_equal(
+        loom__blob_upload(s_dealer, hash, size, loom__blob_read_mem, &mem, 5000, &sent), 0);
+    assert_int_equal(sent, size);
     free(data);
 }
 

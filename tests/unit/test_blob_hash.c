@@ -11,6 +11,7 @@
 
 #include "blob_hash.h"
 #include "blob_transfer.h"
+#include "upload_hasher.h"
 #include "wire.h"
 
 #define S_BLOCK ((size_t)LOOM_BLOB_HASH_BLOCK)
@@ -79,18 +80,37 @@ s_temp_file(size_t size)
     return fd;
 }
 
-//  Feed size bytes to the hasher in pieces of random sizes (some empty,
-//  some crossing a block edge) from seed.
+//  Feed size bytes to a hasher in pieces of random sizes (some empty,
+//  some crossing a block edge) from seed, through update.
 static void
-s_feed(loom__blob_hasher *h, const uint8_t *data, size_t size, unsigned int seed)
+s_feed_with(void (*update)(void *, const void *, size_t), void *h, const uint8_t *data,
+            size_t size, unsigned int seed)
 {
     for (size_t off = 0; off < size;) {
         size_t n = (size_t)rand_r(&seed) % (1536 * 1024);
         if (n > size - off)
             n = size - off;
-        loom__blob_hasher_update(h, data + off, n);
+        update(h, data + off, n);
         off += n;
     }
+}
+
+static void
+s_update_stream(void *h, const void *data, size_t len)
+{
+    loom__blob_hasher_update(h, data, len);
+}
+
+static void
+s_update_upload(void *h, const void *data, size_t len)
+{
+    loom_upload_hasher_update(h, data, len);
+}
+
+static void
+s_feed(loom__blob_hasher *h, const uint8_t *data, size_t size, unsigned int seed)
+{
+    s_feed_with(s_update_stream, h, data, size, seed);
 }
 
 static void
@@ -195,6 +215,60 @@ test_final_restarts(void **state)
     loom__blob_hasher_destroy(&h); //  accepts NULL
 }
 
+//  The broker's upload hasher (broker/upload_hasher.c: blocks hashed on a
+//  pool of threads) gives the rule's name for every edge size fed in
+//  random pieces; so do three uploads fed at once, their blocks mixed in
+//  the pool's queue; one destroyed half way (blocks queued, one being
+//  filled) frees everything and does not hang.
+static void
+test_upload_hasher_gives_the_rule_s_name(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < S_NSIZES; i++) {
+        uint8_t want[LOOM_HASH_SIZE], got[LOOM_HASH_SIZE];
+        s_expected(s_data, s_sizes[i], want);
+        loom_upload_hasher *u = loom_upload_hasher_new(s_sizes[i]);
+        s_feed_with(s_update_upload, u, s_data, s_sizes[i], (unsigned int)(i + 11));
+        memset(got, 0, sizeof got);
+        loom_upload_hasher_final(u, got);
+        loom_upload_hasher_destroy(&u);
+        assert_null(u);
+        assert_memory_equal(got, want, sizeof want);
+    }
+
+    enum { N = 3 };
+    loom_upload_hasher *u[N];
+    size_t off[N] = {0};
+    unsigned int seed = 5;
+    for (int k = 0; k < N; k++)
+        u[k] = loom_upload_hasher_new(S_MAX);
+    for (bool more = true; more;) {
+        more = false;
+        for (int k = 0; k < N; k++) {
+            size_t n = (size_t)rand_r(&seed) % (3 * S_BLOCK / 2);
+            if (n > S_MAX - off[k])
+                n = S_MAX - off[k];
+            loom_upload_hasher_update(u[k], s_data + off[k], n);
+            off[k] += n;
+            more |= off[k] < S_MAX;
+        }
+    }
+    uint8_t want[LOOM_HASH_SIZE];
+    s_expected(s_data, S_MAX, want);
+    for (int k = 0; k < N; k++) {
+        uint8_t got[LOOM_HASH_SIZE];
+        loom_upload_hasher_final(u[k], got);
+        loom_upload_hasher_destroy(&u[k]);
+        assert_memory_equal(got, want, sizeof want);
+    }
+
+    loom_upload_hasher *half = loom_upload_hasher_new(S_MAX);
+    loom_upload_hasher_update(half, s_data, 2 * S_BLOCK + 100);
+    loom_upload_hasher_destroy(&half);
+    assert_null(half);
+    loom_upload_hasher_destroy(&half); //  accepts NULL
+}
+
 int
 main(void)
 {
@@ -203,6 +277,7 @@ main(void)
         cmocka_unit_test(test_three_ways_give_the_rule_s_name),
         cmocka_unit_test(test_short_file_is_eio),
         cmocka_unit_test(test_final_restarts),
+        cmocka_unit_test(test_upload_hasher_gives_the_rule_s_name),
     };
     return cmocka_run_group_tests_name("blob_hash", tests, s_setup, s_teardown);
 }
