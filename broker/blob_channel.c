@@ -350,6 +350,8 @@ s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size
         loom_log_warning("broker: %s", text);
         s_send_error(self, rid, rid_len, rc, text);
     }
+    if (rc == LOOM_EIO)
+        s_send_error(self, rid, rid_len, rc, loom_blob_store_error(st));
     if (rc == 0)
         s_peer_charge(self, peer, h->hash.data);
     if (rc)
@@ -376,6 +378,8 @@ s_on_put(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
                                           p->data.len, &done, &received, name);
     if (rc) {
         //  A late chunk of an upload that already failed: say nothing more.
+        if (known && rc == LOOM_EIO)
+            s_send_error(self, rid, rid_len, rc, loom_blob_store_error(st));
         if (known)
             s_send_status(self, rid, rid_len, p->hash, p->offset, rc);
         else

@@ -59,6 +59,7 @@ struct loom_blob_store {
     uint64_t bytes;    //  sum of stored sizes
     uint64_t tmp_seq;
     int64_t put_swept; //  ms: when stale put files were last looked for
+    char error[512];   //  why the last upload failed on disk, for its client
 };
 
 const uint8_t LOOM_BLOB_UNNAMED[LOOM_BLOB_HASH_SIZE] = {0};
@@ -431,7 +432,9 @@ loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint
     sprintf(u->tmp, "%s/%s.%llu.tmp", sub, hex, (unsigned long long)++self->tmp_seq);
     u->fd = open(u->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (u->fd < 0) {
-        loom_log_error("blob store: cannot create %s: %s", u->tmp, strerror(errno));
+        snprintf(self->error, sizeof self->error, "blob store: cannot create %s: %s", u->tmp,
+                 strerror(errno));
+        loom_log_error("%s", self->error);
         free(u->tmp);
         free(u);
         return LOOM_EIO;
@@ -475,8 +478,9 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
-            loom_log_error("blob store: cannot write %s: %s", u->tmp,
-                           w < 0 ? strerror(errno) : "no space");
+            snprintf(self->error, sizeof self->error, "blob store: cannot write %s: %s", u->tmp,
+                     w < 0 ? strerror(errno) : "no space");
+            loom_log_error("%s", self->error);
             zhashx_delete(self->uploads, key);
             return LOOM_EIO;
         }
@@ -684,6 +688,12 @@ loom_blob_store_size(const loom_blob_store *self, const uint8_t *hash, uint64_t 
     if (b && size)
         *size = b->size;
     return b != NULL;
+}
+
+const char *
+loom_blob_store_error(const loom_blob_store *self)
+{
+    return self->error[0] ? self->error : "blob store: input/output error";
 }
 
 uint64_t

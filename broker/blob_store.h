@@ -77,6 +77,11 @@ int loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const 
                                  uint64_t offset, const void *data, size_t len, bool *done,
                                  uint64_t *received_p, uint8_t *name);
 
+//  Why the last upload or upload_begin that returned LOOM_EIO failed
+//  ("blob store: cannot write PATH: No space left on device"), for the
+//  client to be told.
+const char *loom_blob_store_error(const loom_blob_store *self);
+
 //  Adopt the file DIR/name that a client on this host wrote itself as blob
 //  hash of size bytes: name must be put-<digits>-<digits>.tmp; the file a
 //  regular one (not a symlink) of the store's user, with one link and

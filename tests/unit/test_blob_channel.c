@@ -9,6 +9,8 @@
 #include <fcntl.h>
 #include <loom/loom.h>
 #include <openssl/sha.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "blob_hash.h"
@@ -213,6 +215,81 @@ test_upload_then_download_and_skip_when_held(void **state)
     assert_int_equal(
         loom__blob_upload(s_dealer, hash, size, loom__blob_read_mem, &mem, 5000, &sent), 0);
     assert_int_equal(sent, size);
+    free(data);
+}
+
+//  A store that cannot write (a file size limit makes writes fail as a
+//  full disk does): an upload small enough to be named on the broker's
+//  thread and one named on the hashing threads both end at once with
+//  LOOM_EIO, and the broker stores the same bytes once there is room. The
+//  client is told why.
+static void
+test_full_disk_fails_uploads_with_eio(void **state)
+{
+    (void)state;
+    size_t sizes[] = {3 * LOOM_BLOB_XFER_CHUNK + 5, 3 * LOOM_BLOB_HASH_BLOCK + 5};
+    for (size_t k = 0; k < 2; k++) {
+        size_t size = sizes[k];
+        uint8_t *data = malloc(size);
+        for (size_t i = 0; i < size; i++)
+            data[i] = (uint8_t)(i * 11 + k);
+        loom_blob_mem mem = {data, size};
+        uint8_t hash[LOOM_HASH_SIZE];
+        assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, hash), 0);
+        struct rlimit old, lim;
+        getrlimit(RLIMIT_FSIZE, &old);
+        lim = old;
+        lim.rlim_cur = 2 * LOOM_BLOB_XFER_CHUNK;
+        signal(SIGXFSZ, SIG_IGN);
+        assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+        uint64_t sent = 0;
+        int rc = loom__blob_upload(s_dealer, hash, size, loom__blob_read_mem, &mem, 5000, &sent);
+        setrlimit(RLIMIT_FSIZE, &old);
+        assert_int_equal(rc, LOOM_EIO);
+        if (size > LOOM_BLOB_XFER_WINDOW)
+            assert_true(sent < size); //  no more credit after the failure
+        assert_int_equal(
+            loom__blob_upload(s_dealer, hash, size, loom__blob_read_mem, &mem, 5000, &sent), 0);
+        assert_int_equal(sent, size);
+        free(data);
+    }
+
+    //  What the client is told: an Error naming the write that failed and
+    //  why, then the upload's status.
+    size_t size = 3 * LOOM_BLOB_XFER_CHUNK;
+    uint8_t *data = calloc(1, size), hash[LOOM_HASH_SIZE];
+    memset(hash, 0x5a, sizeof hash);
+    loom_msg have = {.type = LOOM_MSG_BLOB_HAVE};
+    have.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    have.u.blob_have.size = size;
+    s_send(&have);
+    loom_msg *m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+    loom_msg_destroy(&m);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    loom_msg_destroy(&m);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = LOOM_BLOB_XFER_CHUNK;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    loom_msg put = {.type = LOOM_MSG_BLOB_PUT};
+    put.u.blob_put.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    put.u.blob_put.total = size;
+    put.u.blob_put.data = (loom_span){data, size};
+    s_send(&put);
+    m = s_next();
+    setrlimit(RLIMIT_FSIZE, &old);
+    assert_int_equal(m->type, LOOM_MSG_ERROR);
+    assert_int_equal(m->u.error.code, LOOM_EIO);
+    assert_non_null(strstr(m->u.error.message, "blob store: cannot write"));
+    assert_non_null(strstr(m->u.error.message, strerror(EFBIG)));
+    loom_msg_destroy(&m);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_CHUNK);
+    assert_int_equal(m->u.blob_chunk.status, LOOM_EIO);
+    loom_msg_destroy(&m);
     free(data);
 }
 
@@ -793,6 +870,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_hash_the_block_digest),
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
+        cmocka_unit_test(test_full_disk_fails_uploads_with_eio),
         cmocka_unit_test(test_unnamed_upload_is_named_by_its_bytes),
         cmocka_unit_test(test_bad_requests_get_a_status),
         cmocka_unit_test(test_store_cap_and_client_quota),
