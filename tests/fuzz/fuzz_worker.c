@@ -119,6 +119,8 @@ s_stop_worker(void)
     int64_t until = zclock_mono() + 10000;
     while (!atomic_load(&s_worker_ended) && zclock_mono() < until)
         zclock_sleep(10);
+    //  Ours to close, before zsys's shutdown finds it open ("dangling").
+    zsock_destroy(&s_router);
 }
 
 //  ---------------------------------------------------------------------
