@@ -1385,7 +1385,8 @@ loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p)
 size_t loom__wire_in_place_min = 8192;
 
 //  Verify a received frame where it is and keep it in the message (as a
-//  plain batch keeps its frame): a blob chunk's bytes are not copied. The
+//  plain batch keeps its frame, but not forwardable: plain_ stays false):
+//  a blob chunk's bytes, a large batch with files, are not copied. The
 //  frame is 8-byte aligned, as the verifier wants; libzmq allocates a
 //  message larger than its 8 KiB receive batch on its own, so keeping such
 //  a frame keeps no one else's bytes alive.
@@ -1401,18 +1402,7 @@ s_decode_in_place(zmq_msg_t *frame, size_t len, loom_msg **msg_p)
     loom_msg *m = reinterpret_cast<loom_msg *>(block);
     memset(m, 0, sizeof *m);
     //  (Read from kept: a very small message lives inside its zmq_msg_t.)
-    const uint8_t *data = static_cast<const uint8_t *>(zmq_msg_data(kept));
-    int rc = s_decode(data, len, m);
-    if (rc == 0 && (m->type == LOOM_MSG_TASK_BATCH || m->type == LOOM_MSG_RESULT_BATCH)) {
-        //  A batch the fast reader did not take: copied, as before, so that
-        //  a message holding its frame is always a plain batch
-        //  (loom_wire_forwardable, loom_wire_forward rely on its layout).
-        free(m->priv_);
-        rc = s_decode_copy(data, len, true, msg_p);
-        zmq_msg_close(kept);
-        free(block);
-        return rc;
-    }
+    int rc = s_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, m);
     if (rc) {
         free(m->priv_);
         zmq_msg_close(kept);
@@ -1453,6 +1443,7 @@ s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
         if (s_fr_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, type, n,
                         block + s_buf_offset, m)) {
             m->frame_ = kept;
+            m->plain_ = true;
             *msg_p = m;
             return 0;
         }
@@ -1695,7 +1686,9 @@ loom_wire_recv_user(void *sock, void *rid, size_t rid_cap, size_t *rid_len, loom
 bool
 loom_wire_forwardable(const loom_msg *m)
 {
-    return m && m->frame_ &&
+    //  (A batch the fast reader did not take may hold its frame too, read
+    //  where it is; loom_wire_forward relies on the plain layout.)
+    return m && m->frame_ && m->plain_ &&
            (m->type == LOOM_MSG_TASK_BATCH || m->type == LOOM_MSG_RESULT_BATCH);
 }
 

@@ -249,7 +249,8 @@ typedef struct loom_msg {
         loom_wire_blob_chunk blob_chunk;
     } u;
     void *priv_;  //  decoder-owned storage; do not touch
-    void *frame_; //  decoder-owned: the received frame a plain batch borrows from
+    void *frame_; //  decoder-owned: the received frame the message borrows from
+    bool plain_;  //  decoder-owned: frame_ is a plain batch's (loom_wire_forwardable)
 } loom_msg;
 
 //  Limits applied by decode, beyond the verifier's own.
