@@ -33,7 +33,7 @@ int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash
 //  The blob name of the first size bytes of the open file fd, its blocks
 //  hashed on min(online CPUs, 4, blocks) threads, the caller's one of them
 //  (no thread started for one block or none), each reading with pread into
-//  its own 256 KiB buffer (the offset is not moved). Returns 0, or LOOM_EIO
+//  its own LOOM_BLOB_XFER_CHUNK buffer (the offset is not moved). Returns 0, or LOOM_EIO
 //  (hash untouched) if the file could not be read or is shorter than size.
 int loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash);
 

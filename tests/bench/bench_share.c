@@ -17,7 +17,7 @@
     again is known by name: "share again" is the BlobHave round trip. A
     second file of SHARE_MB MiB (other bytes) is shared with
     LOOM_BLOB_LOCAL=0: uploaded client -> broker on the blob channel in
-    256 KiB chunks with credit, the broker hashing what it writes to its
+    1 MiB chunks with credit, the broker hashing what it writes to its
     store: "upload channel". Then READERS items of testkit "shared_sum"
     read a READ_MB MiB share (every byte, through the mmap): the wall time
     of the whole map, fetch included, and the blob bytes the broker
