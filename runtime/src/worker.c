@@ -1,10 +1,11 @@
 /*  worker: the worker host supervisor.
 
-    One loop, ticking every S_TICK_MS: reap children (waitpid WNOHANG) and
-    report each death to the broker at once (WorkerExit), restart children
-    whose slot is due, keep the Supervisor session alive (Hello, Heartbeat,
-    reconnect on silence or a new epoch), and watch for SIGINT/SIGTERM and
-    the --parent process.
+    One loop: reap children (waitpid WNOHANG) and report each death to the
+    broker at once (WorkerExit), restart children whose slot is due, keep
+    the Supervisor session alive (Hello, Heartbeat, reconnect on silence or
+    a new epoch), and watch for SIGINT/SIGTERM and the --parent process. It
+    ticks every S_TICK_MS while something needs it, else sleeps until the
+    next heartbeat; SIGCHLD and SIGTERM/SIGINT wake it through a pipe.
 
     Children are started by fork+exec of the `loom` binary: this process
     holds a ZeroMQ context, so the forked child does nothing but exec (and
@@ -23,6 +24,7 @@
 #include <ctype.h>
 #include <czmq.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <loom/loom.h>
 #include <signal.h>
 #include <stdio.h>
@@ -38,6 +40,7 @@
 #define S_BURST_MS 1000 //  ... and restarts wait S_BACKOFF_MS
 #define S_BACKOFF_MS 1000
 #define S_STOP_GRACE_MS 5000 //  SIGTERM, then SIGKILL after this
+#define S_PARENT_CHECK_MS 250 //  with --parent: look at it at least this often
 #define S_MAX_PROCS 4096
 #define S_UNSENT 256 //  exits kept while there is no session
 
@@ -141,11 +144,35 @@ s_cache_setup(s_super *self)
     return 0;
 }
 
+//  A pipe the handlers write a byte to, so that the loop, blocked in its
+//  poll for as long as nothing is due (a heartbeat away when all is well),
+//  sees a child's death or a stop at once; -1 until made.
+static int s_wake[2] = {-1, -1};
+
+static void
+s_wake_up(void)
+{
+    if (s_wake[1] >= 0) {
+        int saved = errno;
+        ssize_t n = write(s_wake[1], "", 1); //  full: a wake-up is pending anyway
+        (void)n;
+        errno = saved;
+    }
+}
+
 static void
 s_on_signal(int sig)
 {
     (void)sig;
     s_stop = 1;
+    s_wake_up();
+}
+
+static void
+s_on_child(int sig)
+{
+    (void)sig;
+    s_wake_up();
 }
 
 //  Start the child of slot i. Returns 0 or LOOM_EIO.
@@ -414,6 +441,31 @@ s_parent_gone(s_super *self)
     return getppid() != parent && kill(parent, 0) != 0 && errno == ESRCH;
 }
 
+//  How long the loop may wait: the tick while anything needs it (no
+//  session yet, exits not reported, a child to start again); else until
+//  the next heartbeat to send or the moment the broker would count as
+//  silent (a child's death or a signal wakes the loop through s_wake).
+//  With a --parent, at most S_PARENT_CHECK_MS: PR_SET_PDEATHSIG is the
+//  main watch on it, s_parent_gone the spare.
+static long
+s_wait_ms(s_super *self)
+{
+    if (s_wake[0] < 0 || !self->welcomed || self->hello_pending || self->nunsent)
+        return S_TICK_MS;
+    for (int i = 0; i < self->nchildren; i++)
+        if (self->children[i].pid == 0)
+            return S_TICK_MS;
+    int64_t now = loom_now_ms();
+    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
+    int64_t due = self->last_tx + self->hb_ms;
+    if (self->last_rx + expiry + 1 < due)
+        due = self->last_rx + expiry + 1;
+    int64_t wait = due - now;
+    if (self->opts->parent > 0 && wait > S_PARENT_CHECK_MS)
+        wait = S_PARENT_CHECK_MS;
+    return wait < 0 ? 0 : wait > S_TICK_MS ? (long)wait : S_TICK_MS;
+}
+
 //  SIGTERM every child, wait for them (SIGKILL after the grace period).
 static void
 s_stop_children(s_super *self)
@@ -465,6 +517,12 @@ loom_worker_run(const loom_worker_opts *opts)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    if (s_wake[0] < 0 && pipe2(s_wake, O_CLOEXEC | O_NONBLOCK) != 0)
+        loom_log_warning("supervisor: no wake-up pipe (%s): looking every %d ms", strerror(errno),
+                         S_TICK_MS);
+    sa.sa_handler = s_on_child;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
     sigprocmask(SIG_UNBLOCK, &set, NULL);
     if (opts->parent > 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -503,11 +561,16 @@ loom_worker_run(const loom_worker_opts *opts)
     s_hello(&self);
 
     while (!s_stop && !s_parent_gone(&self)) {
-        zmq_pollitem_t item = {self.dealer, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, S_TICK_MS);
+        zmq_pollitem_t items[] = {{self.dealer, 0, ZMQ_POLLIN, 0}, {NULL, s_wake[0], ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(items, s_wake[0] >= 0 ? 2 : 1, s_wait_ms(&self));
         if (rc < 0 && zmq_errno() != EINTR)
             break;
-        if (rc > 0)
+        if (items[1].revents & ZMQ_POLLIN) {
+            char drain[16];
+            while (read(s_wake[0], drain, sizeof drain) > 0)
+                ;
+        }
+        if (items[0].revents & ZMQ_POLLIN)
             s_on_broker(&self);
         s_reap(&self, true);
         s_session_tick(&self);

@@ -41,6 +41,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <loom/loom.h>
 #include <malloc.h>
@@ -182,11 +183,22 @@ typedef struct {
 //  threads: a lock-free atomic, which a handler may store to.
 static atomic_int s_stop;
 
+//  A pipe the handler writes a byte to, so that the main thread, blocked
+//  in its poll for as long as nothing is due (a heartbeat away when idle),
+//  sees a stop at once; -1 until made.
+static int s_wake[2] = {-1, -1};
+
 static void
 s_on_signal(int sig)
 {
     (void)sig;
     atomic_store(&s_stop, 1);
+    if (s_wake[1] >= 0) {
+        int saved = errno;
+        ssize_t n = write(s_wake[1], "", 1); //  full: a wake-up is pending anyway
+        (void)n;
+        errno = saved;
+    }
 }
 
 //  ---------------------------------------------------------------------
@@ -519,6 +531,7 @@ static void
 s_conn_tick(s_conn *self)
 {
     int64_t now = loom_now_ms();
+    //  (s_conn_next_tick moves it later when nothing needs the tick.)
     self->next_tick = now + S_TICK_MS;
     if (s_stop && !self->stop_at)
         self->stop_at = now;
@@ -560,6 +573,24 @@ s_conn_tick(s_conn *self)
     }
     if (self->stop_at && now - self->stop_at >= S_STOP_GRACE_MS)
         s_conn_hand_back(self);
+}
+
+//  When the timers are next due, for a main thread about to wait with
+//  nothing to do: the tick while anything needs it (no welcome yet,
+//  results waiting for the socket, stopping); else the next heartbeat to
+//  send or the moment the broker would count as silent, so an idle worker
+//  wakes about once a heartbeat, not every tick.
+static int64_t
+s_conn_next_tick(s_conn *self)
+{
+    if (!self->welcomed || self->hello_pending || zlist_size(self->pending) || self->stop_at ||
+        atomic_load(&s_stop))
+        return self->next_tick;
+    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
+    int64_t due = self->last_tx + self->hb_ms;
+    if (self->last_rx + expiry + 1 < due)
+        due = self->last_rx + expiry + 1;
+    return due > self->next_tick ? due : self->next_tick;
 }
 
 //  Read what arrived and run the timers when due.
@@ -1319,6 +1350,9 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     zsys_init();
     zsys_set_logident("loom-worker");
     zsys_handler_set(NULL);
+    if (s_wake[0] < 0 && pipe2(s_wake, O_CLOEXEC | O_NONBLOCK) != 0)
+        loom_log_warning("worker %d: no wake-up pipe (%s): a stop is seen within %d ms",
+                         (int)getpid(), strerror(errno), S_TICK_MS);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;
@@ -1361,22 +1395,31 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
             s_conn_service(c); //  the timers, when a stream of messages keeps us busy
             continue;
         }
-        int64_t wait = c->next_tick - loom_now_ms();
-        zmq_pollitem_t item = {c->dealer, 0, ZMQ_POLLIN, 0};
+        //  Nothing to run: wait for the broker, a signal or the next timer.
+        int64_t now = loom_now_ms();
+        int64_t due = s_conn_next_tick(c);
+        if (trim_due && !idle_since)
+            idle_since = now;
+        if (trim_due && idle_since + S_TRIM_IDLE_MS < due)
+            due = idle_since + S_TRIM_IDLE_MS;
+        int64_t wait = due - now;
+        if (s_wake[0] < 0 && wait > S_TICK_MS)
+            wait = S_TICK_MS; //  no pipe: look at s_stop every tick
+        zmq_pollitem_t items[] = {{c->dealer, 0, ZMQ_POLLIN, 0}, {NULL, s_wake[0], ZMQ_POLLIN, 0}};
         atomic_store(&c->main_idle, true);
-        int rc = zmq_poll(&item, 1, wait < 0 ? 0 : wait > S_TICK_MS ? S_TICK_MS : (long)wait);
+        int rc = zmq_poll(items, s_wake[0] >= 0 ? 2 : 1, wait < 0 ? 0 : (long)wait);
         atomic_store(&c->main_idle, false); //  before any let-go (see s_watchdog)
         if (rc < 0 && zmq_errno() != EINTR)
             break;
+        if (items[1].revents & ZMQ_POLLIN) {
+            char drain[16];
+            while (read(s_wake[0], drain, sizeof drain) > 0)
+                ;
+        }
         s_conn_service(c);
-        if (trim_due && zlist_size(c->inbox) == 0) {
-            int64_t now = loom_now_ms();
-            if (!idle_since)
-                idle_since = now;
-            else if (now - idle_since >= S_TRIM_IDLE_MS) {
-                malloc_trim(0);
-                trim_due = false;
-            }
+        if (trim_due && zlist_size(c->inbox) == 0 && loom_now_ms() - idle_since >= S_TRIM_IDLE_MS) {
+            malloc_trim(0);
+            trim_due = false;
         }
     }
     //  Send the last results, close with a linger; batches queued and not

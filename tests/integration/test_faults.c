@@ -825,6 +825,107 @@ test_client_not_reading_stalls_without_growing_the_broker(void **state)
     s_cluster_stop(&c);
 }
 
+//  The most voluntary context switches a second of any thread of pid named
+//  "loom" (the process's own threads; libzmq's are named ZMQbg/...) over
+//  ms, or -1 if it could not be read.
+static double
+s_loom_thread_wakeups(pid_t pid, int ms)
+{
+    enum { MAXT = 16 };
+    long tid[MAXT], before[MAXT];
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass)
+            zclock_sleep(ms);
+        char path[96];
+        snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+        DIR *d = opendir(path);
+        if (!d)
+            return -1;
+        struct dirent *e;
+        double most = 0;
+        while ((e = readdir(d))) {
+            long t = strtol(e->d_name, NULL, 10);
+            if (t <= 0)
+                continue;
+            char file[160], line[256], comm[64] = "";
+            snprintf(file, sizeof file, "/proc/%d/task/%ld/status", (int)pid, t);
+            FILE *f = fopen(file, "r");
+            if (!f)
+                continue;
+            long vol = -1;
+            while (fgets(line, sizeof line, f)) {
+                sscanf(line, "Name: %63s", comm);
+                sscanf(line, "voluntary_ctxt_switches: %ld", &vol);
+            }
+            fclose(f);
+            if (strcmp(comm, "loom") != 0 || vol < 0)
+                continue;
+            if (!pass && n < MAXT) {
+                tid[n] = t;
+                before[n++] = vol;
+            }
+            for (int i = 0; pass && i < n; i++)
+                if (tid[i] == t && (vol - before[i]) * 1000.0 / ms > most)
+                    most = (vol - before[i]) * 1000.0 / ms;
+        }
+        closedir(d);
+        if (pass)
+            return most;
+    }
+    return -1;
+}
+
+//  An idle worker host sleeps until its next heartbeat instead of waking
+//  every 20 ms tick (50 times a second, before): with 1 s heartbeats no
+//  thread of the supervisor or of its worker process wakes more than 15
+//  times a second. Sleeping that long must not make it slow to act: a
+//  worker process killed while idle is started again, and a SIGTERM ends
+//  the host, within a second.
+static void
+test_idle_host_sleeps_between_heartbeats(void **state)
+{
+    (void)state;
+    static s_cluster c; //  static: the teardown may stop it after a failure
+    char *saved = getenv("LOOM_HEARTBEAT_MS") ? strdup(getenv("LOOM_HEARTBEAT_MS")) : NULL;
+    setenv("LOOM_HEARTBEAT_MS", "1000", 1);
+    s_cluster_init(&c);
+    pid_t host = s_host_start(&c, "1");
+    bool up = s_wait_workers(&c, 1, 10000);
+    if (saved) {
+        setenv("LOOM_HEARTBEAT_MS", saved, 1);
+        free(saved);
+    } else
+        unsetenv("LOOM_HEARTBEAT_MS");
+    assert_true(up);
+    pid_t kids[4];
+    assert_int_equal(s_children(host, kids, 4), 1);
+    double sup = s_loom_thread_wakeups(host, 2000);
+    double proc = s_loom_thread_wakeups(kids[0], 2000);
+    print_message("idle wake-ups a second, busiest thread: supervisor %.1f, worker process %.1f\n",
+                  sup, proc);
+    assert_true(sup >= 0 && sup < 15);
+    assert_true(proc >= 0 && proc < 15);
+
+    kill(kids[0], SIGKILL);
+    int64_t until = loom_now_ms() + 1000;
+    pid_t now[4];
+    size_t n = 0;
+    while (loom_now_ms() < until && !(n == 1 && now[0] != kids[0])) {
+        zclock_sleep(10);
+        n = s_children(host, now, 4);
+    }
+    assert_true(n == 1 && now[0] != kids[0]);
+
+    kill(host, SIGTERM);
+    int status = s_wait_exit(host, 1000);
+    assert_true(status != -1);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    c.hosts[0] = 0;
+    s_cluster_stop(&c);
+}
+
 int
 main(void)
 {
@@ -845,6 +946,7 @@ main(void)
         cmocka_unit_test_teardown(test_streaming_client_and_broker_keep_a_flat_rss, s_teardown),
         cmocka_unit_test_teardown(test_client_not_reading_stalls_without_growing_the_broker,
                                   s_teardown),
+        cmocka_unit_test_teardown(test_idle_host_sleeps_between_heartbeats, s_teardown),
     };
     if (getenv("LOOM_TEST_FILTER")) //  run only the tests matching this pattern
         cmocka_set_test_filter(getenv("LOOM_TEST_FILTER"));
