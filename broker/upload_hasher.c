@@ -23,9 +23,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
-#include <unistd.h>
 
-#define S_THREADS_MAX 4
 #define S_BUFS 3 //  block buffers an upload may have: one filling, two hashing
 
 typedef struct s_job {
@@ -91,8 +89,7 @@ s_thread(void *arg)
 static void
 s_start(void)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = cpus < 1 ? 1 : cpus > S_THREADS_MAX ? S_THREADS_MAX : (int)cpus;
+    int n = loom__blob_hash_threads();
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -181,11 +178,7 @@ loom_upload_hasher_final(loom_upload_hasher *self, uint8_t *hash)
     while (self->pending > 0)
         pthread_cond_wait(&s_pool.done, &s_pool.lock);
     pthread_mutex_unlock(&s_pool.lock);
-    EVP_MD_CTX *md = loom__blob_sha256_new();
-    int ok = EVP_DigestUpdate(md, self->digests, self->blocks * LOOM_BLOB_HASH_LEN);
-    LOOM_ASSERT(ok == 1);
-    loom__blob_sha256_final(md, hash);
-    EVP_MD_CTX_free(md);
+    loom__blob_name_of_digests(self->digests, self->blocks, hash);
 }
 
 void

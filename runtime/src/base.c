@@ -7,9 +7,11 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void
 loom__assert_fail(const char *what, const char *file, int line)
@@ -143,4 +145,41 @@ loom_cond_init_monotonic(pthread_cond_t *cond)
     LOOM_ASSERT(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0);
     LOOM_ASSERT(pthread_cond_init(cond, &attr) == 0);
     pthread_condattr_destroy(&attr);
+}
+
+int
+loom_wake_open(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0)
+        return 0;
+    int err = errno;
+    fds[0] = fds[1] = -1;
+    return err;
+}
+
+void
+loom_wake_signal(const int fds[2])
+{
+    if (fds[1] < 0)
+        return;
+    int saved = errno;
+    ssize_t n = write(fds[1], "", 1);
+    (void)n;
+    errno = saved;
+}
+
+void
+loom_wake_drain(const int fds[2])
+{
+    char buf[16];
+    while (fds[0] >= 0 && read(fds[0], buf, sizeof buf) > 0)
+        ;
+}
+
+int64_t
+loom_session_due(int64_t last_tx, int64_t last_rx, uint32_t hb_ms, uint32_t liveness)
+{
+    int64_t beat = last_tx + hb_ms;
+    int64_t silent = last_rx + (int64_t)hb_ms * liveness + 1;
+    return beat < silent ? beat : silent;
 }

@@ -87,6 +87,20 @@ long loom_env_long(const char *var, long dflt, long min, long max);
 //  CLOCK_MONOTONIC (deadlines from loom_now_ms, unmoved by clock changes).
 void loom_cond_init_monotonic(pthread_cond_t *cond);
 
+//  A wake-up pipe (fds: read end, write end; {-1, -1} until opened) that a
+//  signal handler writes a byte to, so that a loop polling its read end
+//  sees the signal at once however long it waits. open: 0 or an errno
+//  (the pipe stays closed). signal: async-signal-safe, errno kept; a full
+//  pipe already holds a wake-up. drain: read what is there.
+int loom_wake_open(int fds[2]);
+void loom_wake_signal(const int fds[2]);
+void loom_wake_drain(const int fds[2]);
+
+//  When a session with a broker next needs its timer: the next heartbeat
+//  to send (last_tx + hb_ms) or the moment the broker counts as silent
+//  (last_rx past hb_ms * liveness), whichever is first.
+int64_t loom_session_due(int64_t last_tx, int64_t last_rx, uint32_t hb_ms, uint32_t liveness);
+
 //  memcpy for the small per-item copies (inputs, outputs): sizes up to 16
 //  are copied with fixed-size moves the compiler inlines, instead of a call
 //  through the PLT (~30 instructions for 16 bytes, several per item).

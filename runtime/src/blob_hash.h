@@ -27,11 +27,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define LOOM_BLOB_HASH_LEN 32 //  SHA-256; equal to wire.h's LOOM_HASH_SIZE
 
 //  Bytes in a block of a blob's name (the last block may be shorter).
 #define LOOM_BLOB_HASH_BLOCK ((uint64_t)4 << 20)
+
+//  At most this many threads hash the blocks of one blob.
+#define LOOM_BLOB_HASH_THREADS 4
 
 //  One stream's running name.
 typedef struct {
@@ -124,6 +128,27 @@ loom__blob_hasher_final(loom__blob_hasher *self, uint8_t *hash)
     if (self->in_block > 0)
         loom__blob_hasher_end_block(self);
     loom__blob_sha256_final(self->top, hash);
+}
+
+//  Threads worth hashing blocks on: the online CPUs, 1 to
+//  LOOM_BLOB_HASH_THREADS.
+static inline int
+loom__blob_hash_threads(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > LOOM_BLOB_HASH_THREADS ? LOOM_BLOB_HASH_THREADS : (int)cpus;
+}
+
+//  The name of a blob from its blocks' digests (blocks x 32 bytes, in
+//  order) into hash.
+static inline void
+loom__blob_name_of_digests(const uint8_t *digests, uint64_t blocks, uint8_t *hash)
+{
+    EVP_MD_CTX *top = loom__blob_sha256_new();
+    int ok = blocks ? EVP_DigestUpdate(top, digests, blocks * LOOM_BLOB_HASH_LEN) : 1;
+    LOOM_ASSERT(ok == 1);
+    loom__blob_sha256_final(top, hash);
+    EVP_MD_CTX_free(top);
 }
 
 //  True if two digests are equal (constant time).

@@ -20,7 +20,6 @@
 #include <czmq.h>
 
 #define S_RETRY_MS 1000  //  a download with no progress this long asks again
-#define S_HASH_THREADS 4 //  at most this many threads name one file
 
 int
 loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len)
@@ -120,14 +119,13 @@ loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, false);
     job.digests = loom_xmalloc(job.blocks ? job.blocks * LOOM_BLOB_HASH_LEN : 1);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    uint64_t want = cpus < 1 ? 1 : cpus < S_HASH_THREADS ? (uint64_t)cpus : S_HASH_THREADS;
+    uint64_t want = (uint64_t)loom__blob_hash_threads();
     if (want > job.blocks)
         want = job.blocks;
     //  The calling thread is one of them; a thread that cannot be started
     //  leaves its blocks to the others. The helpers block every signal:
     //  they stay with the threads the process set up to take them.
-    pthread_t threads[S_HASH_THREADS];
+    pthread_t threads[LOOM_BLOB_HASH_THREADS];
     size_t started = 0;
     sigset_t all, old;
     sigfillset(&all);
@@ -140,14 +138,8 @@ loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
     for (size_t i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     int rc = atomic_load(&job.failed) ? LOOM_EIO : 0;
-    if (rc == 0) {
-        EVP_MD_CTX *top = loom__blob_sha256_new();
-        int ok =
-            job.blocks ? EVP_DigestUpdate(top, job.digests, job.blocks * LOOM_BLOB_HASH_LEN) : 1;
-        LOOM_ASSERT(ok == 1);
-        loom__blob_sha256_final(top, hash);
-        EVP_MD_CTX_free(top);
-    }
+    if (rc == 0)
+        loom__blob_name_of_digests(job.digests, job.blocks, hash);
     free(job.digests);
     return rc;
 }

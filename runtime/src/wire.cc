@@ -1384,40 +1384,43 @@ loom__wire_decode_verified(const void *data, size_t len, loom_msg **msg_p)
 
 size_t loom__wire_in_place_min = 8192;
 
-//  Verify a received frame where it is and keep it in the message (as a
-//  plain batch keeps its frame, but not forwardable: plain_ stays false):
-//  a blob chunk's bytes, a large batch with files, are not copied. The
-//  frame is 8-byte aligned, as the verifier wants; libzmq allocates a
-//  message larger than its 8 KiB receive batch on its own, so keeping such
-//  a frame keeps no one else's bytes alive.
-static int
-s_decode_in_place(zmq_msg_t *frame, size_t len, loom_msg **msg_p)
+//  A message that keeps frame: one block holds the loom_msg (zeroed), an
+//  arena of `arena` bytes at s_buf_offset, then the frame, moved there;
+//  *kept points to it. NULL (frame untouched) without memory.
+static loom_msg *
+s_keep_frame(zmq_msg_t *frame, size_t arena, zmq_msg_t **kept)
 {
-    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + sizeof(zmq_msg_t)));
+    uint8_t *block = static_cast<uint8_t *>(malloc(s_buf_offset + arena + sizeof(zmq_msg_t)));
     if (!block)
-        return LOOM_ENOMEM;
-    zmq_msg_t *kept = reinterpret_cast<zmq_msg_t *>(block + s_buf_offset);
-    zmq_msg_init(kept);
-    zmq_msg_move(kept, frame);
+        return NULL;
+    *kept = reinterpret_cast<zmq_msg_t *>(block + s_buf_offset + arena);
+    zmq_msg_init(*kept);
+    zmq_msg_move(*kept, frame);
     loom_msg *m = reinterpret_cast<loom_msg *>(block);
     memset(m, 0, sizeof *m);
-    //  (Read from kept: a very small message lives inside its zmq_msg_t.)
-    int rc = s_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, m);
-    if (rc) {
-        free(m->priv_);
-        zmq_msg_close(kept);
-        free(block);
-        return rc;
-    }
-    m->frame_ = kept;
-    *msg_p = m;
-    return 0;
+    return m;
 }
 
-//  Decode a received frame. A plain batch keeps the frame itself (moved
-//  into the message's block, closed by loom_msg_destroy) and borrows from
-//  it: no copy, and loom_wire_forward can send it on. Anything else is
-//  copied as loom_wire_decode does. frame is left empty or closed.
+//  Undo s_keep_frame after a failed decode: the frame back, the block freed.
+static void
+s_unkeep_frame(loom_msg *m, zmq_msg_t *kept, zmq_msg_t *frame)
+{
+    free(m->priv_);
+    zmq_msg_move(frame, kept);
+    zmq_msg_close(kept);
+    free(m);
+}
+
+//  Decode a received frame. A plain batch keeps the frame itself and
+//  borrows from it: no copy, and loom_wire_forward can send it on
+//  (plain_). So does any other frame of at least loom__wire_in_place_min
+//  bytes that is 8-byte aligned, as the verifier wants: a blob chunk's
+//  bytes, a large batch with files are not copied (libzmq allocates a
+//  message larger than its 8 KiB receive batch on its own, so keeping such
+//  a frame keeps no one else's bytes alive). Anything else is copied as
+//  loom_wire_decode does. The frame is left empty, or as it was on
+//  failure: the caller closes it. Read from kept, not data: a very small
+//  message lives inside its zmq_msg_t.
 static int
 s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
 {
@@ -1427,34 +1430,34 @@ s_decode_frame(zmq_msg_t *frame, loom_msg **msg_p)
         return LOOM_EPROTO;
     loom_msg_type type = LOOM_MSG_NONE;
     size_t n = s_fr_count(data, len, &type);
+    zmq_msg_t *kept;
     if (n) {
-        size_t arena = n * s_fr_rec_size(type);
-        uint8_t *block =
-            static_cast<uint8_t *>(malloc(s_buf_offset + arena + sizeof(zmq_msg_t)));
-        if (!block)
+        loom_msg *m = s_keep_frame(frame, n * s_fr_rec_size(type), &kept);
+        if (!m)
             return LOOM_ENOMEM;
-        zmq_msg_t *kept = reinterpret_cast<zmq_msg_t *>(block + s_buf_offset + arena);
-        zmq_msg_init(kept);
-        zmq_msg_move(kept, frame);
-        loom_msg *m = reinterpret_cast<loom_msg *>(block);
-        memset(m, 0, sizeof *m);
-        //  A very small message lives inside its zmq_msg_t: read it where
-        //  it is now.
         if (s_fr_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, type, n,
-                        block + s_buf_offset, m)) {
+                        reinterpret_cast<uint8_t *>(m) + s_buf_offset, m)) {
             m->frame_ = kept;
             m->plain_ = true;
             *msg_p = m;
             return 0;
         }
-        zmq_msg_move(frame, kept);
-        zmq_msg_close(kept);
-        free(block);
+        s_unkeep_frame(m, kept, frame);
         data = static_cast<const uint8_t *>(zmq_msg_data(frame));
     }
-    if (len >= loom__wire_in_place_min && ((uintptr_t)data & 7) == 0)
-        return s_decode_in_place(frame, len, msg_p);
-    return s_decode_copy(data, len, true, msg_p);
+    if (len < loom__wire_in_place_min || ((uintptr_t)data & 7) != 0)
+        return s_decode_copy(data, len, true, msg_p);
+    loom_msg *m = s_keep_frame(frame, 0, &kept);
+    if (!m)
+        return LOOM_ENOMEM;
+    int rc = s_decode(static_cast<const uint8_t *>(zmq_msg_data(kept)), len, m);
+    if (rc) {
+        s_unkeep_frame(m, kept, frame);
+        return rc;
+    }
+    m->frame_ = kept;
+    *msg_p = m;
+    return 0;
 }
 
 int

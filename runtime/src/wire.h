@@ -273,7 +273,8 @@ int loom_wire_decode(const void *data, size_t len, loom_msg **msg_p);
 //  Decode a received frame (a zmq_msg_t *): as loom_wire_decode, except
 //  that a plain batch, and any frame of at least loom__wire_in_place_min
 //  bytes that is 8-byte aligned, takes the frame itself instead of a copy
-//  (the frame is left empty, still to be closed), as loom_wire_recv does.
+//  (the frame is left empty, or as it was on failure; the caller closes
+//  it), as loom_wire_recv does.
 int loom_wire_decode_frame(void *frame, loom_msg **msg_p);
 
 //  8192: smaller frames are copied (cheap, and libzmq may carve them out

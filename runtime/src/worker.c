@@ -24,7 +24,6 @@
 #include <ctype.h>
 #include <czmq.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <loom/loom.h>
 #include <signal.h>
 #include <stdio.h>
@@ -144,35 +143,24 @@ s_cache_setup(s_super *self)
     return 0;
 }
 
-//  A pipe the handlers write a byte to, so that the loop, blocked in its
+//  The handlers' wake-up pipe (loom_wake_open): the loop, blocked in its
 //  poll for as long as nothing is due (a heartbeat away when all is well),
-//  sees a child's death or a stop at once; -1 until made.
+//  sees a child's death or a stop at once.
 static int s_wake[2] = {-1, -1};
-
-static void
-s_wake_up(void)
-{
-    if (s_wake[1] >= 0) {
-        int saved = errno;
-        ssize_t n = write(s_wake[1], "", 1); //  full: a wake-up is pending anyway
-        (void)n;
-        errno = saved;
-    }
-}
 
 static void
 s_on_signal(int sig)
 {
     (void)sig;
     s_stop = 1;
-    s_wake_up();
+    loom_wake_signal(s_wake);
 }
 
 static void
 s_on_child(int sig)
 {
     (void)sig;
-    s_wake_up();
+    loom_wake_signal(s_wake);
 }
 
 //  Start the child of slot i. Returns 0 or LOOM_EIO.
@@ -455,12 +443,8 @@ s_wait_ms(s_super *self)
     for (int i = 0; i < self->nchildren; i++)
         if (self->children[i].pid == 0)
             return S_TICK_MS;
-    int64_t now = loom_now_ms();
-    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
-    int64_t due = self->last_tx + self->hb_ms;
-    if (self->last_rx + expiry + 1 < due)
-        due = self->last_rx + expiry + 1;
-    int64_t wait = due - now;
+    int64_t wait =
+        loom_session_due(self->last_tx, self->last_rx, self->hb_ms, self->liveness) - loom_now_ms();
     if (self->opts->parent > 0 && wait > S_PARENT_CHECK_MS)
         wait = S_PARENT_CHECK_MS;
     return wait < 0 ? 0 : wait > S_TICK_MS ? (long)wait : S_TICK_MS;
@@ -517,8 +501,9 @@ loom_worker_run(const loom_worker_opts *opts)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    if (s_wake[0] < 0 && pipe2(s_wake, O_CLOEXEC | O_NONBLOCK) != 0)
-        loom_log_warning("supervisor: no wake-up pipe (%s): looking every %d ms", strerror(errno),
+    int err = s_wake[0] < 0 ? loom_wake_open(s_wake) : 0;
+    if (err)
+        loom_log_warning("supervisor: no wake-up pipe (%s): looking every %d ms", strerror(err),
                          S_TICK_MS);
     sa.sa_handler = s_on_child;
     sa.sa_flags = SA_NOCLDSTOP;
@@ -565,11 +550,8 @@ loom_worker_run(const loom_worker_opts *opts)
         int rc = zmq_poll(items, s_wake[0] >= 0 ? 2 : 1, s_wait_ms(&self));
         if (rc < 0 && zmq_errno() != EINTR)
             break;
-        if (items[1].revents & ZMQ_POLLIN) {
-            char drain[16];
-            while (read(s_wake[0], drain, sizeof drain) > 0)
-                ;
-        }
+        if (items[1].revents & ZMQ_POLLIN)
+            loom_wake_drain(s_wake);
         if (items[0].revents & ZMQ_POLLIN)
             s_on_broker(&self);
         s_reap(&self, true);

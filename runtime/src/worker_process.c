@@ -41,7 +41,6 @@
 
 #include <czmq.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <loom/loom.h>
 #include <malloc.h>
@@ -183,9 +182,9 @@ typedef struct {
 //  threads: a lock-free atomic, which a handler may store to.
 static atomic_int s_stop;
 
-//  A pipe the handler writes a byte to, so that the main thread, blocked
+//  The handler's wake-up pipe (loom_wake_open): the main thread, blocked
 //  in its poll for as long as nothing is due (a heartbeat away when idle),
-//  sees a stop at once; -1 until made.
+//  sees a stop at once.
 static int s_wake[2] = {-1, -1};
 
 static void
@@ -193,12 +192,7 @@ s_on_signal(int sig)
 {
     (void)sig;
     atomic_store(&s_stop, 1);
-    if (s_wake[1] >= 0) {
-        int saved = errno;
-        ssize_t n = write(s_wake[1], "", 1); //  full: a wake-up is pending anyway
-        (void)n;
-        errno = saved;
-    }
+    loom_wake_signal(s_wake);
 }
 
 //  ---------------------------------------------------------------------
@@ -586,10 +580,7 @@ s_conn_next_tick(s_conn *self)
     if (!self->welcomed || self->hello_pending || zlist_size(self->pending) || self->stop_at ||
         atomic_load(&s_stop))
         return self->next_tick;
-    int64_t expiry = (int64_t)self->hb_ms * self->liveness;
-    int64_t due = self->last_tx + self->hb_ms;
-    if (self->last_rx + expiry + 1 < due)
-        due = self->last_rx + expiry + 1;
+    int64_t due = loom_session_due(self->last_tx, self->last_rx, self->hb_ms, self->liveness);
     return due > self->next_tick ? due : self->next_tick;
 }
 
@@ -1350,9 +1341,10 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     zsys_init();
     zsys_set_logident("loom-worker");
     zsys_handler_set(NULL);
-    if (s_wake[0] < 0 && pipe2(s_wake, O_CLOEXEC | O_NONBLOCK) != 0)
+    int err = s_wake[0] < 0 ? loom_wake_open(s_wake) : 0;
+    if (err)
         loom_log_warning("worker %d: no wake-up pipe (%s): a stop is seen within %d ms",
-                         (int)getpid(), strerror(errno), S_TICK_MS);
+                         (int)getpid(), strerror(err), S_TICK_MS);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;
@@ -1411,11 +1403,8 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
         atomic_store(&c->main_idle, false); //  before any let-go (see s_watchdog)
         if (rc < 0 && zmq_errno() != EINTR)
             break;
-        if (items[1].revents & ZMQ_POLLIN) {
-            char drain[16];
-            while (read(s_wake[0], drain, sizeof drain) > 0)
-                ;
-        }
+        if (items[1].revents & ZMQ_POLLIN)
+            loom_wake_drain(s_wake);
         s_conn_service(c);
         if (trim_due && zlist_size(c->inbox) == 0 && loom_now_ms() - idle_since >= S_TRIM_IDLE_MS) {
             malloc_trim(0);

@@ -29,38 +29,44 @@ s_die(const char *what, int rc)
     abort();
 }
 
-//  Die with why unless a and b encode to the same bytes.
+//  Another decoder's answer (rc, got) must be m's: refused both (m NULL),
+//  or both decoded to messages that encode to the same bytes. who names
+//  the other decoder. Frees got.
 static void
-s_same(const loom_msg *a, const loom_msg *b, const char *why)
+s_agree(int rc, loom_msg *got, const loom_msg *m, const char *who)
 {
+    if (rc == LOOM_ENOMEM)
+        return;
+    if ((rc == 0) != (m != NULL)) {
+        fprintf(stderr, "fuzz_wire: %s: ", who);
+        s_die("decodes differently", rc);
+    }
+    if (!m)
+        return;
     void *ea = NULL, *eb = NULL;
     size_t alen = 0, blen = 0;
-    if (loom_wire_encode(a, &ea, &alen) != 0 || loom_wire_encode(b, &eb, &blen) != 0)
+    if (loom_wire_encode(m, &ea, &alen) != 0 || loom_wire_encode(got, &eb, &blen) != 0)
         s_die("a decoded message does not encode", 0);
-    if (alen != blen || memcmp(ea, eb, alen) != 0)
-        s_die(why, 0);
+    if (alen != blen || memcmp(ea, eb, alen) != 0) {
+        fprintf(stderr, "fuzz_wire: %s: ", who);
+        s_die("reads a different message", 0);
+    }
     free(ea);
     free(eb);
+    loom_msg_destroy(&got);
 }
 
-//  Decode with the verifier only and compare with m (NULL: refused).
+//  The verifier alone against m (the fast reader's answer, NULL: refused).
 static void
 s_check_verified(const uint8_t *data, size_t size, const loom_msg *m)
 {
     loom_msg *v = NULL;
     int rc = loom__wire_decode_verified(data, size, &v);
-    if (rc == LOOM_ENOMEM)
-        return;
-    if ((rc == 0) != (m != NULL))
-        s_die("the fast reader and the verifier disagree", rc);
-    if (!m)
-        return;
-    s_same(m, v, "the fast reader and the verifier read different messages");
-    loom_msg_destroy(&v);
+    s_agree(rc, v, m, "the verifier, against the fast reader");
 }
 
-//  Decode data as a received frame (aligned: libzmq's own buffer, so every
-//  size takes the in-place path) and compare with m (NULL: refused).
+//  Data as a received frame (aligned: libzmq's own buffer, so every size
+//  takes the in-place path) against m, a copy's answer.
 static void
 s_check_frame(const uint8_t *data, size_t size, const loom_msg *m)
 {
@@ -73,14 +79,7 @@ s_check_frame(const uint8_t *data, size_t size, const loom_msg *m)
     loom_msg *f = NULL;
     int rc = loom_wire_decode_frame(&frame, &f);
     zmq_msg_close(&frame);
-    if (rc == LOOM_ENOMEM)
-        return;
-    if ((rc == 0) != (m != NULL))
-        s_die("a received frame and a copy decode differently", rc);
-    if (!m)
-        return;
-    s_same(m, f, "a received frame and a copy read different messages");
-    loom_msg_destroy(&f);
+    s_agree(rc, f, m, "a received frame, against a copy");
 }
 
 int
