@@ -475,6 +475,7 @@ s_stats_fill(s_broker *self, loom_wire_stats *st)
     st->items_queued = loom_sched_queued(self->sched);
     st->items_in_flight = loom_sched_in_flight(self->sched);
     st->items_retried = loom_sched_retried(self->sched);
+    st->curve_refused = self->curve ? loom_curve_server_refused(self->curve) : 0;
     loom_blob_channel_stats(self->bc, st);
 }
 

@@ -35,7 +35,7 @@ typedef struct {
 
 static loom_test_curve s_ltc;
 
-static void
+static inline void
 s_ltc_cleanup(void)
 {
     if (!s_ltc.dir[0])
@@ -56,7 +56,7 @@ s_ltc_cleanup(void)
 }
 
 //  Run `loom keygen PATH`, its stdout (the Z85 public key) into z85 (41).
-static int
+static inline int
 s_ltc_keygen(const char *path, char *z85)
 {
     const char *exe = getenv("LOOM_EXE");
@@ -87,7 +87,7 @@ s_ltc_keygen(const char *path, char *z85)
 }
 
 //  Copy the public certificate at from into the allow-list directory.
-static int
+static inline int
 s_ltc_allow(const char *from, const char *name)
 {
     char to[256];
@@ -109,7 +109,7 @@ s_ltc_allow(const char *from, const char *name)
 //  The process's CURVE set-up, made at the first call (keys written by
 //  `loom keygen`); .on is false when LOOM_TEST_CURVE is not 1. Aborts the
 //  test program if the keys cannot be made.
-static const loom_test_curve *
+static inline const loom_test_curve *
 loom_test_curve_get(void)
 {
     static bool made;
@@ -144,7 +144,7 @@ loom_test_curve_get(void)
 
 //  Append a broker's CURVE arguments (--curve-dir DIR --cert FILE) to
 //  argv[0..n) (room for 4 more). Returns the new count.
-static size_t
+static inline size_t
 loom_test_curve_broker_argv(const char **argv, size_t n)
 {
     const loom_test_curve *k = loom_test_curve_get();
@@ -160,7 +160,7 @@ loom_test_curve_broker_argv(const char **argv, size_t n)
 //  Append a listed peer's arguments (--cert FILE --server-key KEY) to
 //  argv[0..n) (room for 4 more): the worker's key when worker is true,
 //  else the client's. Returns the new count.
-static size_t
+static inline size_t
 loom_test_curve_peer_argv(const char **argv, size_t n, bool worker)
 {
     const loom_test_curve *k = loom_test_curve_get();
@@ -174,7 +174,7 @@ loom_test_curve_peer_argv(const char **argv, size_t n, bool worker)
 }
 
 //  Set a client's CURVE options (the listed client's key) under CURVE.
-static void
+static inline void
 loom_test_curve_client_opts(loom_client_opts *o)
 {
     const loom_test_curve *k = loom_test_curve_get();
@@ -185,7 +185,7 @@ loom_test_curve_client_opts(loom_client_opts *o)
 }
 
 //  " under CURVE" or "", for messages.
-static const char *
+static inline const char *
 loom_test_curve_mode(void)
 {
     return loom_test_curve_get()->on ? " under CURVE" : "";

@@ -13,6 +13,7 @@
 #include "base.h"
 #include "commands.h"
 #include "curve.h"
+#include "curve_watch.h"
 #include "wire.h"
 
 static void
@@ -39,6 +40,7 @@ s_print(const loom_wire_stats *st)
     U(blob_bytes_in);
     U(blob_bytes_out);
     U(blob_bytes_adopted);
+    U(curve_refused);
     U(blobs_stored);
     U(blob_store_bytes);
     U(workers_blob_bytes_in);
@@ -90,8 +92,11 @@ loom_cmd_status(int argc, char **argv)
         zsock_destroy(&sock);
         return 2;
     }
+    //  Says why, if the broker will not let us in (curve_watch.h).
+    loom_curve_watch *watch = loom_curve_watch_new(zsys_init(), zsock_resolve(sock), cert != NULL);
     if (zsock_connect(sock, "%s", ep) != 0) {
         fprintf(stderr, "loom status: cannot connect to %s\n", ep);
+        loom_curve_watch_destroy(&watch);
         zsock_destroy(&sock);
         return 1;
     }
@@ -99,13 +104,19 @@ loom_cmd_status(int argc, char **argv)
     int rc = loom_wire_send(zsock_resolve(sock), NULL, 0, &req, ZMQ_DONTWAIT);
     int64_t until = loom_now_ms() + timeout;
     int status = 1;
+    const char *why = NULL;
+    bool refused = false;
     while (rc == 0) {
         int64_t left = until - loom_now_ms();
-        if (left <= 0)
+        why = loom_curve_watch_reason(watch, &refused);
+        if (left <= 0 || refused)
             break;
         zmq_pollitem_t item = {zsock_resolve(sock), 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, (long)left) <= 0)
+        int n = zmq_poll(&item, 1, watch && left > 100 ? 100 : (long)left);
+        if (n < 0)
             break;
+        if (n == 0)
+            continue;
         loom_msg *m = NULL;
         if (loom_wire_recv(zsock_resolve(sock), NULL, 0, NULL, &m, ZMQ_DONTWAIT) != 0)
             continue;
@@ -117,8 +128,11 @@ loom_cmd_status(int argc, char **argv)
         if (status == 0)
             break;
     }
-    if (status)
+    if (status && why)
+        fprintf(stderr, "loom status: broker at %s: %s\n", ep, why);
+    else if (status)
         fprintf(stderr, "loom status: no answer from %s within %ld ms\n", ep, timeout);
+    loom_curve_watch_destroy(&watch);
     zsock_destroy(&sock);
     return status;
 }

@@ -7,6 +7,7 @@
 #include "blob_transfer.h"
 
 #include "base.h"
+#include "curve.h"
 #include "blob_hash.h"
 #include "wire.h"
 
@@ -145,7 +146,7 @@ loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash)
 }
 
 void *
-loom__blob_dealer(void *ctx, const char *endpoint)
+loom__blob_dealer(void *ctx, const char *endpoint, const char *cert_path, const char *server_key)
 {
     void *s = zmq_socket(ctx, ZMQ_DEALER);
     if (!s)
@@ -155,6 +156,13 @@ loom__blob_dealer(void *ctx, const char *endpoint)
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_SNDTIMEO, &timeout, sizeof timeout);
+    char *curve_err = NULL;
+    if (loom_curve_client_setup(s, cert_path, server_key, &curve_err) != 0) {
+        loom_log_error("loom: blob channel %s: %s", endpoint, curve_err);
+        free(curve_err);
+        zmq_close(s);
+        return NULL;
+    }
     if (zmq_connect(s, endpoint) != 0) {
         loom_log_error("loom: cannot connect to the blob channel %s: %s", endpoint,
                        zmq_strerror(zmq_errno()));

@@ -38,8 +38,12 @@ int loom__blob_hash(loom_blob_reader rd, void *ctx, uint64_t size, uint8_t *hash
 int loom__blob_hash_fd(int fd, uint64_t size, uint8_t *hash);
 
 //  A DEALER connected to endpoint (its own socket options set), or NULL.
-//  Free it with zmq_close. ctx: a libzmq context.
-void *loom__blob_dealer(void *ctx, const char *endpoint);
+//  Free it with zmq_close. ctx: a libzmq context. cert_path and server_key:
+//  the peer's CURVE keys (curve.h), the same as its task channel's; both
+//  NULL for a plaintext broker. Every caller says which: a blob socket of
+//  a secured peer left plaintext cannot talk to a CURVE broker at all.
+void *loom__blob_dealer(void *ctx, const char *endpoint, const char *cert_path,
+                        const char *server_key);
 
 //  The blob endpoint to connect to: the Welcome's, with a wildcard host
 //  ("*", "0.0.0.0", "[::]") replaced by the host of the task endpoint the

@@ -20,6 +20,7 @@
 #include "blob_transfer.h"
 #include "cluster.h"
 #include "curve.h"
+#include "curve_watch.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -66,6 +67,7 @@ s_library_init(void)
 typedef struct {
     const char *endpoint;      //  broker
     int timeout_ms;            //  handshake
+    loom_curve_watch *watch;   //  the DEALER's handshakes, or NULL
     loom_wire_welcome welcome; //  out: the broker's Welcome
     char blob_ep[512];         //  out: Welcome.blob_endpoint ("" if none)
     char blob_store[4096];     //  out: Welcome.blob_store ("" if none)
@@ -109,7 +111,10 @@ s_free_buf(void *data, void *hint)
     free(data);
 }
 
-//  Say Hello and wait for Welcome until the deadline. Returns 0 or a code.
+//  Say Hello and wait for Welcome until the deadline. Returns 0 or a code;
+//  LOOM_EACCES, logged with the reason, as soon as the broker refuses the
+//  connection's handshake (a key it does not list, the wrong mechanism), and
+//  LOOM_ETIMEDOUT, logged with the last handshake failure if there was one.
 static int
 s_io_handshake(void *dealer, s_io_args *a)
 {
@@ -124,10 +129,20 @@ s_io_handshake(void *dealer, s_io_args *a)
     bool sent = false;
     while (true) {
         int64_t left = deadline - loom_now_ms();
-        if (left <= 0)
+        bool refused;
+        const char *why = loom_curve_watch_reason(a->watch, &refused);
+        if (why && (refused || left <= 0)) {
+            loom_log_error("loom: broker at %s: %s", a->endpoint, why);
+            return refused ? LOOM_EACCES : LOOM_ETIMEDOUT;
+        }
+        if (left <= 0) {
+            loom_log_error("loom: no answer from broker at %s within %d ms", a->endpoint,
+                           a->timeout_ms);
             return LOOM_ETIMEDOUT;
+        }
+        //  In slices, to see a refused handshake while waiting.
         zmq_pollitem_t item = {dealer, 0, sent ? ZMQ_POLLIN : ZMQ_POLLOUT, 0};
-        if (zmq_poll(&item, 1, (long)left) < 0) {
+        if (zmq_poll(&item, 1, a->watch && left > 100 ? 100 : (long)left) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             return LOOM_EIO;
@@ -213,6 +228,7 @@ struct loom__link {
     char *endpoint;           //  broker
     char *cert_path;          //  CURVE (for reconnections), or NULL
     char *server_key;         //  its broker key, or NULL
+    loom_curve_watch *watch;  //  the first DEALER's handshakes, until Welcome
     int64_t reconnect_ms;     //  how long a lost broker may stay away
     int64_t hb, expiry;       //  heartbeat interval; silence that means lost
     s_state state;            //  see above
@@ -233,6 +249,7 @@ struct loom__link {
 static int
 s_link_dealer(loom__link *l, bool first)
 {
+    loom_curve_watch_destroy(&l->watch);
     zsock_destroy(&l->dealer);
     l->dealer = zsock_new(ZMQ_DEALER);
     LOOM_ASSERT(l->dealer);
@@ -249,6 +266,8 @@ s_link_dealer(loom__link *l, bool first)
         free(curve_err);
         return LOOM_EINVAL;
     }
+    if (first)
+        l->watch = loom_curve_watch_new(zsys_init(), l->dh, l->cert_path != NULL);
     if (zmq_connect(l->dh, l->endpoint) != 0) {
         if (first)
             loom_log_error("loom: cannot connect to %s: %s", l->endpoint,
@@ -298,6 +317,7 @@ s_link_destroy(loom__link **l_p)
     for (size_t i = 0; i < l->q_len; i++)
         zmq_msg_close(&l->q[i]);
     free(l->q);
+    loom_curve_watch_destroy(&l->watch);
     zsock_destroy(&l->dealer);
     free(l->hb_buf);
     free(l->hello_buf);
@@ -563,17 +583,18 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
         endpoint = loom__cluster_endpoint(self->cluster);
     }
     self->endpoint = loom_xstrdup(endpoint);
+    self->cert_path = opts->cert_path ? loom_xstrdup(opts->cert_path) : NULL;
+    self->server_key = opts->server_key ? loom_xstrdup(opts->server_key) : NULL;
 
     int timeout_ms = opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_TIMEOUT_MS;
     self->link = s_link_new(self->endpoint, opts->cert_path, opts->server_key,
                             opts->timeout_ms ? opts->timeout_ms : S_DEFAULT_RECONNECT_MS);
     if (s_link_dealer(self->link, true) != 0)
         goto fail;
-    s_io_args args = {.endpoint = self->endpoint, .timeout_ms = timeout_ms};
+    s_io_args args = {.endpoint = self->endpoint, .timeout_ms = timeout_ms,
+                      .watch = self->link->watch};
     int rc = s_io_handshake(self->link->dh, &args);
-    if (rc == LOOM_ETIMEDOUT)
-        loom_log_error("loom: no answer from broker at %s within %d ms", self->endpoint,
-                       timeout_ms);
+    loom_curve_watch_destroy(&self->link->watch);
     if (rc != 0)
         goto fail;
     loom__link *l = self->link;
@@ -618,6 +639,8 @@ loom_client_destroy(loom_client **self_p)
     s_link_destroy(&self->link);
     loom__cluster_destroy(&self->cluster);
     free(self->endpoint);
+    free(self->cert_path);
+    free(self->server_key);
     free(self);
     *self_p = NULL;
 }

@@ -52,6 +52,8 @@ struct loom_client {
     loom_map *last_map;        //  dispatch cache
     bool in_callback;          //  on_result is running: no reentrant calls
     char *blob_ep;             //  blob channel endpoint (Welcome), NULL if none
+    char *cert_path;           //  CURVE: this client's certificate, or NULL (curve.h)
+    char *server_key;          //  CURVE: the broker's key, or NULL
     void *blob;                //  DEALER to it, made at the first share (share.c)
     char *blob_store;          //  the broker's store dir when on this host (Welcome), or NULL
     uint64_t reconnects;       //  sessions resumed after the broker was lost

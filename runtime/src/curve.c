@@ -3,6 +3,7 @@
 #include "curve.h"
 
 #include "base.h"
+#include "curve_auth.h"
 
 #include <czmq.h>
 #include <loom/errors.h>
@@ -145,10 +146,10 @@ struct loom_curve_server {
     zcert_t *cert;
 };
 
-//  zauth is one per process (it binds the context's ZAP endpoint).
+//  The ZAP handler is one per process (it binds the context's ZAP
+//  endpoint), shared by the brokers of the process that use one directory.
 static pthread_mutex_t s_auth_lock = PTHREAD_MUTEX_INITIALIZER;
-static zactor_t *s_auth;
-static char *s_auth_dir;
+static loom_curve_auth *s_auth;
 static int s_auth_refs;
 
 loom_curve_server *
@@ -172,20 +173,19 @@ loom_curve_server_new(const char *allow_dir, const char *cert_path, char **error
     }
     pthread_mutex_lock(&s_auth_lock);
     int rc = 0;
-    if (s_auth && strcmp(s_auth_dir, real) != 0) {
-        s_error(error, "this process already serves CURVE allow-list %s", s_auth_dir);
+    if (s_auth && strcmp(loom_curve_auth_dir(s_auth), real) != 0) {
+        s_error(error, "this process already serves CURVE allow-list %s",
+                loom_curve_auth_dir(s_auth));
         rc = -1;
     } else if (!s_auth) {
-        s_auth = zactor_new(zauth, NULL);
+        //  Bound before any CURVE socket binds, so that no connection is
+        //  ever let in unasked.
+        char *err = NULL;
+        s_auth = loom_curve_auth_new(real, &err);
         if (!s_auth) {
-            s_error(error, "cannot start the CURVE authenticator (zauth)");
+            s_error(error, "%s", err);
+            free(err);
             rc = -1;
-        } else {
-            //  Until this is answered zauth denies CURVE: configure before
-            //  any socket binds.
-            zstr_sendx(s_auth, "CURVE", real, NULL);
-            zsock_wait(s_auth);
-            s_auth_dir = loom_xstrdup(real);
         }
     }
     if (rc == 0)
@@ -206,7 +206,7 @@ loom_curve_server_setup(loom_curve_server *self, void *sock)
 {
     int one = 1;
     //  CURVE_SERVER must come before bind; a ZAP domain makes libzmq ask
-    //  zauth about every connection.
+    //  the ZAP handler (curve_auth.c) about every connection.
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVER, &one, sizeof one) ||
         zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, zcert_secret_key(self->cert), 32) ||
         zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, zcert_public_key(self->cert), 32) ||
@@ -221,6 +221,16 @@ loom_curve_server_public(loom_curve_server *self)
     return zcert_public_txt(self->cert);
 }
 
+uint64_t
+loom_curve_server_refused(loom_curve_server *self)
+{
+    (void)self;
+    pthread_mutex_lock(&s_auth_lock);
+    uint64_t n = loom_curve_auth_refused(s_auth);
+    pthread_mutex_unlock(&s_auth_lock);
+    return n;
+}
+
 void
 loom_curve_server_destroy(loom_curve_server **self_p)
 {
@@ -229,11 +239,8 @@ loom_curve_server_destroy(loom_curve_server **self_p)
         return;
     zcert_destroy(&self->cert);
     pthread_mutex_lock(&s_auth_lock);
-    if (--s_auth_refs == 0) {
-        zactor_destroy(&s_auth);
-        free(s_auth_dir);
-        s_auth_dir = NULL;
-    }
+    if (--s_auth_refs == 0)
+        loom_curve_auth_destroy(&s_auth);
     pthread_mutex_unlock(&s_auth_lock);
     free(self);
     *self_p = NULL;

@@ -12,15 +12,16 @@
 
     Server side: the broker's ROUTERs get CURVE_SERVER and the broker's keys
     before they bind, and a zauth actor (CZMQ's ZAP handler) accepts only the
-    public keys of the certificates in the allow-list directory. zauth is
-    per process (one ZAP handler per ZeroMQ context): one process can run
-    only one CURVE allow-list at a time; a second with another directory is
-    refused.  */
+    public keys of the certificates in the allow-list directory, logging
+    each refused key (curve_auth.h). The ZAP handler is per process (one per
+    ZeroMQ context): one process can run only one CURVE allow-list at a
+    time; a second with another directory is refused.  */
 
 #ifndef LOOM_CURVE_H
 #define LOOM_CURVE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,7 +44,7 @@ int loom_curve_client_setup(void *sock, const char *cert_path, const char *serve
 typedef struct loom_curve_server loom_curve_server;
 
 //  Start the allow-list of the public certificates in allow_dir (re-read
-//  when the directory changes) and load the broker's certificate. Returns
+//  when the directory changes; curve_auth.h) and load the broker's certificate. Returns
 //  NULL with *error (malloc'd) when the directory or certificate cannot be
 //  used, or when this process already serves another directory.
 loom_curve_server *loom_curve_server_new(const char *allow_dir, const char *cert_path,
@@ -52,6 +53,9 @@ loom_curve_server *loom_curve_server_new(const char *allow_dir, const char *cert
 //  Make sock (a libzmq handle, before bind) a CURVE server with our keys.
 //  Returns 0 or LOOM_EIO.
 int loom_curve_server_setup(loom_curve_server *self, void *sock);
+
+//  Connections the process's allow-list refused since it started.
+uint64_t loom_curve_server_refused(loom_curve_server *self);
 
 //  The broker's public key as Z85 text (40 characters).
 const char *loom_curve_server_public(loom_curve_server *self);

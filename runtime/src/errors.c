@@ -23,6 +23,8 @@ loom_strerror(int err)
     case LOOM_ETOOBIG: return "over the size limit";
     case LOOM_EAGAIN: return "nothing ready in time";
     case LOOM_ESTATE: return "not valid in this state";
+    case LOOM_EACCES: return "refused by the broker (CURVE key or mechanism)";
+    case LOOM_EINIT: return "plugin init failed";
     default: return "unknown error";
     }
 }

@@ -191,7 +191,7 @@ void *
 loom__client_blob(loom_client *c)
 {
     if (!c->blob && c->blob_ep)
-        c->blob = loom__blob_dealer(zsys_init(), c->blob_ep);
+        c->blob = loom__blob_dealer(zsys_init(), c->blob_ep, c->cert_path, c->server_key);
     return c->blob;
 }
 

@@ -369,7 +369,7 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
                            s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
                            s->workers_blob_bytes_in, s->workers_blob_bytes_out,
-                           s->connections_dropped, s->blob_bytes_adopted)
+                           s->connections_dropped, s->blob_bytes_adopted, s->curve_refused)
         .Union();
 }
 
@@ -1181,6 +1181,7 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->workers_blob_bytes_out = s->workers_blob_bytes_out();
     out->connections_dropped = s->connections_dropped();
     out->blob_bytes_adopted = s->blob_bytes_adopted();
+    out->curve_refused = s->curve_refused();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_

@@ -187,6 +187,7 @@ typedef struct {
     uint64_t workers_blob_bytes_in, workers_blob_bytes_out; //  sums of the workers' reports
     uint64_t connections_dropped; //  task-channel disconnections (peer gone, or a protocol error)
     uint64_t blob_bytes_adopted;  //  blob bytes same-host clients wrote into the store
+    uint64_t curve_refused;       //  connections the CURVE allow-list refused
 } loom_wire_stats;
 
 typedef struct {

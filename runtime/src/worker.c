@@ -16,6 +16,7 @@
 #include "base.h"
 #include "blob_cache.h"
 #include "curve.h"
+#include "curve_watch.h"
 #include "paths.h"
 #include "plugin_loader.h"
 #include "wire.h"
@@ -57,6 +58,9 @@ typedef struct {
     int64_t deaths[S_BURST + 1]; //  times of the latest deaths (ring)
     size_t ndeaths;
     void *dealer;
+    loom_curve_watch *watch; //  its handshakes, until welcomed (curve_watch.h)
+    char why[256];           //  the last handshake failure logged ("" none)
+    int64_t why_at;          //  when it was logged
     bool welcomed;
     bool hello_pending;
     uint64_t epoch;
@@ -243,6 +247,7 @@ s_send(s_super *self, const loom_msg *m)
 static void
 s_connect(s_super *self)
 {
+    loom_curve_watch_destroy(&self->watch);
     if (self->dealer)
         zmq_close(self->dealer);
     self->dealer = zmq_socket(zsys_init(), ZMQ_DEALER);
@@ -256,6 +261,7 @@ s_connect(s_super *self)
         loom_log_error("supervisor: %s", curve_err); //  checked at start: cannot happen
         free(curve_err);
     }
+    self->watch = loom_curve_watch_new(zsys_init(), self->dealer, self->opts->cert_path != NULL);
     if (zmq_connect(self->dealer, self->opts->endpoint) != 0)
         loom_log_error("supervisor: cannot connect to %s: %s", self->opts->endpoint,
                        zmq_strerror(zmq_errno()));
@@ -297,6 +303,8 @@ s_on_broker(s_super *self)
             const loom_wire_welcome *w = &m->u.welcome;
             if (!self->welcomed) {
                 self->welcomed = true;
+                loom_curve_watch_destroy(&self->watch);
+                self->why[0] = 0;
                 self->epoch = w->epoch;
                 if (w->heartbeat_ms)
                     self->hb_ms = w->heartbeat_ms;
@@ -361,11 +369,25 @@ s_report_unsent(s_super *self)
     self->nunsent -= sent;
 }
 
+//  While there is no session: say why the broker does not let us in, at
+//  once, then again when the reason changes or a minute has passed.
+static void
+s_log_refusal(s_super *self, int64_t now)
+{
+    const char *why = loom_curve_watch_reason(self->watch, NULL);
+    if (!why || (!strcmp(why, self->why) && now - self->why_at < 60000))
+        return;
+    loom_log_error("supervisor: broker %s: %s (retrying)", self->opts->endpoint, why);
+    snprintf(self->why, sizeof self->why, "%s", why);
+    self->why_at = now;
+}
+
 static void
 s_session_tick(s_super *self)
 {
     int64_t now = loom_now_ms();
     int64_t expiry = (int64_t)self->hb_ms * self->liveness;
+    s_log_refusal(self, now);
     if (self->hello_pending)
         s_hello(self);
     else if ((!self->welcomed && now - self->hello_at > expiry) ||
@@ -561,6 +583,7 @@ loom_worker_run(const loom_worker_opts *opts)
     s_stop_children(&self);
     int linger = 500;
     zmq_setsockopt(self.dealer, ZMQ_LINGER, &linger, sizeof linger);
+    loom_curve_watch_destroy(&self.watch);
     zmq_close(self.dealer);
     free(self.children);
     if (self.cache_temp)

@@ -23,6 +23,8 @@ struct loom_worker_blobs {
     char *out_dir;        //  output files of the running item, made at first use
     char *endpoint;       //  blob endpoint, NULL until welcomed
     void *dealer;         //  to it, made at the first fetch
+    char *cert_path;      //  CURVE keys for it, or NULL
+    char *server_key;
     uint64_t reported_in; //  cache bytes_in already reported
     uint64_t out_bytes;   //  output file bytes sent, not yet reported
 };
@@ -59,9 +61,12 @@ loom_file_list_free(loom_file_list **self_p)
 }
 
 loom_worker_blobs *
-loom_worker_blobs_new(const char *cache_dir, uint64_t cache_size)
+loom_worker_blobs_new(const char *cache_dir, uint64_t cache_size, const char *cert_path,
+                      const char *server_key)
 {
     loom_worker_blobs *self = loom_xcalloc(1, sizeof *self);
+    self->cert_path = cert_path ? loom_xstrdup(cert_path) : NULL;
+    self->server_key = server_key ? loom_xstrdup(server_key) : NULL;
     if (cache_dir)
         self->cache = loom_blob_cache_new(cache_dir, cache_size);
     if (self->cache)
@@ -93,6 +98,8 @@ loom_worker_blobs_destroy(loom_worker_blobs **self_p)
         rmdir(self->out_dir);
     free(self->out_dir);
     free(self->cache_dir);
+    free(self->cert_path);
+    free(self->server_key);
     free(self->endpoint);
     free(self);
     *self_p = NULL;
@@ -131,6 +138,16 @@ s_reason(const char *fmt, const char *a, const char *b)
     return r;
 }
 
+//  The DEALER to the blob channel, made now if needed; NULL if there is none.
+static void *
+s_dealer(loom_worker_blobs *self)
+{
+    if (!self->dealer && self->endpoint)
+        self->dealer =
+            loom__blob_dealer(zsys_init(), self->endpoint, self->cert_path, self->server_key);
+    return self->dealer;
+}
+
 int
 loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loom_wire_file *f,
                         char **path, char **reason)
@@ -154,9 +171,7 @@ loom_worker_blobs_fetch(loom_worker_blobs *self, const char *what, const loom_wi
         *reason = s_reason("%s: this worker has no blob cache%s", what, "");
         return LOOM_ENOTSUP;
     }
-    if (!self->dealer && self->endpoint)
-        self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
-    if (!self->dealer) {
+    if (!s_dealer(self)) {
         *reason = s_reason("%s: the broker has no blob channel%s", what, "");
         return LOOM_ENOTSUP;
     }
@@ -254,10 +269,8 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
         if (rc == 0) {
             //  Unnamed: the broker hashes the bytes as they arrive and
             //  answers with their name (no pass over the file first).
-            if (!self->dealer && self->endpoint)
-                self->dealer = loom__blob_dealer(zsys_init(), self->endpoint);
             uint64_t sent = 0;
-            rc = self->dealer ? loom__blob_upload_unnamed(self->dealer, size, loom__blob_read_fd,
+            rc = s_dealer(self) ? loom__blob_upload_unnamed(self->dealer, size, loom__blob_read_fd,
                                                           &fd, 30000, &sent, hash)
                               : LOOM_ENOTSUP;
             self->out_bytes += sent;

@@ -21,8 +21,10 @@ loom_file_list *loom_file_list_copy(const loom_wire_file *files, size_t n);
 void loom_file_list_free(loom_file_list **self_p);
 
 //  cache_dir NULL: shares and files are unavailable (fetches fail with
-//  LOOM_ENOTSUP). Never returns NULL.
-loom_worker_blobs *loom_worker_blobs_new(const char *cache_dir, uint64_t cache_size);
+//  LOOM_ENOTSUP). cert_path and server_key: the process's CURVE keys for
+//  the blob channel (both NULL: plaintext), copied. Never returns NULL.
+loom_worker_blobs *loom_worker_blobs_new(const char *cache_dir, uint64_t cache_size,
+                                         const char *cert_path, const char *server_key);
 
 //  Log the counters, close the socket, free. Accepts NULL.
 void loom_worker_blobs_destroy(loom_worker_blobs **self_p);

@@ -1358,7 +1358,8 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     self.max_maps = (size_t)loom_env_long("LOOM_WORKER_MAX_MAPS", S_MAX_MAPS, 1, 1L << 20);
     self.max_map_bytes =
         (size_t)loom_env_long("LOOM_WORKER_MAP_BYTES", S_MAX_MAP_BYTES, 4096, LONG_MAX);
-    self.blobs = loom_worker_blobs_new(opts->cache_dir, opts->cache_size);
+    self.blobs =
+        loom_worker_blobs_new(opts->cache_dir, opts->cache_size, opts->cert_path, opts->server_key);
     s_conn *c = &self.conn;
     s_conn_start(c, opts); //  held from here on, but while plugin code runs
     int status = 0;

@@ -162,7 +162,7 @@ s_file_equals_data(const char *path)
 static int
 s_get(loom_blob_cache *c, char **path, char *err, size_t cap)
 {
-    void *d = loom__blob_dealer(zsys_init(), s_ep);
+    void *d = loom__blob_dealer(zsys_init(), s_ep, NULL, NULL);
     assert_non_null(d);
     int rc = loom_blob_cache_get(c, d, s_hash, S_SIZE, path, err, cap);
     zmq_close(d);

@@ -37,7 +37,7 @@ s_setup(void **state)
     free(err);
     if (!s_broker)
         return -1;
-    s_dealer = loom__blob_dealer(zsys_init(), s_blob_ep);
+    s_dealer = loom__blob_dealer(zsys_init(), s_blob_ep, NULL, NULL);
     return s_dealer ? 0 : -1;
 }
 
@@ -466,10 +466,10 @@ test_store_cap_and_client_quota(void **state)
     zactor_t *broker = loom_broker_start_opts(&o, task, blob, &bt, &bb, &err);
     assert_non_null(broker);
     assert_int_equal(loom_broker_set_store(broker, dir, 5000, 0, true), 0);
-    void *a = loom__blob_dealer(zsys_init(), bb);
-    void *b = loom__blob_dealer(zsys_init(), bb);
-    void *c = loom__blob_dealer(zsys_init(), bb);
-    void *d = loom__blob_dealer(zsys_init(), bb);
+    void *a = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
+    void *b = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
+    void *c = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
+    void *d = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
 
     //  a: 2000 bytes stored, then 1500 more would be 3500 > its quota 3000.
     assert_int_equal(s_put(a, 2000, 1), 0);
@@ -566,8 +566,8 @@ test_unnamed_uploads_count_against_the_quota(void **state)
     char *bt = NULL, *bb = NULL, *err = NULL;
     zactor_t *broker = loom_broker_start_opts(&o, task, blob, &bt, &bb, &err);
     assert_non_null(broker);
-    void *a = loom__blob_dealer(zsys_init(), bb);
-    void *b = loom__blob_dealer(zsys_init(), bb);
+    void *a = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
+    void *b = loom__blob_dealer(zsys_init(), bb, NULL, NULL);
     uint8_t hash[LOOM_HASH_SIZE], name[LOOM_HASH_SIZE];
     uint8_t *d1 = s_source(2000, 11, hash);
     uint8_t *d2 = s_source(1500, 12, hash);
@@ -704,7 +704,7 @@ test_adoption_takes_checked_files_only(void **state)
     unlink(recent);
     free(stale);
     free(recent);
-    void *a = loom__blob_dealer(zsys_init(), ob.bb);
+    void *a = loom__blob_dealer(zsys_init(), ob.bb, NULL, NULL);
     uint8_t hash[LOOM_HASH_SIZE], other[LOOM_HASH_SIZE], big[LOOM_HASH_SIZE];
     uint8_t *data = s_source(3000, 21, hash);
     uint8_t *data2 = s_source(2000, 22, other);

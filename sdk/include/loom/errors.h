@@ -25,5 +25,7 @@
 #define LOOM_ETOOBIG -14   /* a message, item or output over the size limit */
 #define LOOM_EAGAIN -15    /* nothing ready within the time given */
 #define LOOM_ESTATE -16    /* call not valid in this state (e.g. submit after close) */
+#define LOOM_EACCES -17    /* the broker refused this peer (CURVE key or mechanism) */
+#define LOOM_EINIT -18     /* the plugin's init failed, timed out or crashed its process */
 
 #endif
