@@ -1,9 +1,13 @@
 #!/bin/bash
-# test_curve: CURVE security end to end with real processes. `loom keygen`
-# makes the keys; a `loom broker --curve-dir --cert` lets in only the peers
-# whose public certificates are in its directory. A listed client and worker
-# run a map; an unlisted client gets no session and runs no task; an
-# unlisted worker gets no work. Needs $LOOM_EXE and $LOOM_PLUGIN_PATH.
+# test_curve: CURVE security end to end with real processes, as a user sets
+# it up. `loom keygen` makes the keys; a `loom broker --curve-dir --cert`
+# lets in only the peers whose public certificates are in its directory. A
+# listed client and worker run maps with shares, attached files and output
+# files over the secured blob channel (the host fetching each blob once);
+# an unlisted client gets no session and runs no task; an unlisted worker
+# gets no work; each refused peer is told why at once (loom map, loom
+# status, loom worker), and the broker logs a refused key once a minute.
+# Needs $LOOM_EXE and $LOOM_PLUGIN_PATH.
 set -u
 
 LOOM=${LOOM_EXE:?LOOM_EXE must name the loom executable}
@@ -59,7 +63,8 @@ lm broker --bind "$EP" --blob-bind "" --curve-dir allow --cert allow/client 2>er
     fail "a public-only certificate is accepted as the broker's"
 grep -q "secret" err || fail "the message says the secret key is missing"
 
-"$LOOM" broker --bind "$EP" --blob-bind "" --curve-dir allow --cert broker 2>broker.log &
+"$LOOM" broker --bind "$EP" --blob-bind "ipc://$TMP/blob.sock" --store "$TMP/store" \
+    --curve-dir allow --cert broker 2>broker.log &
 PIDS+=($!)
 CLIENT=(--cert client --server-key "$BKEY")
 for _ in $(seq 100); do
@@ -73,26 +78,54 @@ done
 [[ -z $(bstat epoch --cert stranger --server-key broker 2>/dev/null) ]] ||
     fail "an unlisted key is answered"
 
-# A worker with an unlisted key: it never gets a session.
+# A worker with an unlisted key: it never gets a session, and says why.
 "$LOOM" worker --connect "$EP" --procs 1 --cert stranger --server-key broker 2>wbad.log &
 PIDS+=($!)
 BADW=$!
+for _ in $(seq 50); do
+    grep -q "refused this key" wbad.log && break
+    sleep 0.1
+done
+grep -q "refused this key" wbad.log || fail "loom worker does not say its key was refused"
 
-# An unlisted client: no session, no task, no result.
+# An unlisted client: no session, no task, no result, and it is told why
+# at once (not after the 5 s connect timeout).
 seq 1 20 >in.txt
+t0=$(date +%s%N)
 if lm map echo echo --connect "$EP" --cert stranger --server-key "$BKEY" <in.txt >out.bad 2>err.bad; then
     fail "an unlisted client runs a map"
 else
     pass "an unlisted client is refused"
 fi
+ms=$((($(date +%s%N) - t0) / 1000000))
 [[ ! -s out.bad ]] || fail "an unlisted client got output"
+grep -q "refused this key" err.bad && grep -q "allow-list" err.bad ||
+    fail "loom map does not say the key was refused: $(cat err.bad)"
+((ms < 4000)) || fail "the refusal took $ms ms (the connect timeout is 5000)"
+# The same for loom status, a plaintext client and a wrong broker key.
+lm status --connect "$EP" --timeout 3000 --cert stranger --server-key "$BKEY" >/dev/null 2>err &&
+    fail "loom status answered an unlisted key"
+grep -q "refused this key" err || fail "loom status does not say the key was refused: $(cat err)"
+lm map echo echo --connect "$EP" <in.txt >/dev/null 2>err && fail "a plaintext client runs a map"
+grep -q "requires CURVE" err || fail "a plaintext client is not told CURVE is needed: $(cat err)"
+lm map echo echo --connect "$EP" --cert client --server-key "$(cat stranger.z85)" <in.txt \
+    >/dev/null 2>err && fail "a client with a wrong broker key runs a map"
+grep -q "public key does not match" err ||
+    fail "a wrong --server-key is not named: $(cat err)"
 [[ $(bstat items_done "${CLIENT[@]}") == 0 ]] || fail "a task ran for an unlisted client"
 [[ $(bstat clients "${CLIENT[@]}") == 0 && $(bstat workers "${CLIENT[@]}") == 0 &&
     $(bstat supervisors "${CLIENT[@]}") == 0 ]] || fail "an unlisted peer holds a session"
 kill "$BADW"; wait "$BADW" 2>/dev/null
+# The broker logged the stranger's key, with its Z85 text, once (within a
+# minute), though the stranger was refused many times.
+SKEY=$(cat stranger.z85)
+n=$(grep -cF "refused CURVE key $SKEY" broker.log)
+[[ $n == 1 ]] || fail "the broker logged the refused key $n times (want 1): $(cat broker.log)"
+(($(bstat curve_refused "${CLIENT[@]}") >= 4)) || fail "the broker counts fewer than 4 refusals"
 
 # A listed worker and a listed client (server key as a file this time).
-"$LOOM" worker --connect "$EP" --procs 2 --cert worker --server-key broker 2>w.log &
+"$LOOM" worker --connect "$EP" --procs 2 --cache "$TMP/cache" --cert worker --server-key broker \
+    2>w.log &
 PIDS+=($!)
 out=$(lm map echo echo --ordered --connect "$EP" --cert client --server-key broker <in.txt 2>err.ok)
 if [[ "$out" == "$(seq 1 20)" ]]; then
@@ -101,6 +134,27 @@ else
     fail "a listed client and worker run a map: got [$out] $(cat err.ok)"
 fi
 [[ $(bstat items_done "${CLIENT[@]}") == 20 ]] || fail "the broker counts 20 items done"
+
+# Shares and attached files over the secured blob channel: the client
+# uploads through the channel (LOOM_BLOB_LOCAL=0, as a client on another
+# host does) and through the same-host store; the worker host fetches each
+# blob into its cache once.
+head -c 1000000 /dev/urandom >share.bin
+want="$(stat -c %s share.bin) $(od -An -v -tu1 share.bin | tr -s ' ' '\n' | awk '{s += $1} END {print s}')"
+for local in 0 1; do
+    out=$(seq 1 10 | sed 's/.*/x/' | LOOM_BLOB_LOCAL=$local lm map testkit shared_sum \
+        --connect "$EP" "${CLIENT[@]}" --share x=share.bin 2>err.share | sort -u)
+    [[ "$out" == "$want" ]] ||
+        fail "share under CURVE (LOOM_BLOB_LOCAL=$local): got [$out] want [$want] $(cat err.share)"
+done
+printf 'one two two\n' >words.txt
+out=$(LOOM_BLOB_LOCAL=0 lm map wordcount count_file --connect "$EP" "${CLIENT[@]}" \
+    --files words.txt 2>err.files)
+[[ "$out" == "$(printf 'one 1\ntwo 2')" ]] || fail "attached file under CURVE: [$out] $(cat err.files)"
+# share.bin (uploaded twice, stored once) and words.txt: each fetched into
+# the host's cache once. (Output files under CURVE: integration/blob-curve.)
+cached=$(find cache -type f -name '????????????????????????????????????????????????????????????????' | wc -l)
+[[ $cached == 2 ]] || fail "the host cache holds $cached blobs (want 2)"
 
 # A bad --server-key or --cert is refused before connecting, with a reason.
 lm map echo echo --connect "$EP" --cert client --server-key nonsense <in.txt 2>err && fail "bad key"
