@@ -219,7 +219,7 @@ s_peer_usage(loom_blob_channel *self, loom_blob_store *st, const char *peer, con
         if (skip && !memcmp(hash, skip, LOOM_HASH_SIZE))
             continue;
         if (loom_blob_store_size(st, hash, &size) ||
-            loom_blob_store_upload_total(st, peer, hash, &size))
+            loom_blob_store_upload_total(st, peer, hash, &size, NULL))
             used += size;
         else
             zhashx_delete(set, k);
@@ -328,9 +328,18 @@ s_on_have(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size
         s_on_adopt(self, st, rid, rid_len, peer, h);
         return;
     }
-    uint64_t size = 0;
+    uint64_t size = 0, total = 0, received = 0;
     if (loom_blob_store_has(st, h->hash.data, &size)) {
         s_send_have(self, rid, rid_len, h->hash, size, true);
+        return;
+    }
+    //  Asked again while uploading (the uploader heard nothing for a
+    //  while): resume, with a grant from what was received. Every chunk it
+    //  sent before asking came before the question, so none is missing.
+    if (loom_blob_store_upload_total(st, peer, h->hash.data, &total, &received) &&
+        total == h->size) {
+        s_send_have(self, rid, rid_len, h->hash, h->size, false);
+        s_send_grant(self, rid, rid_len, h->hash, received, total);
         return;
     }
     if (!s_admit(self, st, rid, rid_len, peer, h))
@@ -369,7 +378,7 @@ s_on_put(loom_blob_channel *self, loom_blob_store *st, const uint8_t *rid, size_
          const char *peer, const loom_wire_blob_put *p)
 {
     uint64_t total = 0;
-    bool known = loom_blob_store_upload_total(st, peer, p->hash.data, &total);
+    bool known = loom_blob_store_upload_total(st, peer, p->hash.data, &total, NULL);
     bool done = false;
     uint64_t received = 0;
     uint8_t name[LOOM_HASH_SIZE];

@@ -463,6 +463,20 @@ loom_blob_store_upload_write(loom_blob_store *self, const char *peer, const uint
     s_upload *u = zhashx_lookup(self->uploads, key);
     if (!u)
         return LOOM_ESTATE;
+    //  Bytes received already (an uploader that resumed resends what was
+    //  in flight when it asked): skipped, the rest written.
+    if (offset < u->received && offset + len <= u->total && len > 0) {
+        uint64_t skip = u->received - offset < len ? u->received - offset : len;
+        data = (const uint8_t *)data + skip;
+        len -= (size_t)skip;
+        offset += skip;
+        if (len == 0) {
+            u->last_use = loom_now_ms();
+            if (received_p)
+                *received_p = u->received;
+            return 0;
+        }
+    }
     if (offset != u->received || len > u->total - u->received || (len == 0 && u->total)) {
         zhashx_delete(self->uploads, key);
         return LOOM_EINVAL;
@@ -543,12 +557,14 @@ loom_blob_store_adopt(loom_blob_store *self, const char *name, const uint8_t *ha
 
 bool
 loom_blob_store_upload_total(loom_blob_store *self, const char *peer, const uint8_t *hash,
-                             uint64_t *total)
+                             uint64_t *total, uint64_t *received)
 {
     char key[512];
     s_upload_key(peer, hash, key, sizeof key);
     s_upload *u = zhashx_lookup(self->uploads, key);
     *total = u ? u->total : 0;
+    if (received)
+        *received = u ? u->received : 0;
     return u != NULL;
 }
 

@@ -55,7 +55,7 @@ bool loom_blob_store_has(loom_blob_store *self, const uint8_t *hash, uint64_t *s
 int loom_blob_store_read(loom_blob_store *self, const uint8_t *hash, uint64_t offset, void *buf,
                          size_t cap, size_t *n, uint64_t *total);
 
-//  Start (or restart) the upload by `peer` of blob `hash` of `total`
+//  Start (or restart from 0) the upload by `peer` of blob `hash` of `total`
 //  bytes. Returns 0; LOOM_ETOOBIG when stored blobs, uploads in progress
 //  and this one would go over the store's cap even after dropping every
 //  unreferenced blob (blobs pipelines use are kept); LOOM_EIO. A blob
@@ -65,8 +65,9 @@ int loom_blob_store_read(loom_blob_store *self, const uint8_t *hash, uint64_t of
 int loom_blob_store_upload_begin(loom_blob_store *self, const char *peer, const uint8_t *hash,
                                  uint64_t total, bool *done, uint8_t *name);
 
-//  Append a chunk to peer's upload of hash. offset must be the bytes
-//  received so far and the chunk must not go past total. When the last
+//  Append a chunk to peer's upload of hash. offset must be at most the
+//  bytes received so far (bytes received already are skipped: a resumed
+//  uploader may send them again) and the chunk must not go past total. When the last
 //  byte arrives the blob is verified and stored (*done true; name, may be
 //  NULL, gets its name: hash, or for an unnamed upload the hash of the
 //  bytes). Returns 0; LOOM_ESTATE (no such upload); LOOM_EINVAL (wrong
@@ -94,9 +95,10 @@ const char *loom_blob_store_error(const loom_blob_store *self);
 int loom_blob_store_adopt(loom_blob_store *self, const char *name, const uint8_t *hash,
                           uint64_t size);
 
-//  Total of peer's upload of hash, or 0 with false if there is none.
+//  Total of peer's upload of hash, or 0 with false if there is none;
+//  *received (may be NULL): the bytes it has written so far.
 bool loom_blob_store_upload_total(loom_blob_store *self, const char *peer, const uint8_t *hash,
-                                  uint64_t *total);
+                                  uint64_t *total, uint64_t *received);
 
 //  owner references hash (once, however many calls). Returns false if the
 //  blob is not stored.

@@ -254,15 +254,28 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
     int rc = loom_wire_send(dealer, NULL, 0, &m, 0);
     if (rc)
         return rc == LOOM_EAGAIN ? LOOM_ETIMEDOUT : rc;
-    uint64_t sent = 0, limit = 0;
-    int64_t last = loom_now_ms();
+    uint64_t sent = 0, limit = 0, moved = 0;
+    int64_t last = loom_now_ms(), asked = last;
+    bool resync = true; //  the next grant says where the broker is: send from there
     rc = LOOM_ETIMEDOUT;
     for (;;) {
-        int64_t left = timeout_ms - (loom_now_ms() - last);
-        if (left <= 0)
+        int64_t now = loom_now_ms();
+        if (now - last >= timeout_ms)
             break;
+        if (now - last >= S_RETRY_MS && now - asked >= S_RETRY_MS) {
+            //  Silence: a broker that restarted knows nothing of this
+            //  upload, and one that lost our messages waits for them. Ask
+            //  again: a new broker starts the upload, a live one resumes
+            //  it, each with a grant from the bytes it holds.
+            int e = loom_wire_send(dealer, NULL, 0, &m, ZMQ_DONTWAIT);
+            if (e && e != LOOM_EAGAIN) {
+                rc = e;
+                break;
+            }
+            asked = now;
+        }
         loom_msg *in = NULL;
-        int r = s_recv(dealer, (int)left, &in);
+        int r = s_recv(dealer, S_RETRY_MS / 4, &in);
         if (r == LOOM_EAGAIN)
             continue;
         if (r) {
@@ -288,9 +301,16 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
                    in->u.blob_chunk.status < 0) {
             rc = in->u.blob_chunk.status;
             finished = true;
+        } else if (in->type == LOOM_MSG_BLOB_HAVE && !in->u.blob_have.have &&
+                   s_same(in->u.blob_have.hash, hash)) {
+            resync = true; //  (re)started or resumed: its grant follows
         } else if (in->type == LOOM_MSG_BLOB_GET && s_same(in->u.blob_get.hash, hash)) {
             uint64_t off = in->u.blob_get.offset, credit = in->u.blob_get.credit;
-            if (off <= size && credit <= size - off && off + credit > limit)
+            if (resync && off <= size && credit <= size - off) {
+                sent = off;
+                limit = off + credit;
+                resync = false;
+            } else if (off <= size && credit <= size - off && off + credit > limit)
                 limit = off + credit;
             while (sent < limit) {
                 size_t n = limit - sent < LOOM_BLOB_XFER_CHUNK ? (size_t)(limit - sent)
@@ -309,6 +329,7 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
                     break;
                 }
                 sent += n;
+                moved += n;
             }
         }
         loom_msg_destroy(&in);
@@ -316,7 +337,7 @@ s_upload(void *dealer, const uint8_t *hash, uint64_t size, loom_blob_reader rd, 
             break;
     }
     if (sent_p)
-        *sent_p = sent;
+        *sent_p = moved;
     return rc;
 }
 

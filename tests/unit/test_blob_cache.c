@@ -506,7 +506,7 @@ test_store_keeps_only_verified_uploads(void **state)
     assert_false(loom_blob_store_has(st, s_hash, NULL));
     //  Too big for the cap, or past the end: refused.
     uint64_t total = 0;
-    assert_false(loom_blob_store_upload_total(st, "peer", s_hash, &total));
+    assert_false(loom_blob_store_upload_total(st, "peer", s_hash, &total, NULL));
     //  The right bytes are stored; a second store on the dir finds them.
     assert_int_equal(loom_blob_store_upload_begin(st, "peer", s_hash, S_SIZE, &done, NULL), 0);
     assert_int_equal(

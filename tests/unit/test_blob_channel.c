@@ -187,6 +187,99 @@ s_upload_download(size_t size)
     free(data);
 }
 
+//  An uploader that asks again (BlobHave) in the middle of its upload, as
+//  one that heard nothing for a while does, resumes it: the broker answers
+//  have:false and a grant from the bytes it received, keeps what it had,
+//  and skips bytes it receives twice; the blob is stored whole.
+static void
+test_asking_again_resumes_an_upload(void **state)
+{
+    (void)state;
+    size_t size = 3 * LOOM_BLOB_XFER_CHUNK + 11;
+    uint8_t *data = malloc(size);
+    for (size_t i = 0; i < size; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+    loom_blob_mem mem = {data, size};
+    uint8_t hash[LOOM_HASH_SIZE];
+    assert_int_equal(loom__blob_hash(loom__blob_read_mem, &mem, size, hash), 0);
+    loom_msg have = {.type = LOOM_MSG_BLOB_HAVE};
+    have.u.blob_have.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    have.u.blob_have.size = size;
+    s_send(&have);
+    loom_msg *m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+    assert_false(m->u.blob_have.have);
+    loom_msg_destroy(&m);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    assert_int_equal(m->u.blob_get.offset, 0);
+    loom_msg_destroy(&m);
+    //  One chunk, then the question again: resumed at the chunk's end.
+    loom_msg put = {.type = LOOM_MSG_BLOB_PUT};
+    put.u.blob_put.hash = (loom_span){hash, LOOM_HASH_SIZE};
+    put.u.blob_put.total = size;
+    put.u.blob_put.offset = 0;
+    put.u.blob_put.data = (loom_span){data, LOOM_BLOB_XFER_CHUNK};
+    s_send(&put);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    assert_int_equal(m->u.blob_get.offset, LOOM_BLOB_XFER_CHUNK);
+    loom_msg_destroy(&m);
+    s_send(&have);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+    assert_false(m->u.blob_have.have);
+    loom_msg_destroy(&m);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    assert_int_equal(m->u.blob_get.offset, LOOM_BLOB_XFER_CHUNK);
+    loom_msg_destroy(&m);
+    //  The first chunk again (a duplicate) and one that overlaps: skipped
+    //  where received, written where new.
+    s_send(&put);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    assert_int_equal(m->u.blob_get.offset, LOOM_BLOB_XFER_CHUNK);
+    loom_msg_destroy(&m);
+    put.u.blob_put.offset = LOOM_BLOB_XFER_CHUNK / 2;
+    put.u.blob_put.data = (loom_span){data + LOOM_BLOB_XFER_CHUNK / 2, LOOM_BLOB_XFER_CHUNK};
+    s_send(&put);
+    m = s_next();
+    assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+    assert_int_equal(m->u.blob_get.offset, LOOM_BLOB_XFER_CHUNK * 3 / 2);
+    loom_msg_destroy(&m);
+    //  The rest, from where the broker is.
+    uint64_t off = LOOM_BLOB_XFER_CHUNK * 3 / 2;
+    while (off < size) {
+        size_t n = size - off < LOOM_BLOB_XFER_CHUNK ? size - off : LOOM_BLOB_XFER_CHUNK;
+        put.u.blob_put.offset = off;
+        put.u.blob_put.data = (loom_span){data + off, n};
+        s_send(&put);
+        off += n;
+        m = s_next();
+        if (off < size) {
+            assert_int_equal(m->type, LOOM_MSG_BLOB_GET);
+            assert_int_equal(m->u.blob_get.offset, off);
+        } else {
+            assert_int_equal(m->type, LOOM_MSG_BLOB_HAVE);
+            assert_true(m->u.blob_have.have);
+        }
+        loom_msg_destroy(&m);
+    }
+    //  Stored whole: downloaded back equal.
+    char path[] = "/tmp/loom-test-bc-XXXXXX";
+    int fd = mkstemp(path);
+    uint64_t got = 0;
+    assert_int_equal(loom__blob_download(s_dealer, hash, size, fd, 5000, &got), 0);
+    uint8_t *back = malloc(size);
+    assert_int_equal(pread(fd, back, size, 0), (ssize_t)size);
+    assert_memory_equal(back, data, size);
+    close(fd);
+    unlink(path);
+    free(back);
+    free(data);
+}
+
 //  A small upload is named on the broker's thread, one of more than two
 //  blocks on its hashing threads (upload_hasher.c): both are stored under
 //  their name and read back. A large one whose bytes are not its name's
@@ -870,6 +963,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_hash_the_block_digest),
         cmocka_unit_test(test_upload_then_download_and_skip_when_held),
+        cmocka_unit_test(test_asking_again_resumes_an_upload),
         cmocka_unit_test(test_full_disk_fails_uploads_with_eio),
         cmocka_unit_test(test_unnamed_upload_is_named_by_its_bytes),
         cmocka_unit_test(test_bad_requests_get_a_status),
