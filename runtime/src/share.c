@@ -234,11 +234,11 @@ s_put(loom_client *c, const char *what, const uint8_t *hash, uint64_t size, loom
                   : loom__blob_upload_unnamed(sock, size, rd, ctx, S_UPLOAD_TIMEOUT_MS, NULL, name);
     if (rc) {
         loom_log_error("loom: %s: upload failed: %s", what, loom_strerror(rc));
-        if (rc == LOOM_ETIMEDOUT) {
-            //  Answers may still come for it: start the next upload clean.
-            zmq_close(c->blob);
-            c->blob = NULL;
-        }
+        //  Answers may still come for it, and the broker may hold its bytes
+        //  (an upload asked for again resumes: PROTOCOL.md): the next
+        //  upload starts on a new connection.
+        zmq_close(c->blob);
+        c->blob = NULL;
     }
     return rc;
 }

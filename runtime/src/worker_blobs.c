@@ -276,6 +276,12 @@ loom_worker_blobs_put_outputs(loom_worker_blobs *self, const char *const *names,
             self->out_bytes += sent;
             if (rc)
                 *reason = s_reason("%s: upload failed: %s", what, loom_strerror(rc));
+            if (rc && self->dealer) {
+                //  Late answers may come, and the broker may hold a part
+                //  (an upload asked for again resumes): start clean.
+                zmq_close(self->dealer);
+                self->dealer = NULL;
+            }
         }
         if (fd >= 0)
             close(fd);
