@@ -13,7 +13,7 @@
 
 #include "base.h"
 #include "blob_channel.h"
-#include "curve.h"
+#include "curve_server.h"
 #include "safe_paths.h"
 #include "scheduler.h"
 #include "wire.h"

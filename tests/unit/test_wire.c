@@ -1,4 +1,4 @@
-/*  test_wire: the FlatBuffers codec (runtime/src/wire.h).
+/*  test_wire: the FlatBuffers codec (runtime/wire/wire.h).
 
     Round trips of every message type, refusal of malformed input (prefixes,
     garbage, wrong identifier, bad union types, oversized claims, missing

@@ -5,7 +5,6 @@
 #include "base.h"
 #include "broker.h"
 #include "paths.h"
-#include "plugin_loader.h"
 
 #include <czmq.h>
 #include <dirent.h>

@@ -10,7 +10,6 @@
 #include "blob_transfer.h"
 #include "safe_paths.h"
 
-#include <loom/loom.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>

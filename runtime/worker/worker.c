@@ -25,7 +25,6 @@
 #include <ctype.h>
 #include <czmq.h>
 #include <errno.h>
-#include <loom/loom.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>

@@ -9,9 +9,7 @@
 
 typedef struct loom_plugin_lib loom_plugin_lib;
 
-//  The default plugin path: $LOOM_PLUGIN_PATH if set, else the installed
-//  plugin directory, then the build tree's plugins/ directory. Static string.
-const char *loom_plugin_default_path(void);
+//  The default plugin path is loom_plugin_default_path (paths.h).
 
 //  Find NAME.so or libNAME.so in path (':'-separated; NULL: the default),
 //  dlopen it (RTLD_NOW | RTLD_LOCAL), check magic, ABI major and minor,

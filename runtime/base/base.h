@@ -23,6 +23,12 @@
 #define LOOM_INTERNAL_EXPORT
 #endif
 
+//  The name of a LOOM_E* code, and loom's version: loom.h declares them for
+//  users (errors.c defines them); here for the parts that do not use the
+//  client API.
+const char *loom_strerror(int err);
+const char *loom_version(void);
+
 //  Programmer errors: log the location and abort, in every build.
 #define LOOM_ASSERT(cond)                                                                          \
     do {                                                                                           \

@@ -42,7 +42,6 @@
 #include <czmq.h>
 #include <errno.h>
 #include <limits.h>
-#include <loom/loom.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>

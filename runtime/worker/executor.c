@@ -18,10 +18,10 @@
 
 #include "base.h"
 #include "executor.h"
+#include "paths.h"
 #include "plugin_loader.h"
 #include "safe_paths.h"
 
-#include <loom/loom.h>
 
 #include <errno.h>
 #include <fcntl.h>

@@ -9,7 +9,6 @@
 #include "blob_transfer.h"
 #include "wire.h"
 
-#include <loom/loom.h>
 
 #include <dirent.h>
 #include <errno.h>

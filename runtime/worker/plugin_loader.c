@@ -9,6 +9,7 @@
 
 #include "plugin_loader.h"
 #include "base.h"
+#include "paths.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -17,13 +18,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#ifndef LOOM_PLUGIN_DIR
-#define LOOM_PLUGIN_DIR "/usr/local/lib/loom/plugins"
-#endif
-#ifndef LOOM_BUILD_PLUGIN_DIR
-#define LOOM_BUILD_PLUGIN_DIR "plugins"
-#endif
 
 //  Size of the 1.0 task definition: the host reads no smaller stride.
 #define S_TASK_DEF_SIZE_1_0 (offsetof(loom_task_def, doc) + sizeof(const char *))
@@ -70,15 +64,6 @@ s_is_file(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-const char *
-loom_plugin_default_path(void)
-{
-    const char *env = getenv("LOOM_PLUGIN_PATH");
-    if (env && *env)
-        return env;
-    return LOOM_PLUGIN_DIR ":" LOOM_BUILD_PLUGIN_DIR;
 }
 
 //  The i-th task of a descriptor that passed s_check_header, read with the
