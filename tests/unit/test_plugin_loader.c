@@ -5,6 +5,7 @@
 #include "loom_test.h"
 
 #include "executor.h"
+#include "paths.h"
 #include "plugin_loader.h"
 
 #include <dlfcn.h>
