@@ -17,6 +17,11 @@
 //  Exit status of a worker process whose item ran past its timeout.
 #define LOOM_WORKER_EXIT_TIMEDOUT 124
 
+//  Exit status of a worker process that went over its max_rss while an
+//  item ran (LOOM_FAILURE_EXIT_MEMORY in the broker): its batch is
+//  charged as for a crash, and its items fail with LOOM_ENOMEM.
+#define LOOM_WORKER_EXIT_MEMORY 125
+
 //  Items a worker process accepts in flight when not told otherwise.
 #define LOOM_WORKER_DEFAULT_CREDIT 2048
 
@@ -30,6 +35,8 @@ typedef struct {
     uint64_t cache_size;     //  its cap in bytes; 0: the default
     const char *cert_path;   //  CURVE (curve.h): this process's certificate, or NULL
     const char *server_key;  //  CURVE: the broker's public key, or NULL
+    uint64_t max_rss;        //  bytes; 0: no limit. Over it after a batch: exit 0 (recycled);
+                             //  while an item runs: exit LOOM_WORKER_EXIT_MEMORY
 } loom_worker_process_opts;
 
 //  Run one worker process until SIGTERM/SIGINT (finishes the batch it is
