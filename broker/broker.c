@@ -14,10 +14,12 @@
 #include "base.h"
 #include "blob_channel.h"
 #include "curve_server.h"
+#include "failure_policy.h"
 #include "safe_paths.h"
 #include "scheduler.h"
 #include "wire.h"
 
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -45,8 +47,14 @@ typedef struct {
     int64_t last_in, last_out; //  ms
     bool dead;                 //  to be ended at the next settle
     char *dead_reason;
-    bool dead_clean;       //  ended by a clean exit: charge its items nothing
-    loom_sched_worker *sw; //  worker processes
+    bool dead_clean;        //  ended by a clean exit: charge its items nothing
+    int dead_status;        //  what its blamed items fail with (0: LOOM_ECRASHED)
+    uint64_t dead_init_map; //  it died in this map's plugin init (WorkerExit), or 0
+    uint32_t procs;         //  supervisors: the worker processes it runs (Hello)
+    char *dead_init_error;  //  then: how (owned)
+    int64_t gone_at;        //  worker: a send found it disconnected; its supervisor is to
+                            //  say why (WorkerExit) within the expiry (s_await_exit)
+    loom_sched_worker *sw;  //  worker processes
     uint32_t worker_id;
     zhashx_t *maps; //  clients: "client map id" -> loom_sched_map
     size_t pipelines;
@@ -75,6 +83,8 @@ typedef struct {
     loom_broker_opts lim;     //  limits in force (defaults filled in)
     loom_curve_server *curve; //  CURVE keys and allow-list, or NULL
     char *setup_error;        //  why BIND must fail (bad CURVE setup)
+    int retry_timer;          //  zloop timer for the next failed item to retry, if any
+    int64_t retry_at;         //  when it fires (0: not armed)
 } s_broker;
 
 //  The blob channel's name of a client's pipeline ("session/pipeline").
@@ -132,7 +142,35 @@ s_send_rid(s_broker *self, const uint8_t *rid, size_t rid_len, const loom_msg *m
     return rc;
 }
 
-//  Send to a session. A peer gone (LOOM_ECONNECT) or failing is ended; a
+//  A worker process's connection is gone: a process that died, whose
+//  supervisor is about to say how (WorkerExit: a signal, out of memory),
+//  which is what its items must be told. While its host's supervisor is
+//  connected, the session gets nothing more and waits for that, for at
+//  most the expiry (s_on_tick ends it then as "peer disconnected").
+//  Returns true if it waits.
+static bool
+s_await_exit(s_broker *self, s_session *s)
+{
+    if (s->gone_at)
+        return true;
+    if (s->role != LOOM_ROLE_WORKER || !s->sw || !s->host || !*s->host)
+        return false;
+    bool supervised = false;
+    //  A copy, not the table's cursor: this may run inside a walk of it.
+    zlistx_t *all = zhashx_values(self->sessions);
+    for (s_session *x = zlistx_first(all); x && !supervised; x = zlistx_next(all))
+        supervised =
+            x->role == LOOM_ROLE_SUPERVISOR && !x->dead && x->host && !strcmp(x->host, s->host);
+    zlistx_destroy(&all);
+    if (!supervised)
+        return false;
+    s->gone_at = loom_now_ms();
+    loom_sched_worker_pause(s->sw, true);
+    return true;
+}
+
+//  Send to a session. A peer gone (LOOM_ECONNECT) or failing is ended (a
+//  worker process first waits for its supervisor's word, s_await_exit); a
 //  peer not reading (LOOM_EAGAIN) loses the message.
 static int
 s_sent(s_broker *self, s_session *s, loom_msg_type type, int rc)
@@ -142,6 +180,8 @@ s_sent(s_broker *self, s_session *s, loom_msg_type type, int rc)
     else if (rc == LOOM_EAGAIN)
         loom_log_warning("broker: session %llu is not reading: %s dropped",
                          (unsigned long long)s->id, loom_msg_type_name(type));
+    else if (rc == LOOM_ECONNECT && s_await_exit(self, s))
+        ;
     else if (rc == LOOM_ECONNECT || rc == LOOM_EIO)
         s_kill(self, s, rc == LOOM_ECONNECT ? "peer disconnected" : "send failed");
     else //  not encodable: an oversized message or our bug, not the peer's fault
@@ -153,7 +193,7 @@ s_sent(s_broker *self, s_session *s, loom_msg_type type, int rc)
 static int
 s_send(s_broker *self, s_session *s, const loom_msg *m)
 {
-    if (s->dead)
+    if (s->dead || s->gone_at)
         return LOOM_ECONNECT;
     return s_sent(self, s, m->type, s_send_rid(self, s->rid, s->rid_len, m));
 }
@@ -203,6 +243,7 @@ s_session_free(s_session **s_p)
     zhashx_destroy(&s->pipeline_ids);
     free(s->host);
     free(s->dead_reason);
+    free(s->dead_init_error);
     free(s);
     *s_p = NULL;
 }
@@ -214,7 +255,13 @@ s_map_key(uint64_t id, char *key, size_t cap)
     snprintf(key, cap, "%llu", (unsigned long long)id);
 }
 
-//  Forget a map: tell the workers holding its items to skip them, drop it.
+//  Cancel a map (its client cancelled it, or is gone): tell the workers
+//  holding its items to stop them, and forget it; its items still running
+//  stay counted on their workers (no new work goes to a worker running
+//  one) until each worker answers them or ends (loom_sched_map_cancel).
+//  The entry point for stopping a map's running work: a worker stops a
+//  cancelled item at its next loom_task_cancelled check, else ends itself
+//  LOOM_CANCEL_GRACE_MS after the Cancel.
 static void
 s_map_cancel(s_broker *self, loom_sched_map *map)
 {
@@ -228,7 +275,89 @@ s_map_cancel(s_broker *self, loom_sched_map *map)
     char key[32];
     s_map_key(loom_sched_map_owner_id(map), key, sizeof key);
     zhashx_delete(client->maps, key);
-    loom_sched_map_destroy(self->sched, &map);
+    loom_sched_map_cancel(self->sched, &map); //  its owner is not to be used from here on
+}
+
+//  Fail the whole map: queued items and those submitted later get this
+//  status and message at once; its workers stop the rest (Cancel).
+static void
+s_map_fail(s_broker *self, loom_sched_map *map, int code, const char *message)
+{
+    loom_sched_worker *ws[256];
+    size_t n = loom_sched_map_workers(map, ws, 256);
+    loom_msg m = {.type = LOOM_MSG_CANCEL};
+    m.u.cancel_map = loom_sched_map_id(map);
+    for (size_t i = 0; i < n; i++)
+        s_send(self, loom_sched_worker_handle(ws[i]), &m);
+    loom_sched_map_fail(self->sched, map, code, message);
+}
+
+//  A map some of whose workers failed its plugin init fails as a whole
+//  once no live worker can run it, unless more worker processes are on
+//  their way (a host starting up or restarting one: its supervisor said
+//  how many it runs), which may.
+static void
+s_init_check(s_broker *self, loom_sched_map *map)
+{
+    if (loom_sched_map_cancelled(map) || loom_sched_map_failed(map))
+        return;
+    const char *why = NULL;
+    if (loom_sched_map_runnable(self->sched, map, &why) > 0 || !why)
+        return; //  a worker can run it, or none has tried yet
+    //  Worker processes may say Hello before their supervisor does: one
+    //  whose host has no supervisor session yet means the host is starting.
+    size_t live = 0, expected = 0;
+    zhashx_t *hosts = zhashx_new();
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        if (!s->dead && s->role == LOOM_ROLE_SUPERVISOR && s->host && *s->host) {
+            expected += s->procs;
+            zhashx_insert(hosts, s->host, s);
+        }
+    bool starting = false;
+    for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
+        if (!s->dead && s->role == LOOM_ROLE_WORKER) {
+            live++;
+            starting = starting || !zhashx_lookup(hosts, s->host ? s->host : "");
+        }
+    zhashx_destroy(&hosts);
+    if (starting || live < expected)
+        return;
+    char text[640];
+    snprintf(text, sizeof text, "%s (no worker process can run the map)",
+             why ? why : "plugin init failed");
+    s_map_fail(self, map, LOOM_EINIT, text);
+}
+
+static void
+s_init_check_all(s_broker *self)
+{
+    for (loom_sched_map *m = loom_sched_map_first(self->sched); m; m = loom_sched_map_next(m))
+        s_init_check(self, m);
+}
+
+//  Worker session s died in a plugin's init (its supervisor said so): not
+//  the fault of the items it held, which are requeued uncharged (a process
+//  killed in init, by the OOM killer or a person, loses nothing); after
+//  more such deaths than the map's retries, the whole map fails with
+//  LOOM_EINIT and how, its items on s included. Returns true if s died in
+//  an init (whatever became of the map).
+static bool
+s_init_died(s_broker *self, s_session *s)
+{
+    if (!s->dead_init_map)
+        return false;
+    const char *why = s->dead_init_error ? s->dead_init_error : "plugin init died";
+    loom_sched_map *map = loom_sched_map_find(self->sched, s->dead_init_map);
+    if (!map || loom_sched_map_cancelled(map) || loom_sched_map_failed(map))
+        return true;
+    uint32_t deaths = loom_sched_map_init_died(map);
+    if (deaths > (uint32_t)loom_sched_map_def(map)->retries) {
+        char text[640];
+        snprintf(text, sizeof text, "%s (%u worker process%s died in its init, over its retries)",
+                 why, deaths, deaths == 1 ? "" : "es");
+        s_map_fail(self, map, LOOM_EINIT, text);
+    }
+    return true;
 }
 
 //  End a dead session now: requeue a worker's items, cancel a client's
@@ -240,9 +369,13 @@ s_session_end(s_broker *self, s_session *s)
     if (s->dead)
         self->ndead--;
     zhashx_delete(self->sessions, s->key);
-    if (s->role == LOOM_ROLE_WORKER && s->sw)
-        loom_sched_worker_remove(self->sched, &s->sw, reason, !s->dead_clean);
-    else if (s->role == LOOM_ROLE_CLIENT && s->maps) {
+    if (s->role == LOOM_ROLE_WORKER && s->sw) {
+        //  A death in a plugin's init is not the fault of the items it held.
+        bool blame = !s->dead_clean && !s_init_died(self, s);
+        loom_sched_worker_remove_as(self->sched, &s->sw, reason, blame,
+                                    s->dead_status ? s->dead_status : LOOM_ECRASHED);
+        s_init_check_all(self); //  one fewer that could run them
+    } else if (s->role == LOOM_ROLE_CLIENT && s->maps) {
         zlistx_t *maps = zhashx_values(s->maps);
         for (loom_sched_map *map = zlistx_first(maps); map; map = zlistx_next(maps))
             s_map_cancel(self, map);
@@ -284,10 +417,35 @@ s_reap(s_broker *self)
 //  ---------------------------------------------------------------------
 //  Results to clients
 
+//  The map has had its halt_after_failures: its workers skip the rest of
+//  its batches (Cancel), and every item not done fails at once as not
+//  run, the ones still running included.
+static void
+s_halt(s_broker *self, loom_sched_map *map)
+{
+    loom_sched_worker *ws[256];
+    size_t n = loom_sched_map_workers(map, ws, 256);
+    loom_msg m = {.type = LOOM_MSG_CANCEL};
+    m.u.cancel_map = loom_sched_map_id(map);
+    for (size_t i = 0; i < n; i++)
+        s_send(self, loom_sched_worker_handle(ws[i]), &m);
+    if (self->verbose)
+        loom_log_info("broker: map %llu halted after %u failures",
+                      (unsigned long long)loom_sched_map_id(map),
+                      loom_sched_map_def(map)->halt_after_failures);
+    loom_sched_map_halt(self->sched, map);
+}
+
 //  Send the map's failed items to its client, then its end if it is done.
+//  A cancelled map has no client any more: it goes once nothing of it runs.
 static void
 s_map_check(s_broker *self, loom_sched_map *map)
 {
+    if (loom_sched_map_cancelled(map)) {
+        if (!loom_sched_map_in_flight(map))
+            loom_sched_map_destroy(self->sched, &map);
+        return;
+    }
     s_session *client = loom_sched_map_owner(map);
     uint64_t client_map = loom_sched_map_owner_id(map);
     loom_sched_item *items[LOOM_BROKER_MAX_BATCH];
@@ -298,6 +456,9 @@ s_map_check(s_broker *self, loom_sched_map *map)
             n++;
         if (!n)
             break;
+        //  Items failed one by one (out of retries) count toward a halt;
+        //  those of a failed (or halted) map do not.
+        bool halt = loom_sched_map_count_failures(map, loom_sched_map_failed(map) ? 0 : n);
         for (size_t i = 0; i < n; i++) {
             res[i] = (loom_wire_result){.index = items[i]->index,
                                         .attempt = items[i]->attempt,
@@ -312,6 +473,8 @@ s_map_check(s_broker *self, loom_sched_map *map)
         s_send(self, client, &m);
         for (size_t i = 0; i < n; i++)
             loom_sched_item_free(&items[i]);
+        if (halt)
+            s_halt(self, map); //  the rest comes round this loop
     }
     if (loom_sched_map_state(map) != LOOM_SCHED_DONE)
         return;
@@ -373,6 +536,7 @@ s_send_map_open(s_broker *self, s_session *w, loom_sched_map *map)
     o->chunk = d->chunk;
     o->retries = d->retries;
     o->timeout_ms = d->timeout_ms;
+    o->init_timeout_ms = d->init_timeout_ms;
     char owner[48];
     s_owner_key(((s_session *)loom_sched_map_owner(map))->id, d->pipeline, owner, sizeof owner);
     o->shares = loom_blob_channel_shares(self->bc, owner, &o->nshares);
@@ -440,12 +604,40 @@ s_dispatch(s_broker *self)
     }
 }
 
+static int
+s_on_retry_due(zloop_t *loop, int timer_id, void *arg)
+{
+    (void)loop;
+    (void)timer_id;
+    s_broker *self = arg;
+    self->retry_at = 0; //  a one-shot timer: gone now
+    s_settle(self);
+    return 0;
+}
+
+//  Queue again the failed items whose retry backoff is over; arm a timer
+//  for the next one.
+static void
+s_retries_due(s_broker *self)
+{
+    int64_t now = loom_now_ms();
+    int64_t next = loom_sched_release_due(self->sched, now);
+    if (next == INT64_MAX || (self->retry_at && self->retry_at <= next))
+        return;
+    if (self->retry_at)
+        zloop_timer_end(self->loop, self->retry_timer);
+    int64_t delay = next > now ? next - now : 1;
+    self->retry_timer = zloop_timer(self->loop, (size_t)delay, 1, s_on_retry_due, self);
+    self->retry_at = self->retry_timer >= 0 ? next : 0;
+}
+
 static void
 s_settle(s_broker *self)
 {
     do {
         s_reap(self);
         s_flush(self);
+        s_retries_due(self);
         s_dispatch(self);
     } while (self->ndead);
 }
@@ -474,6 +666,7 @@ s_stats_fill(s_broker *self, loom_wire_stats *st)
     st->maps = (uint32_t)loom_sched_map_count(self->sched);
     st->items_queued = loom_sched_queued(self->sched);
     st->items_in_flight = loom_sched_in_flight(self->sched);
+    st->items_cancelling = loom_sched_cancelling(self->sched);
     st->items_retried = loom_sched_retried(self->sched);
     st->curve_refused = self->curve ? loom_curve_server_refused(self->curve) : 0;
     loom_blob_channel_stats(self->bc, st);
@@ -529,6 +722,7 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
     s->role = h->role;
     s->host = loom_xstrdup(h->host ? h->host : "");
     s->pid = h->pid;
+    s->procs = h->role == LOOM_ROLE_SUPERVISOR ? h->procs : 0;
     s->last_in = s->last_out = loom_now_ms();
     if (s->role == LOOM_ROLE_WORKER) {
         s->worker_id = s_free_worker_id(self);
@@ -544,6 +738,8 @@ s_on_hello(s_broker *self, const uint8_t *rid, size_t rid_len, const char *key, 
         s->pipeline_ids = zhashx_new();
     }
     zhashx_insert(self->sessions, s->key, s);
+    if (s->role == LOOM_ROLE_SUPERVISOR)
+        s_init_check_all(self); //  a host whose worker processes came first is known now
     zhashx_delete(self->strangers, key);
     if (self->verbose)
         loom_log_info("broker: session %llu: role %d host '%s' pid %u", (unsigned long long)s->id,
@@ -649,7 +845,11 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
                           .reduce = o->reduce,
                           .chunk = o->chunk,
                           .retries = o->retries,
-                          .timeout_ms = o->timeout_ms};
+                          .timeout_ms = o->timeout_ms,
+                          .retry_failed = o->retry_failed,
+                          .halt_after_failures = o->halt_after_failures,
+                          .failures_seen = o->failures_seen,
+                          .init_timeout_ms = o->init_timeout_ms};
     if (o->nshares) {
         char owner[48];
         s_owner_key(c->id, o->pipeline, owner, sizeof owner);
@@ -659,6 +859,10 @@ s_on_map_open(s_broker *self, s_session *c, const loom_wire_map_open *o)
     char key[32];
     s_map_key(o->map, key, sizeof key);
     zhashx_insert(c->maps, key, map);
+    s_init_check(self, map); //  no worker may be able to run its plugin
+    //  Reopened (a broker restart) after it had halted: it stays halted.
+    if (o->halt_after_failures && o->failures_seen >= o->halt_after_failures)
+        loom_sched_map_halt(self->sched, map);
 }
 
 static void
@@ -797,6 +1001,19 @@ s_on_result_batch(s_broker *self, s_session *w, loom_msg **msg_p)
         self->st.results_dropped += rb->nresults ? rb->nresults : 1;
         return;
     }
+    if (loom_sched_map_cancelled(map)) {
+        //  The worker is done with these (stopped, or finished first):
+        //  nobody wants them, but it may take new work again.
+        for (size_t i = 0; i < rb->nresults; i++) {
+            loom_sched_item *it = loom_sched_take(self->sched, w->sw, map, rb->results[i].index);
+            if (it)
+                self->st.items_cancelled++;
+            else
+                self->st.results_dropped++;
+            loom_sched_item_free(&it);
+        }
+        return;
+    }
     if (rb->nresults == 0) {
         //  A combine batch's fold.
         if (!rb->has_partial ||
@@ -805,12 +1022,18 @@ s_on_result_batch(s_broker *self, s_session *w, loom_msg **msg_p)
         return;
     }
     loom_wire_result *out = NULL; //  the results kept, once one was dropped
-    size_t k = 0;
+    size_t k = 0, failed = 0;
+    int64_t now = loom_now_ms();
     for (size_t i = 0; i < rb->nresults; i++) {
         const loom_wire_result *r = &rb->results[i];
-        loom_sched_item *it = loom_sched_take(self->sched, w->sw, map, r->index);
+        //  A failure the map retries stays here: the client hears of the
+        //  item when it has succeeded or is out of retries.
+        bool retried = r->status != 0 &&
+                       loom_sched_retry_failed(self->sched, w->sw, map, r->index, r->status, now);
+        loom_sched_item *it = retried ? NULL : loom_sched_take(self->sched, w->sw, map, r->index);
         if (!it) {
-            self->st.results_dropped++;
+            if (!retried)
+                self->st.results_dropped++;
             if (!out) {
                 //  Every result before this one was kept.
                 out = loom_xmalloc(rb->nresults * sizeof *out);
@@ -824,8 +1047,10 @@ s_on_result_batch(s_broker *self, s_session *w, loom_msg **msg_p)
         k++;
         if (r->status == 0)
             self->st.items_done++;
-        else
+        else {
             self->st.items_failed++;
+            failed++;
+        }
     }
     if (k) {
         bool reduce = loom_sched_map_def(map)->reduce;
@@ -844,6 +1069,8 @@ s_on_result_batch(s_broker *self, s_session *w, loom_msg **msg_p)
             m.u.result_batch.elapsed_us = rb->elapsed_us;
             s_send(self, client, &m);
         }
+        if (loom_sched_map_count_failures(map, failed))
+            s_halt(self, map);
     }
     free(out);
 }
@@ -854,36 +1081,51 @@ s_on_worker_error(s_broker *self, s_session *w, const loom_wire_error *e)
     loom_log_warning("broker: worker %u (pid %u): error %d about map %llu: %s", w->worker_id,
                      w->pid, e->code, (unsigned long long)e->map, e->message ? e->message : "");
     loom_sched_map *map = e->map ? loom_sched_map_find(self->sched, e->map) : NULL;
-    if (!map || loom_sched_map_failed(map))
+    if (!map || loom_sched_map_failed(map) || loom_sched_map_cancelled(map))
         return;
-    loom_sched_worker *ws[256];
-    size_t n = loom_sched_map_workers(map, ws, 256);
-    loom_msg m = {.type = LOOM_MSG_CANCEL};
-    m.u.cancel_map = e->map;
-    for (size_t i = 0; i < n; i++)
-        s_send(self, loom_sched_worker_handle(ws[i]), &m);
+    //  Its plugin's init failed in this process (which fails the map's
+    //  items it holds itself): it gets no more of the map, which fails as
+    //  a whole only once no live worker can run it.
+    if (e->code == LOOM_EINIT) {
+        loom_sched_worker_plugin_failed(self->sched, w->sw, loom_sched_map_def(map)->plugin,
+                                        e->message);
+        loom_sched_worker_return_combines(w->sw, map);
+        //  The item that met the failure fails with it (the worker says
+        //  so); what it was sent after runs elsewhere (its answers for
+        //  them are dropped).
+        loom_sched_worker_requeue_map(self->sched, w->sw, map);
+        s_init_check_all(self); //  every map of that plugin
+        return;
+    }
     int code = e->code < 0 ? e->code : LOOM_EIO;
-    loom_sched_map_fail(self->sched, map, code, e->message ? e->message : "map failed");
+    s_map_fail(self, map, code, e->message ? e->message : "map failed");
 }
 
 static void
 s_on_worker_exit(s_broker *self, s_session *sup, const loom_wire_worker_exit *we)
 {
     char reason[256];
-    if (we->signal > 0) {
-        const char *name = sigabbrev_np(we->signal);
-        snprintf(reason, sizeof reason, "worker process %u killed by signal %d (SIG%s)", we->pid,
-                 we->signal, name ? name : "?");
-    } else
-        snprintf(reason, sizeof reason, "worker process %u exited with status %d", we->pid,
-                 we->status);
+    bool clean;
+    int status = loom_worker_exit_reason(we, reason, sizeof reason, &clean);
+    //  It ended an item (or init) of a cancelled map that ran past the
+    //  grace: not the fault of what else it held.
+    if (we->signal <= 0 && we->status == LOOM_WORKER_EXIT_CANCELLED)
+        clean = true;
     for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions))
         if (s->role == LOOM_ROLE_WORKER && s->pid == we->pid && !strcmp(s->host, sup->host)) {
-            //  Status 0 is a recycled or stopped process; 124 one that
-            //  answered its timed-out item itself: neither is the fault
-            //  of the items it still held.
-            s->dead_clean = we->signal <= 0 && (we->status == 0 || we->status == 124);
-            s_kill(self, s, reason);
+            s->dead_clean = clean;
+            s->dead_status = status;
+            //  It died in a plugin's init (a crash, the init timeout).
+            if (we->init_map && !(we->signal <= 0 && we->status == LOOM_WORKER_EXIT_CANCELLED)) {
+                s->dead_init_map = we->init_map;
+                free(s->dead_init_error);
+                s->dead_init_error = loom_xstrdup(we->init_error ? we->init_error : reason);
+            }
+            if (s->dead) { //  ended for another reason this very turn: this one says why
+                free(s->dead_reason);
+                s->dead_reason = loom_xstrdup(reason);
+            } else
+                s_kill(self, s, reason);
         }
 }
 
@@ -1094,12 +1336,21 @@ s_on_tick(zloop_t *loop, int timer_id, void *arg)
     (void)loop;
     (void)timer_id;
     s_broker *self = arg;
+    //  zloop runs timers before readers: after a late wake-up (a loaded
+    //  host), read what the peers sent meanwhile first, so that none that
+    //  spoke is taken for silent.
+    s_on_tasks(loop, self->tasks, self);
     int64_t now = loom_now_ms();
     int64_t expiry = (int64_t)self->hb_ms * LOOM_BROKER_LIVENESS;
     loom_msg hb = {.type = LOOM_MSG_HEARTBEAT};
     for (s_session *s = zhashx_first(self->sessions); s; s = zhashx_next(self->sessions)) {
         if (s->dead)
             continue;
+        if (s->gone_at) {
+            if (now - s->gone_at > expiry) //  no word from its supervisor
+                s_kill(self, s, "peer disconnected");
+            continue;
+        }
         if (now - s->last_in > expiry) {
             char reason[160];
             if (s->role == LOOM_ROLE_WORKER)
@@ -1451,6 +1702,11 @@ loom_broker_start_opts(const loom_broker_opts *opts, const char *task_ep, const 
         *bound_blob = NULL;
     if (error)
         *error = NULL;
+    //  OpenSSL loads its configuration at its first use and keeps per-thread
+    //  state of that load: done first by a broker thread that then exits
+    //  (an upload's hashing thread), it is reported as a leak at exit. Load
+    //  it here, on the caller's (long-lived) thread.
+    OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
     zactor_t *actor = zactor_new(loom_broker_actor, (void *)opts);
     if (!actor) {
         if (error)

@@ -133,6 +133,9 @@ s_actor(zsock_t *pipe, void *args)
             break;
     }
     zpoller_destroy(&poller);
+    //  Unbound first: a closed socket's inproc endpoint stays taken for a
+    //  while, and the next broker of this process binds it again.
+    zsock_unbind(rep, "%s", S_ZAP_ENDPOINT);
     zsock_destroy(&rep);
     zcertstore_destroy(&h.store);
     zhashx_destroy(&h.logged);

@@ -11,6 +11,7 @@
 
 #include "base.h"
 #include "block_cache.h"
+#include "failure_policy.h"
 
 #include <czmq.h>
 #include <math.h>
@@ -245,6 +246,9 @@ struct loom_sched_map {
     s_list queue;       //  FIFO; requeued items go to the front
     s_flight in_flight; //  index -> item
     s_list failed;      //  finished with an error, not yet popped
+    s_list waiting;     //  failed, to run again once their retry backoff is over
+    int64_t next_due;   //  no waiting item is due before this (a lower bound)
+    uint64_t failures;  //  failed items counted for halt_after_failures
     uint64_t *seen;     //  bit i: index seen_base + i was accepted
     size_t seen_words;  //  words allocated
     uint64_t seen_base; //  every index below it was accepted
@@ -262,17 +266,27 @@ struct loom_sched_map {
     loom_sched_combine *combines; //  combine batches in flight
     uint32_t comb_losses;         //  combine batches whose worker died
     bool fold_failed;             //  the map failed while folding
+    bool cancelled;               //  loom_sched_map_cancel: only its items in flight are left
+    uint32_t init_deaths;         //  worker processes that died in its plugin init
     loom_sched_map *prev, *next;
 };
 
 struct loom_sched_worker {
     void *handle;
     uint32_t credit;
+    uint32_t seq;     //  unique in the scheduler, from 1 (what items avoid)
     s_list items;     //  in flight, in dispatch order
     uint64_t batches; //  batches dispatched so far (sequence of the last one)
     uint64_t *opened; //  map ids this worker has had MapOpen for
     size_t nopened, capopened;
     bool paused;
+    bool skip; //  s_pick_for_map: not for the map being served
+    //  Plugins whose init failed in this process, and why.
+    struct s_plugin_state {
+        char *plugin;
+        char *error;
+    } *plugins;
+    size_t nplugins;
     loom_sched_worker *prev, *next;
 };
 
@@ -317,6 +331,12 @@ struct loom_sched {
     size_t nworkers;
     uint64_t next_id;
     uint64_t queued, in_flight, retried;
+    uint64_t cancelling;      //  items in flight of cancelled maps (still running on their workers)
+    size_t ncancelled;        //  cancelled maps not destroyed yet
+    uint64_t init_failures;   //  plugin inits that failed in live workers (their plugins lists)
+    uint64_t waiting;         //  items on the maps' waiting lists
+    int64_t next_due;         //  none of them is due before this (a lower bound)
+    uint32_t next_worker_seq; //  last loom_sched_worker_seq given
 };
 
 //  ---------------------------------------------------------------------
@@ -401,6 +421,7 @@ s_item_clear(loom_sched_item *it, s_slab *slab)
 {
     it->index = 0;
     it->attempt = 0;
+    it->fails = 0;
     it->data = NULL;
     it->len = 0;
     it->nfiles = 0;
@@ -408,6 +429,7 @@ s_item_clear(loom_sched_item *it, s_slab *slab)
     it->solo = false;
     it->batch = 0;
     it->status = 0;
+    it->avoid = 0;
     it->reason = NULL;
     it->map = NULL;
     it->worker = NULL;
@@ -488,13 +510,19 @@ loom_sched_destroy(loom_sched **self_p)
 size_t
 loom_sched_map_count(const loom_sched *self)
 {
-    return self->nmaps;
+    return self->nmaps - self->ncancelled;
+}
+
+uint64_t
+loom_sched_cancelling(const loom_sched *self)
+{
+    return self->cancelling;
 }
 
 uint64_t
 loom_sched_queued(const loom_sched *self)
 {
-    return self->queued;
+    return self->queued + self->waiting;
 }
 
 uint64_t
@@ -577,6 +605,8 @@ s_unflight(loom_sched *self, loom_sched_item *it)
     s_flight_del(&it->map->in_flight, it);
     it->worker = NULL;
     self->in_flight--;
+    if (it->map->cancelled)
+        self->cancelling--;
 }
 
 void
@@ -593,10 +623,16 @@ loom_sched_map_destroy(loom_sched *self, loom_sched_map **map_p)
     for (loom_sched_item *it; (it = s_flight_next(&m->in_flight, &pos)); pos++) {
         s_list_remove(&it->worker->items, it);
         self->in_flight--;
+        if (m->cancelled)
+            self->cancelling--;
         loom_sched_item_free(&it);
     }
+    if (m->cancelled)
+        self->ncancelled--;
     s_flight_free(&m->in_flight);
     s_list_free(&m->failed);
+    self->waiting -= m->waiting.n;
+    s_list_free(&m->waiting);
     while (m->combines) {
         loom_sched_combine *c = m->combines;
         m->combines = c->next;
@@ -884,6 +920,12 @@ loom_sched_map_fail(loom_sched *self, loom_sched_map *map, int status, const cha
         s_unflight(self, it);
         s_fail_item(map, it, status, map->fail_msg);
     }
+    while (map->waiting.head) {
+        loom_sched_item *it = map->waiting.head;
+        s_list_remove(&map->waiting, it);
+        self->waiting--;
+        s_fail_item(map, it, status, map->fail_msg);
+    }
     while (map->combines) {
         loom_sched_combine *c = map->combines;
         map->combines = c->next;
@@ -989,7 +1031,7 @@ loom_sched_state
 loom_sched_map_state(const loom_sched_map *map)
 {
     if (!map->count_known || map->done < map->count || map->queue.n || map->in_flight.n ||
-        map->failed.n)
+        map->failed.n || map->waiting.n)
         return LOOM_SCHED_RUNNING;
     if (map->def.reduce && !map->is_failed && (map->np > 1 || map->combines))
         return LOOM_SCHED_FOLDING;
@@ -1029,6 +1071,9 @@ loom_sched_worker_new(loom_sched *self, void *handle, uint32_t credit)
     loom_sched_worker *w = loom_xcalloc(1, sizeof *w);
     w->handle = handle;
     w->credit = credit ? credit : LOOM_SCHED_DEFAULT_CREDIT;
+    w->seq = ++self->next_worker_seq;
+    if (!w->seq) //  wrapped: 0 means none
+        w->seq = ++self->next_worker_seq;
     w->next = self->workers;
     if (self->workers)
         self->workers->prev = w;
@@ -1041,6 +1086,13 @@ void
 loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason,
                          bool blame)
 {
+    loom_sched_worker_remove_as(self, w_p, reason, blame, LOOM_ECRASHED);
+}
+
+void
+loom_sched_worker_remove_as(loom_sched *self, loom_sched_worker **w_p, const char *reason,
+                            bool blame, int status)
+{
     LOOM_ASSERT(self && w_p);
     loom_sched_worker *w = *w_p;
     if (!w)
@@ -1052,14 +1104,19 @@ loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *
         loom_sched_item *it = w->items.tail;
         loom_sched_map *m = it->map;
         s_unflight(self, it);
+        if (m->cancelled) {
+            loom_sched_item_free(&it); //  it stopped with its worker: nobody wants it
+            continue;
+        }
         if (blame && it->batch == running) {
             it->attempt++;
             free(it->reason);
             it->reason = loom_xstrdup(reason ? reason : "worker lost");
             it->solo = true;
+            it->status = status; //  what it fails with when out of retries
         }
-        if ((int64_t)it->attempt > (int64_t)m->def.retries)
-            s_fail_item(m, it, LOOM_ECRASHED, NULL);
+        if ((int64_t)(it->attempt - it->fails) > (int64_t)m->def.retries)
+            s_fail_item(m, it, it->status ? it->status : LOOM_ECRASHED, NULL);
         else {
             s_list_push_front(&m->queue, it);
             self->queued++;
@@ -1095,6 +1152,12 @@ loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *
         w->next->prev = w->prev;
     self->nworkers--;
     free(w->opened);
+    self->init_failures -= w->nplugins;
+    for (size_t i = 0; i < w->nplugins; i++) {
+        free(w->plugins[i].plugin);
+        free(w->plugins[i].error);
+    }
+    free(w->plugins);
     free(w);
     *w_p = NULL;
 }
@@ -1103,6 +1166,12 @@ void *
 loom_sched_worker_handle(const loom_sched_worker *w)
 {
     return w->handle;
+}
+
+uint32_t
+loom_sched_worker_seq(const loom_sched_worker *w)
+{
+    return w->seq;
 }
 
 void
@@ -1184,7 +1253,11 @@ s_pick_worker(loom_sched *self, size_t limit, bool suspect)
 {
     loom_sched_worker *best = NULL;
     for (loom_sched_worker *w = self->workers; w; w = w->next) {
-        if (w->paused)
+        if (w->paused || w->skip)
+            continue;
+        //  Still running an item of a cancelled map (its oldest): it takes
+        //  nothing until that stops (answered, or the process ended).
+        if (w->items.head && w->items.head->map->cancelled)
             continue;
         if (limit && w->items.n && (suspect || w->items.tail->solo))
             continue;
@@ -1199,6 +1272,56 @@ s_pick_worker(loom_sched *self, size_t limit, bool suspect)
     return best;
 }
 
+//  s_pick_worker for an item that failed on the worker `avoid` names (0:
+//  none): never that one while there is another, even a busy or paused
+//  one (the item then waits for it).
+static loom_sched_worker *
+s_pick_avoiding(loom_sched *self, size_t limit, bool suspect, uint32_t avoid)
+{
+    loom_sched_worker *shunned = NULL;
+    for (loom_sched_worker *w = self->workers; avoid && w && !shunned; w = w->next)
+        if (w->seq == avoid)
+            shunned = w;
+    if (!shunned || self->nworkers < 2)
+        return s_pick_worker(self, limit, suspect);
+    bool paused = shunned->paused;
+    shunned->paused = true;
+    loom_sched_worker *w = s_pick_worker(self, limit, suspect);
+    shunned->paused = paused;
+    return w;
+}
+
+static struct s_plugin_state *
+s_plugin_state(const loom_sched_worker *w, const char *plugin)
+{
+    for (size_t i = 0; i < w->nplugins; i++)
+        if (!strcmp(w->plugins[i].plugin, plugin))
+            return &w->plugins[i];
+    return NULL;
+}
+
+//  The plugin's init failed in w: none of its maps go there.
+static bool
+s_excluded(const loom_sched_map *m, const loom_sched_worker *w)
+{
+    return w->nplugins && s_plugin_state(w, m->def.plugin);
+}
+
+//  s_pick_avoiding among the workers that can run map m: not one whose
+//  init of m's plugin failed.
+static loom_sched_worker *
+s_pick_for_map(loom_sched *self, loom_sched_map *m, size_t limit, bool suspect, uint32_t avoid)
+{
+    if (!self->init_failures)
+        return s_pick_avoiding(self, limit, suspect, avoid);
+    for (loom_sched_worker *w = self->workers; w; w = w->next)
+        w->skip = s_excluded(m, w);
+    loom_sched_worker *w = s_pick_avoiding(self, limit, suspect, avoid);
+    for (loom_sched_worker *o = self->workers; o; o = o->next)
+        o->skip = false;
+    return w;
+}
+
 static bool
 s_next_combine(loom_sched *self, loom_sched_batch *b)
 {
@@ -1206,7 +1329,7 @@ s_next_combine(loom_sched *self, loom_sched_batch *b)
         if (!m->def.reduce || m->is_failed || m->np < 2 ||
             loom_sched_map_state(m) != LOOM_SCHED_FOLDING)
             continue;
-        loom_sched_worker *w = s_pick_worker(self, 0, false);
+        loom_sched_worker *w = s_pick_for_map(self, m, 0, false, 0);
         if (!w)
             return false;
         loom_sched_combine *c = loom_xcalloc(1, sizeof *c);
@@ -1269,7 +1392,8 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
     do {
         if (m->queue.n) {
             size_t bs = loom_sched_map_batch_size(m);
-            loom_sched_worker *w = s_pick_worker(self, 2 * bs, m->queue.head->solo);
+            loom_sched_worker *w =
+                s_pick_for_map(self, m, 2 * bs, m->queue.head->solo, m->queue.head->avoid);
             if (w && s_wait_for_room(m, w, bs))
                 w = NULL;
             if (w) {
@@ -1301,6 +1425,9 @@ loom_sched_next_batch(loom_sched *self, loom_sched_batch *b)
                 size_t bytes = 0;
                 while (b->n < n && m->queue.head && (b->n == 0 || !m->queue.head->solo)) {
                     loom_sched_item *it = m->queue.head;
+                    if (b->n && it->avoid == w->seq)
+                        break; //  it failed there: it waits for another worker
+
                     if (b->n && bytes + it->len > LOOM_SCHED_MAX_BYTES)
                         break;
                     //  End before a client's batch that could go whole
@@ -1372,6 +1499,96 @@ loom_sched_take(loom_sched *self, loom_sched_worker *w, loom_sched_map *map, uin
 }
 
 bool
+loom_sched_retry_failed(loom_sched *self, loom_sched_worker *w, loom_sched_map *map, uint64_t index,
+                        int status, int64_t now_ms)
+{
+    if (!loom_retry_status(status) || map->is_failed)
+        return false;
+    loom_sched_item *it = s_flight_get(&map->in_flight, index);
+    if (!it || it->worker != w || it->fails >= map->def.retry_failed)
+        return false;
+    s_unflight(self, it);
+    it->attempt++;
+    it->fails++;
+    it->avoid = w->seq;
+    it->due_ms = now_ms + loom_retry_backoff_ms(it->fails);
+    if (!map->waiting.n || it->due_ms < map->next_due)
+        map->next_due = it->due_ms;
+    if (!self->waiting || it->due_ms < self->next_due)
+        self->next_due = it->due_ms;
+    s_list_push_back(&map->waiting, it);
+    self->waiting++;
+    self->retried++;
+    return true;
+}
+
+int64_t
+loom_sched_release_due(loom_sched *self, int64_t now_ms)
+{
+    int64_t next = INT64_MAX;
+    if (!self->waiting)
+        return next;
+    if (now_ms < self->next_due) //  called at every settle: mostly this
+        return self->next_due;
+    for (loom_sched_map *m = self->head; m; m = m->next) {
+        if (!m->waiting.n)
+            continue;
+        if (now_ms < m->next_due) {
+            next = m->next_due < next ? m->next_due : next;
+            continue;
+        }
+        //  From the back, each to the front: the queue keeps their order.
+        int64_t map_next = INT64_MAX;
+        for (loom_sched_item *it = m->waiting.tail, *prev; it; it = prev) {
+            prev = it->prev;
+            if (it->due_ms > now_ms) {
+                if (it->due_ms < map_next)
+                    map_next = it->due_ms;
+                continue;
+            }
+            s_list_remove(&m->waiting, it);
+            self->waiting--;
+            it->batch = 0;
+            s_list_push_front(&m->queue, it);
+            self->queued++;
+        }
+        m->next_due = map_next;
+        next = map_next < next ? map_next : next;
+    }
+    self->next_due = next;
+    return next;
+}
+
+size_t
+loom_sched_map_waiting(const loom_sched_map *map)
+{
+    return map->waiting.n;
+}
+
+bool
+loom_sched_map_count_failures(loom_sched_map *map, size_t n)
+{
+    if (map->is_failed || !n)
+        return false;
+    map->failures += n;
+    uint32_t halt = map->def.halt_after_failures;
+    return halt && map->failures + map->def.failures_seen >= halt;
+}
+
+void
+loom_sched_map_halt(loom_sched *self, loom_sched_map *map)
+{
+    if (map->is_failed)
+        return;
+    char text[96];
+    loom_halt_message(text, sizeof text, map->def.halt_after_failures);
+    loom_sched_map_fail(self, map, LOOM_ECANCELED, text);
+    //  A reduce's result would be the fold of whatever was done: it fails.
+    if (map->def.reduce)
+        map->fold_failed = true;
+}
+
+bool
 loom_sched_combine_done(loom_sched *self, loom_sched_worker *w, loom_sched_map *map,
                         const void *data, size_t len)
 {
@@ -1386,4 +1603,113 @@ loom_sched_combine_done(loom_sched *self, loom_sched_worker *w, loom_sched_map *
     s_comb_free(&c);
     loom_sched_map_add_partial(map, data, len);
     return true;
+}
+
+void
+loom_sched_map_cancel(loom_sched *self, loom_sched_map **map_p)
+{
+    LOOM_ASSERT(self && map_p);
+    loom_sched_map *m = *map_p;
+    if (!m)
+        return;
+    if (!m->cancelled) {
+        m->cancelled = true;
+        self->ncancelled++;
+        self->queued -= m->queue.n;
+        s_list_free(&m->queue);
+        self->waiting -= m->waiting.n;
+        s_list_free(&m->waiting);
+        s_list_free(&m->failed);
+        while (m->combines) {
+            loom_sched_combine *c = m->combines;
+            m->combines = c->next;
+            s_comb_free(&c);
+        }
+        s_partials_clear(m);
+        self->cancelling += m->in_flight.n;
+    }
+    if (m->in_flight.n == 0)
+        loom_sched_map_destroy(self, map_p);
+}
+
+bool
+loom_sched_map_cancelled(const loom_sched_map *map)
+{
+    return map->cancelled;
+}
+
+void
+loom_sched_worker_plugin_failed(loom_sched *self, loom_sched_worker *w, const char *plugin,
+                                const char *error)
+{
+    if (s_plugin_state(w, plugin))
+        return; //  the first reason is kept
+    w->plugins = loom_xrealloc(w->plugins, (w->nplugins + 1) * sizeof *w->plugins);
+    struct s_plugin_state *st = &w->plugins[w->nplugins++];
+    st->plugin = loom_xstrdup(plugin);
+    st->error = loom_xstrdup(error && *error ? error : "plugin init failed");
+    self->init_failures++;
+}
+
+size_t
+loom_sched_map_runnable(const loom_sched *self, const loom_sched_map *map, const char **message)
+{
+    *message = NULL;
+    size_t n = 0;
+    for (loom_sched_worker *w = self->workers; w; w = w->next) {
+        const struct s_plugin_state *st = w->nplugins ? s_plugin_state(w, map->def.plugin) : NULL;
+        if (!st)
+            n++;
+        else if (!*message)
+            *message = st->error;
+    }
+    return n;
+}
+
+uint32_t
+loom_sched_map_init_died(loom_sched_map *map)
+{
+    return ++map->init_deaths;
+}
+
+size_t
+loom_sched_worker_return_combines(loom_sched_worker *w, loom_sched_map *map)
+{
+    size_t n = 0;
+    loom_sched_combine **cp = &map->combines;
+    while (*cp) {
+        loom_sched_combine *c = *cp;
+        if (c->worker != w) {
+            cp = &c->next;
+            continue;
+        }
+        *cp = c->next;
+        for (size_t i = 0; i < c->n; i++)
+            loom_sched_map_add_partial(map, c->data[i], c->len[i]);
+        s_comb_free(&c);
+        n++;
+    }
+    return n;
+}
+
+size_t
+loom_sched_worker_requeue_map(loom_sched *self, loom_sched_worker *w, loom_sched_map *map)
+{
+    loom_sched_item *first = NULL;
+    for (loom_sched_item *it = w->items.head; it && !first; it = it->next)
+        if (it->map == map)
+            first = it;
+    size_t n = 0;
+    //  From the last dispatched back, each to the front: the queue keeps
+    //  their order.
+    for (loom_sched_item *it = w->items.tail, *prev; it; it = prev) {
+        prev = it->prev;
+        if (it->map != map || it == first)
+            continue;
+        s_unflight(self, it);
+        s_list_push_front(&map->queue, it);
+        self->queued++;
+        n++;
+    }
+    return n;
 }

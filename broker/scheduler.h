@@ -38,14 +38,19 @@ typedef struct {
 struct loom_sched_item {
     uint64_t index;
     uint32_t attempt; //  0 on the first run, +1 per requeue
+    uint32_t fails;   //  of those requeues, retries after a failed result (retry_failed)
     uint8_t *data;    //  copy of the input (in the same block as the item)
     size_t len;
     size_t nfiles;
     loom_sched_file *files; //  owned
     bool solo;              //  requeued after a crash: runs in a batch of one
-    uint64_t batch;         //  in flight: the worker's dispatch sequence of its batch
-    int status;             //  failed items: the status to report
-    char *reason;           //  why it was last requeued, or the failure message
+    union {
+        uint64_t batch; //  in flight: the worker's dispatch sequence of its batch
+        int64_t due_ms; //  waiting to be retried: when it may be queued again
+    };
+    int status;     //  failed items: the status to report
+    uint32_t avoid; //  the worker (loom_sched_worker_seq) its last failed run was on, 0: none
+    char *reason;   //  why it was last requeued, or the failure message
     loom_sched_map *map;
     loom_sched_worker *worker;    //  while in flight
     loom_sched_item *prev, *next; //  queue, worker's in-flight list or failed list
@@ -67,6 +72,10 @@ typedef struct {
     uint32_t chunk;  //  0: automatic
     int32_t retries; //  as sent: 0 means 2, negative means none
     uint32_t timeout_ms;
+    uint32_t retry_failed;        //  runs more after a failed result (LOOM_ETASK, ETIMEDOUT)
+    uint32_t halt_after_failures; //  halt the map after this many failed items; 0: never
+    uint32_t failures_seen;       //  failed items its client had before this broker
+    uint32_t init_timeout_ms;     //  plugin init, passed to workers: 0 default, UINT32_MAX none
 } loom_sched_def;
 
 //  What loom_sched_next_batch decided: send `items` (or, for a combine
@@ -228,7 +237,14 @@ loom_sched_worker *loom_sched_worker_new(loom_sched *self, void *handle, uint32_
 void loom_sched_worker_remove(loom_sched *self, loom_sched_worker **w_p, const char *reason,
                               bool blame);
 
+//  loom_sched_worker_remove, the blamed items failing with `status` when
+//  out of retries (LOOM_ECRASHED, or LOOM_ENOMEM for a process that ran
+//  out of memory) instead of LOOM_ECRASHED.
+void loom_sched_worker_remove_as(loom_sched *self, loom_sched_worker **w_p, const char *reason,
+                                 bool blame, int status);
+
 void *loom_sched_worker_handle(const loom_sched_worker *w);
+uint32_t loom_sched_worker_seq(const loom_sched_worker *w); //  unique per scheduler, from 1
 void loom_sched_worker_add_credit(loom_sched_worker *w, uint32_t n);
 size_t loom_sched_worker_in_flight(const loom_sched_worker *w);
 uint32_t loom_sched_worker_credit(const loom_sched_worker *w); //  unused credit
@@ -254,11 +270,82 @@ void loom_sched_batch_undo(loom_sched *self, loom_sched_batch *b);
 loom_sched_item *loom_sched_take(loom_sched *self, loom_sched_worker *w, loom_sched_map *map,
                                  uint64_t index);
 
+//  A failed result (`status`) for `index` of map from w. If the item is in
+//  flight on w, its map retries failures (retry_failed: LOOM_ETASK and
+//  LOOM_ETIMEDOUT) and it has runs left, it waits out a backoff
+//  (loom_retry_backoff_ms from now_ms; loom_sched_release_due), then runs
+//  again, on another worker than w while another one is there: returns
+//  true. Else false and nothing changed (take it as any other result).
+bool loom_sched_retry_failed(loom_sched *self, loom_sched_worker *w, loom_sched_map *map,
+                             uint64_t index, int status, int64_t now_ms);
+
+//  Queue again, at the front of their maps, the items whose wait is over
+//  at now_ms. Returns when the next one is due, or INT64_MAX if none waits.
+int64_t loom_sched_release_due(loom_sched *self, int64_t now_ms);
+
+//  Items waiting out a retry backoff (counted in loom_sched_queued too).
+size_t loom_sched_map_waiting(const loom_sched_map *map);
+
+//  Count n failed items of map going to its client. True when they bring
+//  it (with failures_seen) to halt_after_failures, unless it has failed
+//  already: the caller then halts it.
+bool loom_sched_map_count_failures(loom_sched_map *map, size_t n);
+
+//  Halt the map after its failures: loom_sched_map_fail with LOOM_ECANCELED
+//  and "not run: map halted after N failures" (loom_halt_message), and a
+//  reduce's fold fails with it. The caller cancels the workers' batches.
+void loom_sched_map_halt(loom_sched *self, loom_sched_map *map);
+
 //  A combine batch of map came back from w with its fold. Returns true if
 //  w had one in flight (the partials are replaced by the fold).
 bool loom_sched_combine_done(loom_sched *self, loom_sched_worker *w, loom_sched_map *map,
                              const void *data, size_t len);
 
 void loom_sched_item_free(loom_sched_item **item_p);
+
+//  ---------------------------------------------------------------------
+//  Cancelling (issue 21: stop means stop)
+
+//  Cancel the map (its client cancelled it or is gone): its queued,
+//  waiting and failed items and its partials are freed now. Its items in
+//  flight stay on their workers, which still run them: they count in
+//  loom_sched_in_flight and loom_sched_cancelling, and a worker whose
+//  oldest item is one of them gets nothing new, until each is answered
+//  (loom_sched_take, whose item the caller frees) or its worker is removed
+//  (the item is freed). The broker tells those workers (Cancel), which stop
+//  them within LOOM_CANCEL_GRACE_MS. The map is destroyed at once when
+//  nothing of it is in flight (*map_p set NULL), else by the caller once
+//  loom_sched_map_in_flight is 0. Not counted in loom_sched_map_count.
+void loom_sched_map_cancel(loom_sched *self, loom_sched_map **map_p);
+bool loom_sched_map_cancelled(const loom_sched_map *map);
+
+//  Items in flight of cancelled maps, still running on their workers.
+uint64_t loom_sched_cancelling(const loom_sched *self);
+
+//  The plugin's init failed in worker w (a result, not a death), saying
+//  error (the first is kept): none of the plugin's maps go to w any more
+//  (nor their combine batches). w runs the plugin's init once: it would
+//  fail every map of it the same way.
+void loom_sched_worker_plugin_failed(loom_sched *self, loom_sched_worker *w, const char *plugin,
+                                    const char *error);
+
+//  Put map's combine batches held by w back among its partials (w cannot
+//  run them: its init of the plugin failed). Returns how many.
+size_t loom_sched_worker_return_combines(loom_sched_worker *w, loom_sched_map *map);
+
+//  w's items in flight of map, but the first it was sent, go back to the
+//  front of map's queue as they were (w's init of the plugin failed: it
+//  fails the first, which met the failure, and never ran the others).
+//  Returns how many.
+size_t loom_sched_worker_requeue_map(loom_sched *self, loom_sched_worker *w, loom_sched_map *map);
+
+//  How many live workers can run map (its plugin's init did not fail
+//  there), and an init failure's message (borrowed, NULL if none failed).
+size_t loom_sched_map_runnable(const loom_sched *self, const loom_sched_map *map,
+                               const char **message);
+
+//  A worker process died in map's plugin init (crash, init timeout):
+//  returns how many have so far.
+uint32_t loom_sched_map_init_died(loom_sched_map *map);
 
 #endif

@@ -33,6 +33,8 @@
 #include "base.h"
 #include "commands.h"
 #include "executor.h"
+#include "map_output.h"
+#include "failure_policy.h"
 
 #define S_DEFAULT_WINDOW 10000     //  loom.h's default, used to pace submissions
 #define S_ERROR_LINES 10           //  lines printed per distinct error message
@@ -56,6 +58,12 @@ typedef struct {
     int timeout_ms;
     int retries;
     int procs;
+    int retry_failed;   //  --retry-failed N
+    int halt;           //  --halt N: stop after N failed items; 0: never
+    int max_tasks;      //  embedded cluster: --max-tasks N per worker process
+    int max_rss_mb;     //  embedded cluster: --max-rss MB per worker process
+    int init_timeout_ms;    //  --init-timeout MS: 0 default, -1 none
+    const char *files_dir; //  --output-files DIR: where results' output files go, or NULL
     const char **files; //  --files: one item per path, attached as "in"
     size_t nfiles;
     const char **shares; //  --share NAME=FILE
@@ -77,6 +85,12 @@ typedef struct {
     int64_t bar_us;     //  last progress bar update
     bool write_failed;  //  stdout is gone (EPIPE) or full
     int write_errno;    //  errno of that failure
+    int halt;           //  --halt N, or 0
+    uint64_t not_run;   //  --halt: items reported "not run" (counted in failed)
+    bool input_left;    //  --halt stopped reading the input
+    const char *files_dir; //  --output-files, or NULL: output files are counted, not kept
+    uint64_t files_kept;   //  output files copied to files_dir
+    uint64_t files_left;   //  output files of results with no --output-files
 } s_run;
 
 static volatile sig_atomic_t s_interrupted = 0;
@@ -128,7 +142,19 @@ s_usage(FILE *out)
         "  --window N          items in flight (default: 10000)\n"
         "  --timeout MS        per-item timeout (default: none)\n"
         "  --retries N         attempts after a worker died or timed out (-1: none)\n"
+        "  --retry-failed N    run an item whose task failed or timed out up to N more\n"
+        "                      times, on another worker process if there is one (waits\n"
+        "                      0.1 s, doubling each time; GNU parallel's --retries)\n"
+        "  --halt N            after N failed items, stop: the running items are cancelled,\n"
+        "                      the rest not run, the input not read further (exit status\n"
+        "                      1); also spelled now,fail=N as in GNU parallel\n"
         "  --procs N           local worker processes (default: one per core)\n"
+        "  --max-tasks N       a local worker process runs N items, then a new one takes\n"
+        "                      its place (as loom worker --max-tasks)\n"
+        "  --max-rss MB        a local worker process over MB MiB after a batch is replaced;\n"
+        "                      one going over it while an item runs is ended, the item run\n"
+        "                      again alone, failing 'out of memory' if it goes over again\n"
+        "                      (as loom worker --max-rss)\n"
         "  --serial            run in this process, no broker (for gdb and valgrind)\n"
         "  --plugin-path DIR   where plugins are found (':'-separated)\n"
         "  --args STRING       bytes every task reads with loom_task_args\n"
@@ -138,6 +164,11 @@ s_usage(FILE *out)
         "  --cert FILE --server-key KEY\n"
         "                      CURVE with --connect: this client's certificate (loom keygen)\n"
         "                      and the broker's public key (Z85 text or its certificate file)\n"
+        "  --init-timeout MS   how long the plugin's init may take in a worker process\n"
+        "                      (default: 60000; -1: no limit); past it, or if init fails\n"
+        "                      or crashes, the items there fail naming init and the cause\n"
+        "  --output-files DIR  keep the output files of results (loom_task_output_file)\n"
+        "                      as DIR/INDEX/NAME (--reduce: every item's, the same way)\n"
         "  --journal FILE      not implemented yet\n");
 }
 
@@ -177,7 +208,32 @@ enum {
     S_OPT_CERT,
     S_OPT_SERVER_KEY,
     S_OPT_HELP,
+    S_OPT_RETRY_FAILED,
+    S_OPT_HALT,
+    S_OPT_MAX_TASKS,
+    S_OPT_MAX_RSS,
+    S_OPT_INIT_TIMEOUT,
+    S_OPT_OUTPUT_FILES,
 };
+
+//  --halt N or GNU parallel's now,fail=N. Returns 0 or -1.
+static int
+s_parse_halt(const char *text, int *out)
+{
+    const char *n = strncmp(text, "now,fail=", 9) ? text : text + 9;
+    char *end;
+    errno = 0;
+    long v = strtol(n, &end, 10);
+    if (errno || end == n || *end || v < 1 || v > INT_MAX) {
+        fprintf(stderr,
+                "loom map: --halt wants N or now,fail=N (stop after N failed items, N >= 1), "
+                "not '%s'\n",
+                text);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
 
 //  Returns 0 to run, 2 for a usage error, 1 for --help (exit 0).
 static int
@@ -203,6 +259,12 @@ s_parse(int argc, char **argv, s_opts *o)
         {"cert", required_argument, NULL, S_OPT_CERT},
         {"server-key", required_argument, NULL, S_OPT_SERVER_KEY},
         {"help", no_argument, NULL, S_OPT_HELP},
+        {"retry-failed", required_argument, NULL, S_OPT_RETRY_FAILED},
+        {"halt", required_argument, NULL, S_OPT_HALT},
+        {"max-tasks", required_argument, NULL, S_OPT_MAX_TASKS},
+        {"max-rss", required_argument, NULL, S_OPT_MAX_RSS},
+        {"init-timeout", required_argument, NULL, S_OPT_INIT_TIMEOUT},
+        {"output-files", required_argument, NULL, S_OPT_OUTPUT_FILES},
         {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
@@ -268,6 +330,33 @@ s_parse(int argc, char **argv, s_opts *o)
         case S_OPT_PROCS:
             if (s_parse_int("--procs", optarg, 1, 4096, &o->procs))
                 return 2;
+            break;
+        case S_OPT_RETRY_FAILED:
+            if (s_parse_int("--retry-failed", optarg, 0, 1000, &o->retry_failed))
+                return 2;
+            break;
+        case S_OPT_HALT:
+            if (s_parse_halt(optarg, &o->halt))
+                return 2;
+            break;
+        case S_OPT_MAX_TASKS:
+            if (s_parse_int("--max-tasks", optarg, 1, INT_MAX, &o->max_tasks))
+                return 2;
+            break;
+        case S_OPT_MAX_RSS:
+            if (s_parse_int("--max-rss", optarg, 1, INT_MAX, &o->max_rss_mb))
+                return 2;
+            break;
+        case S_OPT_INIT_TIMEOUT:
+            if (s_parse_int("--init-timeout", optarg, -1, INT_MAX, &o->init_timeout_ms))
+                return 2;
+            break;
+        case S_OPT_OUTPUT_FILES:
+            if (!*optarg) {
+                fprintf(stderr, "loom map: --output-files wants a directory\n");
+                return 2;
+            }
+            o->files_dir = optarg;
             break;
         case S_OPT_FILES:
             //  --files takes every argument up to the next option.
@@ -335,6 +424,11 @@ s_parse(int argc, char **argv, s_opts *o)
     }
     if (!loom_name_valid(o->task)) {
         fprintf(stderr, "loom map: invalid task name '%s' (want [a-z0-9_-]{1,64})\n", o->task);
+        return 2;
+    }
+    if ((o->max_tasks || o->max_rss_mb) && (o->connect || o->serial)) {
+        fprintf(stderr, "loom map: --max-tasks and --max-rss are for the local worker processes: "
+                        "with --connect give them to loom worker; --serial has none\n");
         return 2;
     }
     if (o->serial && o->connect) {
@@ -428,7 +522,10 @@ s_handle_result(s_run *run, uint64_t index, int status, const void *data, size_t
     run->results++;
     if (status == 0)
         s_write_output(run, data, len);
-    else
+    else if (status == LOOM_ECANCELED && run->halt && index != LOOM_REDUCED_INDEX) {
+        run->failed++; //  not run after --halt: one line for all of them at the end
+        run->not_run++;
+    } else
         s_report_failure(run, index, status, error);
     s_bar_update(run, false);
 }
@@ -436,7 +533,19 @@ s_handle_result(s_run *run, uint64_t index, int status, const void *data, size_t
 static void
 s_on_result(const loom_result *r, void *user)
 {
-    s_handle_result((s_run *)user, r->index, r->status, r->data, r->len, r->error);
+    s_run *run = user;
+    s_handle_result(run, r->index, r->status, r->data, r->len, r->error);
+    if (!r->nfiles)
+        return;
+    if (!run->files_dir) {
+        run->files_left += r->nfiles; //  said at the end: never dropped in silence
+        return;
+    }
+    char err[512];
+    if (loom__map_output_save(run->files_dir, r, err, sizeof err) == 0)
+        run->files_kept += r->nfiles;
+    else
+        s_report_failure(run, r->index, LOOM_EIO, err);
 }
 
 static void
@@ -451,6 +560,15 @@ s_finish_report(s_run *run, bool stats)
                     "loom map: ... and %" PRIu64 " more items failed with the same error: %s\n",
                     *count - S_ERROR_LINES, zhash_cursor(run->kinds));
     }
+    if (run->files_left)
+        fprintf(stderr,
+                "loom map: results carried %" PRIu64 " output file%s, not kept: give "
+                "--output-files DIR to keep them\n",
+                run->files_left, run->files_left == 1 ? "" : "s");
+    if (run->halt && run->failed - run->not_run >= (uint64_t)run->halt)
+        fprintf(stderr, "loom map: halted after %d failed item%s: %" PRIu64 " item%s not run%s\n",
+                run->halt, run->halt == 1 ? "" : "s", run->not_run, run->not_run == 1 ? "" : "s",
+                run->input_left ? ", the rest of the input not read" : "");
     if (stats) {
         double secs = (double)(loom_now_us() - run->start_us) / 1e6;
         double rate = secs > 0 ? (double)run->submitted / secs : 0;
@@ -614,7 +732,9 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
     loom_client_opts copts = {.local_workers = o->procs,
                               .plugin_path = o->plugin_path,
                               .cert_path = o->cert,
-                              .server_key = o->server_key};
+                              .server_key = o->server_key,
+                              .max_tasks = o->max_tasks,
+                              .max_rss_mb = o->max_rss_mb};
     loom_client *client = loom_client_new(o->connect, &copts);
     if (!client) {
         if (o->connect)
@@ -655,6 +775,9 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
         .reduce = o->reduce,
         .on_result = s_on_result,
         .user = run,
+        .retry_failed = o->retry_failed,
+        .halt_after_failures = o->halt,
+        .init_timeout_ms = o->init_timeout_ms,
     };
     m = loom_map_new(pipeline, o->plugin, o->task, &mopts);
     if (!m) {
@@ -696,6 +819,10 @@ s_run_cluster(const s_opts *o, s_reader *rd, s_run *run)
             src = loom_map_submit_files(m, path, strlen(path), in_name, &path, 1);
         } else
             src = loom_map_submit(m, data, len);
+        if (src == LOOM_ECANCELED && o->halt) {
+            run->input_left = true; //  halted: what was submitted still reports
+            break;
+        }
         if (src < 0) {
             s_bar_erase(run);
             fprintf(stderr, "loom map: submit: %s\n", loom_strerror(src));
@@ -825,7 +952,7 @@ s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
     size_t len = 0;
     int rc = 0;
     size_t next_file = 0;
-    while (!s_interrupted && !run->write_failed &&
+    while (!s_interrupted && !run->write_failed && !(o->halt && run->failed >= (uint64_t)o->halt) &&
            (rc = o->nfiles ? (next_file < o->nfiles) : s_reader_next(rd, &data, &len)) > 0) {
         const char *in_name = "in", *in_path = NULL;
         if (o->nfiles) {
@@ -852,6 +979,13 @@ s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
         }
         loom_exec_out out = {0};
         int xrc = loom_executor_run(ex, 1, index, data, len, &out);
+        for (int retry = 1; retry <= o->retry_failed && loom_retry_status(xrc) && !s_interrupted;
+             retry++) {
+            //  As the broker does it: the same backoff, the last run's result.
+            loom_exec_out_clear(&out);
+            zclock_sleep((int)loom_retry_backoff_ms((uint32_t)retry));
+            xrc = loom_executor_run(ex, 1, index, data, len, &out);
+        }
         if (xrc < 0) {
             run->results++;
             s_report_failure(run, index, xrc, out.error);
@@ -881,6 +1015,16 @@ s_run_serial(const s_opts *o, s_reader *rd, s_run *run)
     }
     if (rc < 0)
         status = 1;
+    if (o->halt && run->failed >= (uint64_t)o->halt) {
+        run->input_left = o->nfiles ? next_file < o->nfiles : !(rd->eof && rd->start == rd->end);
+        if (o->reduce) {
+            //  As on the cluster: a halted map's combined result is not made.
+            char text[96];
+            loom_halt_message(text, sizeof text, (uint32_t)o->halt);
+            s_report_failure(run, LOOM_REDUCED_INDEX, LOOM_ECANCELED, text);
+            have_acc = false;
+        }
+    }
     if (have_acc && !s_interrupted && status == 0)
         s_write_output(run, acc.data, acc.len);
     loom_exec_out_clear(&acc);
@@ -928,6 +1072,8 @@ loom_cmd_map(int argc, char **argv)
     memset(&run, 0, sizeof run);
     run.kinds = zhash_new();
     run.progress = isatty(STDERR_FILENO);
+    run.halt = o.halt;
+    run.files_dir = o.files_dir;
     run.start_us = loom_now_us();
     run.bar_us = run.start_us;
 

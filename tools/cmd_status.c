@@ -29,6 +29,8 @@ s_print(const loom_wire_stats *st)
     U(pipelines);
     U(items_queued);
     U(items_in_flight);
+    U(items_cancelling);
+    U(items_cancelled);
     U(items_done);
     U(items_failed);
     U(items_retried);

@@ -1,13 +1,13 @@
 /*  loom worker: run worker processes for a broker.
 
     loom worker --connect EP [--procs N] [--plugin-path DIR] [--cache DIR]
-                [--max-tasks N] [--cert FILE --server-key KEY] [--parent PID]
+                [--max-tasks N] [--max-rss MB] [--cert FILE --server-key KEY] [--parent PID]
 
     The supervisor form starts N worker processes, each of them the hidden
     child form of this command:
 
     loom worker --child --host HOSTID --connect EP --plugin-path DIR
-                [--max-tasks N] [--credit N] [--cert FILE --server-key KEY]  */
+                [--max-tasks N] [--max-rss MB] [--credit N] [--cert FILE --server-key KEY]  */
 
 #include "commands.h"
 
@@ -29,7 +29,12 @@ s_usage(void)
     fprintf(stderr,
             "usage: loom worker --connect ENDPOINT [--procs N] [--plugin-path DIR]\n"
             "                   [--cache DIR] [--cache-size BYTES] [--max-tasks N] [--parent PID]\n"
-            "                   [--cert FILE --server-key KEY] [--quiet]\n");
+            "                   [--max-rss MB] [--cert FILE --server-key KEY] [--quiet]\n"
+            "  --max-tasks N   a worker process runs N items, then a new one takes its place\n"
+            "  --max-rss MB    a worker process holding more than MB MiB after a batch is\n"
+            "                  replaced; one going over it while an item runs is ended, and\n"
+            "                  its items run again alone (--retries), failing 'out of memory'\n"
+            "                  (LOOM_ENOMEM) if they go over it again\n");
 }
 
 //  Parse a whole decimal number in [min, max]. Returns 0 or -1.
@@ -53,7 +58,7 @@ loom_cmd_worker(int argc, char **argv)
 {
     const char *endpoint = NULL, *plugin_path = NULL, *cache = NULL, *host = NULL;
     const char *cert = NULL, *server_key = NULL;
-    long procs = 0, max_tasks = 0, parent = 0, credit = 0, cache_size = 0;
+    long procs = 0, max_tasks = 0, parent = 0, credit = 0, cache_size = 0, max_rss = 0;
     bool child = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -94,6 +99,8 @@ loom_cmd_worker(int argc, char **argv)
             rc = s_number(a, v, 0, LONG_MAX, &cache_size);
         else if (!strcmp(a, "--max-tasks"))
             rc = s_number(a, v, 1, LONG_MAX, &max_tasks);
+        else if (!strcmp(a, "--max-rss"))
+            rc = s_number(a, v, 1, 1L << 30, &max_rss); //  MiB, up to 1 PiB
         else if (!strcmp(a, "--parent"))
             rc = s_number(a, v, 1, INT_MAX, &parent);
         else if (!strcmp(a, "--cert"))
@@ -136,7 +143,8 @@ loom_cmd_worker(int argc, char **argv)
                                        .cache_dir = cache,
                                        .cache_size = (uint64_t)cache_size,
                                        .cert_path = cert,
-                                       .server_key = server_key};
+                                       .server_key = server_key,
+                                       .max_rss = (uint64_t)max_rss << 20};
         return loom_worker_process_run(&po);
     }
     loom_worker_opts o = {.endpoint = endpoint,
@@ -148,7 +156,8 @@ loom_cmd_worker(int argc, char **argv)
                           .parent = (pid_t)parent,
                           .cache_size = (uint64_t)cache_size,
                           .cert_path = cert,
-                          .server_key = server_key};
+                          .server_key = server_key,
+                          .max_rss = (uint64_t)max_rss << 20};
     int rc = loom_worker_run(&o);
     if (rc < 0) {
         fprintf(stderr, "loom worker: cannot start: %s\n", loom_strerror(rc));

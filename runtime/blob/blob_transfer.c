@@ -21,6 +21,7 @@
 #include <czmq.h>
 
 #define S_RETRY_MS 1000  //  a download with no progress this long asks again
+#define S_MISSING_MS 10000 //  a blob the broker does not hold may come back this soon
 
 int
 loom__blob_read_mem(void *ctx, uint64_t offset, void *buf, size_t len)
@@ -419,7 +420,7 @@ loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, in
     uint64_t got = 0;
     uint64_t asked = size < LOOM_BLOB_XFER_WINDOW ? size : LOOM_BLOB_XFER_WINDOW;
     int rc = s_ask(dealer, hash, 0, asked);
-    int64_t progress = loom_now_ms(), asked_at = progress;
+    int64_t progress = loom_now_ms(), asked_at = progress, first_missing = INT64_MAX;
     while (rc == 0) {
         int64_t now = loom_now_ms();
         if (now - progress >= timeout_ms) {
@@ -448,7 +449,15 @@ loom__blob_download(void *dealer, const uint8_t *hash, uint64_t size, int fd, in
             continue;
         }
         const loom_wire_blob_chunk *c = &in->u.blob_chunk;
-        if (c->status < 0) {
+        if (c->status == LOOM_ENOENT && loom_now_ms() - first_missing < S_MISSING_MS) {
+            //  Not held: a broker that restarted with an empty store gets
+            //  the blob again from its client, which uploads its shares
+            //  anew when it reconnects. Ask again (from where we are) for
+            //  a while before calling it missing.
+            if (first_missing == INT64_MAX)
+                first_missing = loom_now_ms();
+            progress = loom_now_ms();
+        } else if (c->status < 0) {
             rc = c->status;
         } else if (c->total != size) {
             rc = LOOM_EPROTO;

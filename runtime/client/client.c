@@ -567,6 +567,16 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
         loom_log_error("loom: invalid client options");
         return NULL;
     }
+    bool bad_tasks = opts->max_tasks < 0 || (endpoint && opts->max_tasks);
+    if (bad_tasks || opts->max_rss_mb < 0 || (endpoint && opts->max_rss_mb)) {
+        //  The limits are the worker hosts': a remote broker's have their own.
+        loom_log_error("loom: %s %d: %s", bad_tasks ? "max_tasks" : "max_rss_mb",
+                       bad_tasks ? opts->max_tasks : opts->max_rss_mb,
+                       endpoint ? "only for the embedded cluster (`loom worker` takes "
+                                  "--max-tasks and --max-rss)"
+                                : "is negative (0: no limit)");
+        return NULL;
+    }
     if (!endpoint && (opts->cert_path || opts->server_key)) {
         loom_log_error("loom: CURVE (cert_path, server_key) is for a remote broker, not the "
                        "embedded one");
@@ -577,7 +587,7 @@ loom_client_new(const char *endpoint, const loom_client_opts *opts)
     loom_client *self = loom_xcalloc(1, sizeof *self);
     self->next_id = 1;
     if (!endpoint) {
-        self->cluster = loom__cluster_new(opts->local_workers, opts->plugin_path);
+        self->cluster = loom__cluster_new(opts);
         if (!self->cluster)
             goto fail;
         endpoint = loom__cluster_endpoint(self->cluster);

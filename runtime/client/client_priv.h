@@ -81,6 +81,9 @@ struct loom_map {
     uint32_t chunk;
     int32_t retries;
     uint32_t timeout_ms;
+    uint32_t retry_failed;    //  runs more for a failed item (the broker retries)
+    uint32_t halt_after;      //  halt_after_failures; 0: never
+    uint32_t init_timeout_ms; //  as sent: 0 default, UINT32_MAX none
     bool ordered;
     bool reduce;
     uint64_t window;
@@ -96,7 +99,11 @@ struct loom_map {
     uint64_t delivered;    //  item results given to the user
     uint64_t done, failed; //  delivered, by status
     uint64_t dropped;      //  duplicate or unknown results
+    uint64_t failures;     //  distinct indices with a failed result received
+    bool halted;           //  failures reached halt_after: submit refuses more
     bool reduced_seen;     //  the LOOM_REDUCED_INDEX result came
+    int first_status;      //  reduce maps: the first failure delivered, or 0
+    char *first_error;     //  its message (owned)
     //  Done bitmap, one bit per index
     uint64_t *seen;
     size_t seen_words;
@@ -167,7 +174,11 @@ int loom__blob_put(loom_client *c, const char *what, const uint8_t *hash, uint64
 
 //  Fill r's output files from res, downloading them into the map's
 //  directory; a failed download turns r into a failure (map_files.c).
+//  The combined result of a reduce map gets the files kept below instead.
 void loom__map_result_files(loom_map *m, const loom_wire_result *res, loom_result *r);
+//  A reduce map's successful item: download its output files now and keep
+//  them for the combined result (a failure is named in that result).
+void loom__map_keep_files(loom_map *m, const loom_wire_result *res);
 void loom__map_files_free(loom_map *m);
 
 //  Destroy every map of pipeline p (NULL: all of the client's).

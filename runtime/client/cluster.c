@@ -63,8 +63,10 @@ s_remove_dir(const char *dir)
 }
 
 static int
-s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
+s_spawn_supervisor(loom__cluster *self, const loom_client_opts *opts)
 {
+    int workers = opts->local_workers;
+    const char *plugin_path = opts->plugin_path;
     if (workers <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         workers = cores > 0 ? (int)cores : 1;
@@ -77,10 +79,23 @@ s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
     snprintf(parent, sizeof parent, "%d", (int)getpid());
     char cache[S_IPC_MAX + 16];
     snprintf(cache, sizeof cache, "%s/cache", self->dir);
-    char *argv[] = {(char *)exe, "worker", "--connect",     self->task_ep,
-                    "--procs",   procs,    "--plugin-path", (char *)plugin_path,
-                    "--parent",  parent,   "--quiet",       "--cache",
-                    cache,       NULL};
+    char *argv[20] = {(char *)exe, "worker", "--connect",     self->task_ep,
+                      "--procs",   procs,    "--plugin-path", (char *)plugin_path,
+                      "--parent",  parent,   "--quiet",       "--cache",
+                      cache,       NULL};
+    size_t n = 13;
+    char max_tasks[24], max_rss[24];
+    if (opts->max_tasks > 0) {
+        snprintf(max_tasks, sizeof max_tasks, "%d", opts->max_tasks);
+        argv[n++] = "--max-tasks";
+        argv[n++] = max_tasks;
+    }
+    if (opts->max_rss_mb > 0) {
+        snprintf(max_rss, sizeof max_rss, "%d", opts->max_rss_mb);
+        argv[n++] = "--max-rss";
+        argv[n++] = max_rss;
+    }
+    argv[n] = NULL;
 
     //  The supervisor starts with default dispositions and an empty mask,
     //  whatever this program does with its signals.
@@ -107,7 +122,7 @@ s_spawn_supervisor(loom__cluster *self, int workers, const char *plugin_path)
 }
 
 loom__cluster *
-loom__cluster_new(int workers, const char *plugin_path)
+loom__cluster_new(const loom_client_opts *opts)
 {
     loom__cluster *self = loom_xcalloc(1, sizeof *self);
     self->dir = s_make_dir();
@@ -152,7 +167,7 @@ loom__cluster_new(int workers, const char *plugin_path)
         loom_log_error("loom: cannot create the embedded blob store in %s", self->dir);
         goto fail;
     }
-    if (s_spawn_supervisor(self, workers, plugin_path) != 0)
+    if (s_spawn_supervisor(self, opts) != 0)
         goto fail;
     return self;
 

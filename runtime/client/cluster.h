@@ -10,14 +10,17 @@
 #ifndef LOOM_CLUSTER_H
 #define LOOM_CLUSTER_H
 
+#include <loom/loom.h>
 #include <sys/types.h>
 
 typedef struct loom__cluster loom__cluster;
 
-//  Start a broker and a supervisor of `workers` processes (0: one per
-//  online core) loading plugins from plugin_path (NULL: the default path).
-//  Returns NULL on failure, with the reason logged.
-loom__cluster *loom__cluster_new(int workers, const char *plugin_path);
+//  Start a broker and a supervisor of opts->local_workers processes (0:
+//  one per online core) loading plugins from opts->plugin_path (NULL: the
+//  default path), each running at most opts->max_tasks items and keeping
+//  to opts->max_rss_mb (0: no limits). Returns NULL on failure, with the
+//  reason logged.
+loom__cluster *loom__cluster_new(const loom_client_opts *opts);
 
 //  Stop everything and remove the directory. Sets *self_p to NULL;
 //  accepts NULL.

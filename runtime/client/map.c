@@ -257,14 +257,24 @@ loom__map_result(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
     }
     m->answered++;
     s_inputs_drop(m, res->index);
+    //  The broker halts the map at its halt_after-th failure, as counted here.
+    if (res->status != 0 && ++m->failures >= m->halt_after && m->halt_after)
+        m->halted = true;
     if (m->reduce) {
         //  A reduce map's successful items come as acknowledgements (status
         //  0, no data: their outputs are in the fold): they free the window
-        //  and count, but only failed ones are delivered.
-        if (res->status == 0)
+        //  and count, but only failed ones are delivered. Their output
+        //  files are fetched now and go with the combined result.
+        if (res->status == 0) {
             m->done++;
-        else
+            loom__map_keep_files(m, res);
+        } else {
+            if (!m->first_error) {
+                m->first_status = res->status;
+                m->first_error = loom_xstrdup(res->error ? res->error : loom_strerror(res->status));
+            }
             s_deliver(m, rm, res);
+        }
     } else if (m->ordered && res->index >= m->released) {
         loom__rref *slot = &m->ring[res->index % m->window];
         LOOM_ASSERT(!slot->rm);
@@ -273,6 +283,41 @@ loom__map_result(loom_map *m, loom__rmsg *rm, const loom_wire_result *res)
         s_release(m, false);
     } else
         s_deliver(m, rm, res);
+}
+
+//  A reduce map ended with successful items but no combined result (the
+//  map failed before they were combined): say so in the combined result's
+//  place, with their output files, instead of dropping them in silence.
+static void
+s_reduced_missing(loom_map *m)
+{
+    char text[1024];
+    snprintf(text, sizeof text,
+             "reduce: the outputs of %llu successful items were not combined: the map failed "
+             "(%s)",
+             (unsigned long long)m->done, m->first_error ? m->first_error : "no reason given");
+    loom_wire_result r = {.index = LOOM_REDUCED_INDEX,
+                          .status = m->first_status ? m->first_status : LOOM_ECANCELED,
+                          .error = text};
+    loom_msg msg = {.type = LOOM_MSG_RESULT_BATCH};
+    msg.u.result_batch.map = m->id;
+    msg.u.result_batch.results = &r;
+    msg.u.result_batch.nresults = 1;
+    void *buf = NULL;
+    size_t len = 0;
+    loom_msg *copy = NULL;
+    if (loom_wire_encode(&msg, &buf, &len) != 0 || loom_wire_decode(buf, len, &copy) != 0) {
+        free(buf);
+        loom__map_error(m, LOOM_ENOMEM, text);
+        return;
+    }
+    free(buf);
+    loom__rmsg *rm = loom_xmalloc(sizeof *rm);
+    rm->msg = copy;
+    rm->refs = 1;
+    m->reduced_seen = true;
+    s_deliver(m, rm, &copy->u.result_batch.results[0]);
+    loom__rmsg_unref(&rm);
 }
 
 void
@@ -284,6 +329,8 @@ loom__map_end(loom_map *m, uint64_t count)
     m->ended = true;
     if (m->ordered && !m->reduce)
         s_release(m, true);
+    if (m->reduce && !m->reduced_seen && m->done > 0)
+        s_reduced_missing(m);
     if (m->reduce && m->answered < m->submitted) {
         //  Successful items the broker did not report one by one.
         m->done += m->submitted - m->answered;
@@ -350,6 +397,10 @@ s_send_open(loom_map *m)
     mo->chunk = m->chunk;
     mo->retries = m->retries;
     mo->timeout_ms = m->timeout_ms;
+    mo->retry_failed = m->retry_failed;
+    mo->halt_after_failures = m->halt_after;
+    mo->failures_seen = m->failures > UINT32_MAX ? UINT32_MAX : (uint32_t)m->failures;
+    mo->init_timeout_ms = m->init_timeout_ms;
     mo->shares = m->pipeline->shares;
     mo->nshares = m->pipeline->nshares;
     return loom__client_send(m->client, &msg);
@@ -454,6 +505,18 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
         loom_log_error("loom: map %s/%s: negative window, chunk, timeout or retries", name, task);
         return NULL;
     }
+    if (opts->retry_failed < 0 || opts->halt_after_failures < 0) {
+        loom_log_error("loom: map %s/%s: %s %d is negative (0: %s)", name, task,
+                       opts->retry_failed < 0 ? "retry_failed" : "halt_after_failures",
+                       opts->retry_failed < 0 ? opts->retry_failed : opts->halt_after_failures,
+                       opts->retry_failed < 0 ? "no retries" : "never halt");
+        return NULL;
+    }
+    if (opts->init_timeout_ms < -1) {
+        loom_log_error("loom: map %s/%s: init_timeout_ms %d is invalid (0: default, -1: none)",
+                       name, task, opts->init_timeout_ms);
+        return NULL;
+    }
     if (opts->journal) {
         loom_log_error("loom: map %s/%s: journal: %s", name, task, loom_strerror(LOOM_ENOTSUP));
         return NULL;
@@ -484,6 +547,10 @@ loom_map_new(loom_pipeline *p, const char *plugin, const char *task, const loom_
     self->chunk = (uint32_t)opts->chunk;
     self->retries = opts->retries;
     self->timeout_ms = (uint32_t)opts->timeout_ms;
+    self->retry_failed = (uint32_t)opts->retry_failed;
+    self->halt_after = (uint32_t)opts->halt_after_failures;
+    self->init_timeout_ms =
+        opts->init_timeout_ms < 0 ? UINT32_MAX : (uint32_t)opts->init_timeout_ms;
     self->ordered = opts->ordered;
     self->reduce = opts->reduce;
     self->window = opts->window ? (uint64_t)opts->window : S_DEFAULT_WINDOW;
@@ -519,6 +586,8 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
         return m->error;
     if (c->error)
         return c->error;
+    if (m->halted)
+        return LOOM_ECANCELED;
     if (len > m->max_item)
         return LOOM_ETOOBIG;
     while (s_window_full(m)) {
@@ -529,6 +598,8 @@ loom_map_submit(loom_map *m, const void *input, size_t len)
             return rc;
         if (m->error)
             return m->error;
+        if (m->halted)
+            return LOOM_ECANCELED;
     }
     if (m->npending && m->pending_bytes + len + S_ITEM_OVERHEAD > m->batch_bytes) {
         int rc = s_flush(m);
@@ -677,6 +748,7 @@ loom_map_destroy(loom_map **self_p)
     free(self->seen);
     free(self->pending);
     free(self->error_text);
+    free(self->first_error);
     loom__map_files_free(self);
     free(self->plugin);
     free(self->version);

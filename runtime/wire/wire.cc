@@ -369,7 +369,8 @@ s_put_stats(fb::FlatBufferBuilder &b, const loom_wire_stats *s)
                            s->msgs_in, s->msgs_out, s->msgs_rejected, s->blob_bytes_in,
                            s->blob_bytes_out, s->blobs_stored, s->blob_store_bytes,
                            s->workers_blob_bytes_in, s->workers_blob_bytes_out,
-                           s->connections_dropped, s->blob_bytes_adopted, s->curve_refused)
+                           s->connections_dropped, s->blob_bytes_adopted, s->curve_refused,
+                           s->items_cancelling, s->items_cancelled)
         .Union();
 }
 
@@ -407,7 +408,9 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
         auto args = s_put_bytes(b, o->args);
         auto shares = s_put_files(b, o->shares, o->nshares);
         return lw::CreateMapOpen(b, o->map, o->pipeline, plugin, version, task, args, o->ordered,
-                                 o->reduce, o->chunk, o->retries, o->timeout_ms, shares)
+                                 o->reduce, o->chunk, o->retries, o->timeout_ms, shares,
+                                 o->retry_failed, o->halt_after_failures, o->failures_seen,
+                                 o->init_timeout_ms)
             .Union();
     }
     case LOOM_MSG_TASK_BATCH:
@@ -433,7 +436,10 @@ s_put_body(fb::FlatBufferBuilder &b, const loom_msg *m)
         return s_put_stats(b, &m->u.stats);
     case LOOM_MSG_WORKER_EXIT: {
         const loom_wire_worker_exit *x = &m->u.worker_exit;
-        return lw::CreateWorkerExit(b, x->pid, x->signal, x->status).Union();
+        auto init_error = s_put_str(b, x->init_error);
+        return lw::CreateWorkerExit(b, x->pid, x->signal, x->status, x->max_rss, x->rss_limit,
+                                    x->oom_kill, x->init_map, init_error)
+            .Union();
     }
     case LOOM_MSG_BLOB_HAVE: {
         const loom_wire_blob_have *h = &m->u.blob_have;
@@ -1182,6 +1188,8 @@ s_get_stats(const lw::Stats *s, loom_wire_stats *out)
     out->connections_dropped = s->connections_dropped();
     out->blob_bytes_adopted = s->blob_bytes_adopted();
     out->curve_refused = s->curve_refused();
+    out->items_cancelling = s->items_cancelling();
+    out->items_cancelled = s->items_cancelled();
 }
 
 //  Verify the aligned copy buf and fill m from it. On failure m->priv_
@@ -1250,6 +1258,10 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         out->chunk = o->chunk();
         out->retries = o->retries();
         out->timeout_ms = o->timeout_ms();
+        out->retry_failed = o->retry_failed();
+        out->halt_after_failures = o->halt_after_failures();
+        out->failures_seen = o->failures_seen();
+        out->init_timeout_ms = o->init_timeout_ms();
         if (!out->plugin || !out->task)
             return LOOM_EPROTO;
         size_t nshares = 0;
@@ -1296,6 +1308,11 @@ s_decode(const uint8_t *buf, size_t len, loom_msg *m)
         m->u.worker_exit.pid = x->pid();
         m->u.worker_exit.signal = x->signal();
         m->u.worker_exit.status = x->status();
+        m->u.worker_exit.max_rss = x->max_rss();
+        m->u.worker_exit.rss_limit = x->rss_limit();
+        m->u.worker_exit.oom_kill = x->oom_kill();
+        m->u.worker_exit.init_map = x->init_map();
+        m->u.worker_exit.init_error = s_get_str(x->init_error());
         return 0;
     }
     case lw::Body_BlobHave: {

@@ -147,6 +147,10 @@ typedef struct {
     uint32_t timeout_ms;
     size_t nshares; //  the pipeline's shares
     const loom_wire_file *shares;
+    uint32_t retry_failed;        //  client -> broker only (as the next two)
+    uint32_t halt_after_failures; //  0: never
+    uint32_t failures_seen;       //  failed items the client had before (a reopened map)
+    uint32_t init_timeout_ms;     //  plugin init; 0: default (60 s), UINT32_MAX: none
 } loom_wire_map_open;
 
 typedef struct {
@@ -188,13 +192,30 @@ typedef struct {
     uint64_t connections_dropped; //  task-channel disconnections (peer gone, or a protocol error)
     uint64_t blob_bytes_adopted;  //  blob bytes same-host clients wrote into the store
     uint64_t curve_refused;       //  connections the CURVE allow-list refused
+    uint64_t items_cancelling;    //  of items_in_flight: items of cancelled maps still running
+    uint64_t items_cancelled;     //  items of cancelled maps answered after the cancel
 } loom_wire_stats;
 
 typedef struct {
     uint32_t pid;
     int32_t signal;
     int32_t status;
+    uint64_t max_rss;       //  peak resident memory in bytes, 0: unknown
+    uint64_t rss_limit;     //  its --max-rss in bytes, 0: none
+    bool oom_kill;          //  the kernel's OOM killer was seen at work then
+    uint64_t init_map;      //  it died in a plugin's init for this broker map; 0: not in an init
+    const char *init_error; //  then: what happened, or NULL
 } loom_wire_worker_exit;
+
+//  The exit statuses of a worker process that ended on purpose, as a
+//  WorkerExit reports them (PROTOCOL.md): a cancelled map's item (or init)
+//  still running after the grace, a clean exit charging nothing; a plugin
+//  init past its timeout; an item past its timeout; over --max-rss while an
+//  item ran (its batch charged as for a crash, its items LOOM_ENOMEM).
+#define LOOM_WORKER_EXIT_CANCELLED 122
+#define LOOM_WORKER_EXIT_INIT 123
+#define LOOM_WORKER_EXIT_TIMEDOUT 124
+#define LOOM_WORKER_EXIT_MEMORY 125
 
 typedef struct {
     loom_span hash;

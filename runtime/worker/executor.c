@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ typedef struct {
     loom_plugin_lib *lib; //  Loaded and checked library
     bool init_done;       //  init has run (successfully or not)
     int init_rc;          //  What init returned; 0 when it succeeded or there is none
+    char *init_reason;    //  Why init failed (owned), or NULL
     void *state;          //  What init stored
 } s_plugin;
 
@@ -86,6 +88,9 @@ struct loom_executor {
     //  Where a run's output goes first (loom_executor_run_keep): a small
     //  one stays here, lent to the caller, and costs no malloc and free.
     uint8_t scratch[S_SCRATCH];
+    const atomic_int *cancelled; //  loom_task_cancelled reads it; NULL: never
+    bool in_init;                //  a plugin's init runs (loom_worker_fail is for it)
+    char *init_error;            //  what init gave loom_worker_fail, or NULL
 };
 
 //  The context of one run or fold; plugins see only its first member.
@@ -311,6 +316,28 @@ s_output_file(loom_task *t, const char *name)
     return exec->out_paths[exec->nout++];
 }
 
+static int
+s_cancelled(loom_task *t)
+{
+    const atomic_int *flag = s_ctx_of(t)->exec->cancelled;
+    return flag && atomic_load_explicit(flag, memory_order_relaxed) ? 1 : 0;
+}
+
+static int
+s_worker_vfail(loom_worker *w, const char *fmt, va_list ap)
+{
+    LOOM_ASSERT(w && w->host == &s_host);
+    loom_executor *exec = (loom_executor *)w;
+    if (!exec->in_init) {
+        loom_log_warning("loom_worker_fail called outside init: ignored");
+        return LOOM_EINIT;
+    }
+    //  The first reason is usually the cause; later ones are kept out.
+    if (!exec->init_error)
+        exec->init_error = s_vformat(fmt, ap);
+    return LOOM_EINIT;
+}
+
 static const loom_host s_host = {
     .struct_size = sizeof(loom_host),
     .abi_minor = LOOM_PLUGIN_ABI_MINOR,
@@ -327,6 +354,8 @@ static const loom_host s_host = {
     .shared_path = s_shared_path,
     .file = s_file,
     .output_file = s_output_file,
+    .cancelled = s_cancelled,
+    .worker_vfail = s_worker_vfail,
 };
 
 //  ---------------------------------------------------------------------
@@ -396,10 +425,12 @@ loom_executor_destroy(loom_executor **self_p)
         if (p->init_done && p->init_rc == 0 && def->fini)
             def->fini(p->state);
         loom_plugin_lib_destroy(&p->lib);
+        free(p->init_reason);
         free(p->name);
         free(p);
     }
     free(self->plugins);
+    free(self->init_error);
     loom_executor_set_item_files(self, NULL, NULL, 0, NULL);
     free(self->path);
     free(self);
@@ -425,7 +456,9 @@ s_plugin_get(loom_executor *self, const char *name, int *rc, char **reason)
     return p;
 }
 
-//  Run the plugin's init if it has not run yet; 0 or LOOM_ETASK + reason.
+//  Run the plugin's init if it has not run yet; 0 or LOOM_EINIT + reason
+//  (the one init gave loom_worker_fail, else its return code), the same
+//  reason every time for a failed init.
 static int
 s_plugin_init(loom_executor *self, s_plugin *p, char **reason)
 {
@@ -433,16 +466,29 @@ s_plugin_init(loom_executor *self, s_plugin *p, char **reason)
     if (!p->init_done) {
         p->init_done = true;
         if (def->init) {
+            self->in_init = true;
+            free(self->init_error);
+            self->init_error = NULL;
             p->init_rc = def->init(&self->worker, &p->state);
+            self->in_init = false;
+            if (self->init_error) {
+                p->init_reason = self->init_error;
+                self->init_error = NULL;
+                if (p->init_rc == 0)
+                    p->init_rc = LOOM_EINIT;
+            } else if (p->init_rc)
+                p->init_reason = s_format("init returned %d, giving no reason (the plugin "
+                                          "may give one with loom_worker_fail)",
+                                          p->init_rc);
             if (p->init_rc)
-                loom_log_error("plugin %s: init failed, returned %d", p->name, p->init_rc);
+                loom_log_error("plugin %s: init failed: %s", p->name, p->init_reason);
         }
     }
     if (p->init_rc == 0)
         return 0;
-    *reason = s_format("plugin '%s' init failed: init returned %d in this worker process", p->name,
-                       p->init_rc);
-    return LOOM_ETASK;
+    *reason = s_format("plugin '%s' init failed in worker process %d: %s", p->name, (int)getpid(),
+                       p->init_reason);
+    return LOOM_EINIT;
 }
 
 static s_map *
@@ -903,4 +949,22 @@ loom_executor_output_files(loom_executor *self, const char *const **names,
     *names = (const char *const *)self->out_names;
     *paths = (const char *const *)self->out_paths;
     return self->nout;
+}
+
+void
+loom_executor_set_cancel_flag(loom_executor *self, const atomic_int *flag)
+{
+    LOOM_ASSERT(self);
+    self->cancelled = flag;
+}
+
+bool
+loom_executor_init_pending(loom_executor *self, const char *plugin)
+{
+    LOOM_ASSERT(self);
+    for (size_t i = 0; plugin && i < self->nplugins; i++)
+        if (!strcmp(self->plugins[i]->name, plugin))
+            return !self->plugins[i]->init_done &&
+                   loom_plugin_lib_def(self->plugins[i]->lib)->init != NULL;
+    return true; //  not loaded yet: loading it is part of the wait
 }

@@ -9,6 +9,7 @@
 #ifndef LOOM_EXECUTOR_H
 #define LOOM_EXECUTOR_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -40,9 +41,11 @@ loom_executor *loom_executor_new(const char *plugin_path, uint32_t worker_id);
 void loom_executor_destroy(loom_executor **self_p);
 
 //  Plugin init runs at the first open_map of that plugin in this executor;
-//  if it fails (non-zero), that open_map and every later one of the plugin
-//  fail with LOOM_ETASK and "plugin 'x' init failed: ...": init is not
-//  retried (a restarted worker process retries it).
+//  if it fails (non-zero, or it called loom_worker_fail), that open_map and
+//  every later one of the plugin fail with LOOM_EINIT and "plugin 'x' init
+//  failed in worker process PID: REASON" (REASON: what init gave
+//  loom_worker_fail, else its return code): init is not retried (a
+//  restarted worker process retries it).
 //  Define map `map_id`: load the plugin (version "" or NULL: any; else must
 //  equal the plugin's version, LOOM_EVERSION), find the task (LOOM_ENOENT),
 //  check that it has a reduce when reduce is set (LOOM_ENOTSUP), run the
@@ -132,5 +135,15 @@ uint64_t loom_exec_fold_count(const loom_exec_fold *self);
 
 //  Largest output an item may produce (LOOM_ETOOBIG beyond). Default 64 MiB.
 void loom_executor_set_max_output(loom_executor *self, size_t max);
+
+//  What loom_task_cancelled answers: *flag != 0 (read, never written, by
+//  the executor; flag borrowed, NULL: always 0). The worker process sets
+//  it when the map of the item running is cancelled.
+void loom_executor_set_cancel_flag(loom_executor *self, const atomic_int *flag);
+
+//  True if an open_map of plugin would run code of the plugin first: it
+//  is not loaded yet, or its init has not run. The worker process watches
+//  such an open_map (init timeout, the init marker for its supervisor).
+bool loom_executor_init_pending(loom_executor *self, const char *plugin);
 
 #endif

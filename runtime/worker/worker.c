@@ -17,10 +17,12 @@
 #include "blob_cache.h"
 #include "curve.h"
 #include "curve_watch.h"
+#include "mem_watch.h"
 #include "paths.h"
 #include "plugin_loader.h"
 #include "wire.h"
 #include "worker_process.h"
+#include "worker_stop.h"
 
 #include <ctype.h>
 #include <czmq.h>
@@ -30,6 +32,7 @@
 #include <string.h>
 #include <limits.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -70,6 +73,7 @@ typedef struct {
     char *cache_dir;     //  the host's blob cache, passed to every child
     bool cache_temp;     //  ours: removed at exit
     char cache_size[32]; //  its cap in bytes, "0": default
+    uint64_t oom_kills;  //  loom__oom_kills() at the last reap: a rise is the OOM killer
 } s_super;
 
 static volatile sig_atomic_t s_stop;
@@ -171,11 +175,12 @@ static int
 s_spawn(s_super *self, int i)
 {
     const loom_worker_opts *o = self->opts;
-    char max_tasks[32], credit[32];
+    char max_tasks[32], credit[32], max_rss[32];
     snprintf(max_tasks, sizeof max_tasks, "%ld", o->max_tasks);
     snprintf(credit, sizeof credit, "%u", o->credit);
+    snprintf(max_rss, sizeof max_rss, "%llu", (unsigned long long)(o->max_rss >> 20));
     const char *exe = loom__exe_path();
-    const char *argv[24];
+    const char *argv[32];
     int n = 0;
     argv[n++] = exe;
     argv[n++] = "worker";
@@ -193,6 +198,10 @@ s_spawn(s_super *self, int i)
     if (o->credit > 0) {
         argv[n++] = "--credit";
         argv[n++] = credit;
+    }
+    if (o->max_rss >> 20) {
+        argv[n++] = "--max-rss";
+        argv[n++] = max_rss;
     }
     argv[n++] = "--cache";
     argv[n++] = self->cache_dir;
@@ -325,28 +334,54 @@ s_on_broker(s_super *self)
     }
 }
 
+//  ru: the child's resource usage from wait4 (its peak resident memory).
 static void
-s_report_exit(s_super *self, pid_t pid, int wstatus)
+s_report_exit(s_super *self, pid_t pid, int wstatus, const struct rusage *ru)
 {
     loom_msg m;
     memset(&m, 0, sizeof m);
     m.type = LOOM_MSG_WORKER_EXIT;
     m.u.worker_exit.pid = (uint32_t)pid;
+    m.u.worker_exit.max_rss = (uint64_t)(ru->ru_maxrss > 0 ? ru->ru_maxrss : 0) * 1024;
+    m.u.worker_exit.rss_limit = self->opts->max_rss;
+    unsigned long long mib = loom__mib(m.u.worker_exit.max_rss);
     if (WIFSIGNALED(wstatus)) {
         m.u.worker_exit.signal = WTERMSIG(wstatus);
-        loom_log_warning("supervisor: worker process %d killed by signal %d (%s)", (int)pid,
-                         WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)));
+        //  The OOM killer sends SIGKILL: did it kill someone since we last looked?
+        m.u.worker_exit.oom_kill =
+            WTERMSIG(wstatus) == SIGKILL && loom__oom_kills() > self->oom_kills;
+        loom_log_warning("supervisor: worker process %d killed by signal %d (%s) holding %llu "
+                         "MiB%s",
+                         (int)pid, WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)), mib,
+                         m.u.worker_exit.oom_kill ? ": the kernel's OOM killer (out of memory)"
+                                                  : "");
+    } else if (WEXITSTATUS(wstatus) == LOOM_WORKER_EXIT_MEMORY && self->opts->max_rss) {
+        m.u.worker_exit.status = WEXITSTATUS(wstatus);
+        loom_log_warning("supervisor: worker process %d ran out of memory: it held %llu MiB, "
+                         "over --max-rss %llu MiB",
+                         (int)pid, mib, loom__mib(self->opts->max_rss));
     } else {
         m.u.worker_exit.status = WEXITSTATUS(wstatus);
         if (WEXITSTATUS(wstatus) != 0)
             loom_log_warning("supervisor: worker process %d exited with status %d", (int)pid,
                              WEXITSTATUS(wstatus));
     }
+    //  It died in a plugin's init (it left its init marker): say how, so
+    //  the broker fails that map's items naming init (worker_stop.h).
+    char init_error[512];
+    if (loom__init_marker_take(self->cache_dir, pid, wstatus, &m.u.worker_exit.init_map, init_error,
+                               sizeof init_error)) {
+        m.u.worker_exit.init_error = init_error;
+        loom_log_warning("supervisor: %s", init_error);
+    }
     //  Without a session (not welcomed yet, reconnecting) keep it for later.
     if (!self->welcomed || s_send(self, &m) != 0) {
-        if (self->nunsent < S_UNSENT)
-            self->unsent[self->nunsent++] = m.u.worker_exit;
-        else
+        if (self->nunsent < S_UNSENT) {
+            loom_wire_worker_exit *kept = &self->unsent[self->nunsent++];
+            *kept = m.u.worker_exit;
+            if (kept->init_error)
+                kept->init_error = loom_xstrdup(kept->init_error); //  freed once sent
+        } else
             loom_log_warning("supervisor: could not report the exit of %d", (int)pid);
     }
 }
@@ -363,6 +398,7 @@ s_report_unsent(s_super *self)
         m.u.worker_exit = self->unsent[sent];
         if (s_send(self, &m) != 0)
             break;
+        free((char *)self->unsent[sent].init_error);
     }
     memmove(self->unsent, self->unsent + sent, (self->nunsent - sent) * sizeof self->unsent[0]);
     self->nunsent -= sent;
@@ -412,8 +448,9 @@ s_reap(s_super *self, bool restart)
 {
     int wstatus;
     pid_t pid;
-    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
-        s_report_exit(self, pid, wstatus);
+    struct rusage ru;
+    while ((pid = wait4(-1, &wstatus, WNOHANG, &ru)) > 0) {
+        s_report_exit(self, pid, wstatus, &ru);
         for (int i = 0; i < self->nchildren; i++) {
             if (self->children[i].pid != pid)
                 continue;
@@ -431,6 +468,7 @@ s_reap(s_super *self, bool restart)
                                  S_BACKOFF_MS);
         }
     }
+    self->oom_kills = loom__oom_kills(); //  what the next death is compared with
     if (!restart)
         return;
     int64_t now = loom_now_ms();
@@ -554,6 +592,7 @@ loom_worker_run(const loom_worker_opts *opts)
     self.hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
     self.liveness = 3;
     self.children = (s_child *)loom_xcalloc((size_t)self.nchildren, sizeof *self.children);
+    self.oom_kills = loom__oom_kills();
     loom_log_info("supervisor: host %s, %d worker processes, broker %s, plugins %s", self.host,
                   self.nchildren, opts->endpoint, self.plugin_path);
 
@@ -585,6 +624,8 @@ loom_worker_run(const loom_worker_opts *opts)
     loom_curve_watch_destroy(&self.watch);
     zmq_close(self.dealer);
     free(self.children);
+    for (size_t i = 0; i < self.nunsent; i++)
+        free((char *)self.unsent[i].init_error);
     if (self.cache_temp)
         loom_blob_cache_remove_dir(self.cache_dir);
     free(self.cache_dir);

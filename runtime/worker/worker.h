@@ -26,6 +26,8 @@ typedef struct {
     uint64_t cache_size;     //  blob cache cap in bytes; 0: $LOOM_CACHE_SIZE, else 8 GiB
     const char *cert_path;   //  CURVE (curve.h): certificate, or NULL; passed on to the children
     const char *server_key;  //  CURVE: the broker's public key, or NULL
+    uint64_t max_rss;        //  bytes (whole MiB); 0: none. Each process keeps to it
+                             //  (worker_process.h); deaths say how much they held
 } loom_worker_opts;
 
 //  Run the supervisor until interrupted or the parent is gone. Returns 0,

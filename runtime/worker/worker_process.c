@@ -36,8 +36,10 @@
 #include "base.h"
 #include "curve.h"
 #include "executor.h"
+#include "mem_watch.h"
 #include "wire.h"
 #include "worker_blobs.h"
+#include "worker_stop.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -118,6 +120,9 @@ typedef struct {
     atomic_int_fast64_t run_start_ms;
     uint64_t cancels[S_CANCELS]; //  recently cancelled maps (this connection)
     size_t ncancels;             //  cancels ever recorded (ring position)
+    //  What runs, for a Cancel (the task is told, the process ended after
+    //  the grace) and the init timeout (worker_stop.h).
+    loom__stopwatch stop;
     //  Bumped holding the lock at each Cancel recorded and each new
     //  connection: the main thread, running a batch without the lock, loads
     //  it per item and takes the lock to look closer only when it moved.
@@ -405,6 +410,11 @@ s_conn_on_message(s_conn *self, loom_msg **msg_p)
         if (self->welcomed) {
             self->cancels[self->ncancels++ % S_CANCELS] = m->u.cancel_map;
             atomic_fetch_add_explicit(&self->events, 1, memory_order_relaxed);
+            //  Its item (or init) running now learns it at once, and has
+            //  LOOM_CANCEL_GRACE_MS to return (s_conn_tick).
+            if (loom__stopwatch_cancel(&self->stop, m->u.cancel_map, loom_now_ms()))
+                loom_log_info("worker %d: map %" PRIu64 " cancelled while it runs here",
+                              (int)getpid(), m->u.cancel_map);
         }
         /* fall through */
     case LOOM_MSG_MAP_OPEN:
@@ -518,8 +528,51 @@ s_conn_hand_back(s_conn *self)
     _exit(0);
 }
 
+//  A cancelled map's item (or init) still runs LOOM_CANCEL_GRACE_MS after
+//  the Cancel came, or a plugin's init ran past its timeout: the main
+//  thread is stuck in plugin code, so end the process (what waits to be
+//  sent goes first). The supervisor starts a new one at once and tells the
+//  broker, which charges nothing for a cancel, and for an init timeout
+//  fails the map's items here naming init (the main thread left the init
+//  marker, worker_stop.h).
+static LOOM_NORETURN void
+s_conn_stop_exit(s_conn *self, int status)
+{
+    const loom__stopwatch *sw = &self->stop;
+    if (status == LOOM_WORKER_EXIT_INIT)
+        loom_log_warning("worker %d: plugin %s init for map %" PRIu64 " still runs after %u ms, "
+                         "its init timeout: ending this process",
+                         (int)getpid(), sw->plugin, sw->map, sw->init_timeout_ms);
+    else
+        loom_log_warning("worker %d: map %" PRIu64 " was cancelled %d ms ago and its %s still "
+                         "runs: ending this process (a new one takes its place)",
+                         (int)getpid(), sw->map, LOOM_CANCEL_GRACE_MS,
+                         sw->init ? "plugin init" : "item");
+    s_conn_finish(self);
+    _exit(status);
+}
+
+//  The process holds more than its --max-rss while an item runs: the main
+//  thread is in plugin code that keeps it (and may take more), so end the
+//  process at once. Its batch's results die with it, as in a crash, and
+//  the socket is left to the kernel, as in a crash: closing it first would
+//  let the broker see the connection go (and blame "peer disconnected")
+//  while the exit frees the memory, before the supervisor's WorkerExit
+//  tells why. That reports the exit with the peak it held; the broker
+//  charges the running batch as for a crash (its items run again alone,
+//  on fresh processes), and fails an item with LOOM_ENOMEM when out of
+//  retries.
+static LOOM_NORETURN void
+s_conn_memory_exit(s_conn *self, uint64_t rss)
+{
+    loom_log_warning("worker %d: holds %llu MiB while an item of map %" PRIu64
+                     " runs, over its --max-rss of %llu MiB: ending this process",
+                     (int)getpid(), loom__mib(rss), self->map, loom__mib(self->opts->max_rss));
+    _exit(LOOM_WORKER_EXIT_MEMORY);
+}
+
 //  The timers: Hello, a silent broker, heartbeats, the running item's
-//  timeout and the stop grace.
+//  timeout, a cancelled item's grace, the init timeout and the stop grace.
 static void
 s_conn_tick(s_conn *self)
 {
@@ -555,8 +608,14 @@ s_conn_tick(s_conn *self)
     }
     //  An item runs (odd run_pos) only while the main thread has let go.
     uint64_t pos = self->run_batch ? atomic_load_explicit(&self->run_pos, memory_order_acquire) : 0;
+    int stop = loom__stopwatch_due(&self->stop, now, (pos & 1) != 0);
+    if (stop)
+        s_conn_stop_exit(self, stop);
     if (!(pos & 1))
         return;
+    uint64_t rss;
+    if (self->opts->max_rss && loom__rss_over(self->opts->max_rss, &rss))
+        s_conn_memory_exit(self, rss);
     if (self->timeout_ms > 0 &&
         now - atomic_load_explicit(&self->run_start_ms, memory_order_relaxed) >= self->timeout_ms) {
         const loom_wire_item *item = &self->run_batch->items[pos / 2];
@@ -656,6 +715,7 @@ s_conn_start(s_conn *self, const loom_worker_process_opts *opts)
     atomic_init(&self->run_pos, 0);
     atomic_init(&self->run_start_ms, 0);
     atomic_init(&self->events, 0);
+    atomic_init(&self->stop.cancelled, 0);
     self->opts = opts;
     self->hb_ms = (uint32_t)loom_env_long("LOOM_HEARTBEAT_MS", 1000, 10, 600000);
     self->liveness = 3;
@@ -1138,6 +1198,33 @@ s_shares_open(s_worker *self, s_map *mp, const loom_wire_task_batch *tb)
     return 1;
 }
 
+//  The map was cancelled: answer items from.. of the batch (after what was
+//  collected) as cancelled, so that the broker knows this process is done
+//  with every one of them (it counts them running until then).
+static void
+s_answer_cancelled(s_worker *self, const loom_wire_task_batch *tb, size_t from)
+{
+    for (size_t i = from; i < tb->nitems; i++)
+        s_out_add(self, &tb->items[i], LOOM_ECANCELED, NULL, 0,
+                  loom_xstrdup("the map was cancelled: not run"), false);
+    s_out_flush(self, true);
+}
+
+//  After a run whose map was cancelled meanwhile: no output file is sent
+//  (they are removed), the input paths are freed.
+static void
+s_item_files_drop(s_worker *self, const loom_wire_item *item, char **paths)
+{
+    const char *const *names, *const *opaths;
+    size_t n = loom_executor_output_files(self->exec, &names, &opaths);
+    for (size_t i = 0; i < n; i++)
+        unlink(opaths[i]);
+    loom_executor_set_item_files(self->exec, NULL, NULL, 0, loom_worker_blobs_out_dir(self->blobs));
+    for (size_t i = 0; paths && i < item->nfiles; i++)
+        free(paths[i]);
+    free(paths);
+}
+
 static void
 s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
 {
@@ -1147,8 +1234,10 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         s_run_combine(self, tb, mp);
         return;
     }
-    if (s_cancelled(self, tb->map))
+    if (s_cancelled(self, tb->map)) {
+        s_answer_cancelled(self, tb, 0);
         return;
+    }
     if (mp && !mp->status && s_shares_open(self, mp, tb) != 0)
         return; //  every item failed with the reason; the map may fetch again next batch
     if (!mp || mp->status) {
@@ -1175,6 +1264,7 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
     c->item_gen = self->gen;
     c->map = tb->map;
     c->timeout_ms = mp->timeout_ms;
+    loom__stopwatch_items(&c->stop, tb->map);
     atomic_store_explicit(&c->run_pos, 0, memory_order_relaxed);
     unsigned events = atomic_load_explicit(&c->events, memory_order_relaxed);
     s_conn_let_go(c);
@@ -1183,9 +1273,16 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         if (atomic_load_explicit(&c->events, memory_order_relaxed) != events) {
             s_conn_take(c);
             events = atomic_load_explicit(&c->events, memory_order_relaxed);
-            if (s_stale(self, self->out_gen) || s_cancelled(self, tb->map)) {
+            if (s_stale(self, self->out_gen)) {
                 c->run_batch = NULL;
+                loom__stopwatch_clear(&c->stop);
                 s_out_begin(self, tb->map); //  drop: nobody wants these now
+                return;
+            }
+            if (s_cancelled(self, tb->map)) {
+                c->run_batch = NULL;
+                loom__stopwatch_clear(&c->stop);
+                s_answer_cancelled(self, tb, i);
                 return;
             }
             s_conn_let_go(c);
@@ -1201,14 +1298,19 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
         }
         int rc = s_run_item(self, tb, i, mp->timeout_ms, &out);
         self->items_run++;
+        if (atomic_load_explicit(&c->stop.cancelled, memory_order_relaxed)) {
+            //  Cancelled while it ran: what it returned (maybe cut short
+            //  by loom_task_cancelled) is dropped, never sent as a result.
+            loom_exec_out_clear(&out);
+            s_item_files_drop(self, item, fpaths);
+            s_out_add(self, item, LOOM_ECANCELED, NULL, 0,
+                      loom_xstrdup("the map was cancelled while the item ran"), false);
+            continue;
+        }
         loom_wire_file *ofiles = NULL;
         size_t nofiles = 0;
         s_item_files_end(self, item, fpaths, &rc, &out, &ofiles, &nofiles);
-        if (ofiles) {
-            s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
-            self->res[self->nres - 1].files = ofiles;
-            self->res[self->nres - 1].nfiles = nofiles;
-        } else if (rc == 0 && mp->reduce) {
+        if (rc == 0 && mp->reduce) {
             char *error = NULL;
             void *data = out.data;
             if (out.borrowed) { //  the fold keeps it
@@ -1221,6 +1323,12 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
             free(out.error);
         } else
             s_out_add(self, item, rc, out.data, out.len, out.error, out.borrowed);
+        if (ofiles) {
+            //  A reduce map's item too: its output is in the fold, its
+            //  files ride on its status-only result to the client.
+            self->res[self->nres - 1].files = ofiles;
+            self->res[self->nres - 1].nfiles = nofiles;
+        }
         //  Stopping: send each result at once, the watchdog may hand the
         //  rest back any moment (reduce partials go only with the batch).
         if (self->res_bytes >= S_FLUSH_BYTES || self->nres >= LOOM_WIRE_MAX_ITEMS ||
@@ -1232,7 +1340,39 @@ s_run_batch(s_worker *self, const loom_wire_task_batch *tb)
     }
     s_conn_take(c);
     c->run_batch = NULL;
+    loom__stopwatch_clear(&c->stop);
     s_out_flush(self, true);
+}
+
+//  Open the map in the executor. The plugin's library may be loaded and
+//  its init run here, for any time: then it runs watched (its init
+//  timeout, a Cancel of the map: worker_stop.h) and with the init marker
+//  left for the supervisor, in case it dies there.
+static int
+s_open_watched(s_worker *self, const loom_wire_map_open *mo, char **reason)
+{
+    s_conn *c = &self->conn;
+    if (s_cancelled(self, mo->map)) {
+        *reason = loom_xstrdup("the map was cancelled: not run");
+        return LOOM_ECANCELED;
+    }
+    bool watched = loom_executor_init_pending(self->exec, mo->plugin);
+    if (watched) {
+        uint32_t ms = mo->init_timeout_ms == 0            ? LOOM_INIT_TIMEOUT_DEFAULT_MS
+                      : mo->init_timeout_ms == UINT32_MAX ? 0
+                                                          : mo->init_timeout_ms;
+        loom__stopwatch_init(&c->stop, mo->map, mo->plugin, ms, loom_now_ms());
+        loom__init_mark(self->opts->cache_dir, mo->map, mo->plugin, ms);
+    }
+    s_conn_let_go(c);
+    int rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
+                                    mo->args.data, mo->args.len, mo->reduce, reason);
+    s_conn_take(c);
+    if (watched) {
+        loom__stopwatch_clear(&c->stop);
+        loom__init_unmark(self->opts->cache_dir);
+    }
+    return rc;
 }
 
 static void
@@ -1258,11 +1398,7 @@ s_on_map_open(s_worker *self, const loom_wire_map_open *mo)
     } else {
         mp->bytes = bytes;
         self->map_bytes += bytes;
-        //  The plugin's init may run here, for any time.
-        s_conn_let_go(&self->conn);
-        rc = loom_executor_open_map(self->exec, mo->map, mo->plugin, mo->version, mo->task,
-                                    mo->args.data, mo->args.len, mo->reduce, &reason);
-        s_conn_take(&self->conn);
+        rc = s_open_watched(self, mo, &reason);
     }
     if (rc != 0) {
         mp->status = rc;
@@ -1318,6 +1454,7 @@ s_on_in(s_worker *self, s_in *in)
                 loom_log_error("worker %d: cannot create the executor", (int)getpid());
                 return 1;
             }
+            loom_executor_set_cancel_flag(self->exec, &self->conn.stop.cancelled);
         }
     } else if (in->kind == S_IN_MSG && self->exec)
         s_on_message(self, in->gen, in->msg);
@@ -1359,6 +1496,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
         (size_t)loom_env_long("LOOM_WORKER_MAP_BYTES", S_MAX_MAP_BYTES, 4096, LONG_MAX);
     self.blobs =
         loom_worker_blobs_new(opts->cache_dir, opts->cache_size, opts->cert_path, opts->server_key);
+    loom__init_unmark(opts->cache_dir); //  a stale one of a process that had our pid
     s_conn *c = &self.conn;
     s_conn_start(c, opts); //  held from here on, but while plugin code runs
     int status = 0;
@@ -1369,6 +1507,7 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
     //  work, the worker gives them back, once per idle spell.
     bool trim_due = false;
     int64_t idle_since = 0;
+    long rss_checked = 0; //  items run when the resident size was last checked (--max-rss)
 
     while (!s_stop) {
         if (opts->max_tasks > 0 && self.items_run >= opts->max_tasks) {
@@ -1376,6 +1515,14 @@ loom_worker_process_run(const loom_worker_process_opts *opts)
                           self.items_run);
             break;
         }
+        uint64_t rss;
+        if (self.items_run != rss_checked && loom__rss_over(opts->max_rss, &rss)) {
+            loom_log_info("worker %d: holds %llu MiB after a batch, over its --max-rss of %llu "
+                          "MiB: exiting (a new process takes its place)",
+                          (int)getpid(), loom__mib(rss), loom__mib(opts->max_rss));
+            break;
+        }
+        rss_checked = self.items_run;
         s_in *in = (s_in *)zlist_pop(c->inbox);
         if (in) {
             status = s_on_in(&self, in);

@@ -14,8 +14,7 @@
 
 #include <stdint.h>
 
-//  Exit status of a worker process whose item ran past its timeout.
-#define LOOM_WORKER_EXIT_TIMEDOUT 124
+//  Its exit statuses (LOOM_WORKER_EXIT_*) are the protocol's: wire.h.
 
 //  Items a worker process accepts in flight when not told otherwise.
 #define LOOM_WORKER_DEFAULT_CREDIT 2048
@@ -30,6 +29,8 @@ typedef struct {
     uint64_t cache_size;     //  its cap in bytes; 0: the default
     const char *cert_path;   //  CURVE (curve.h): this process's certificate, or NULL
     const char *server_key;  //  CURVE: the broker's public key, or NULL
+    uint64_t max_rss;        //  bytes; 0: no limit. Over it after a batch: exit 0 (recycled);
+                             //  while an item runs: exit LOOM_WORKER_EXIT_MEMORY
 } loom_worker_process_opts;
 
 //  Run one worker process until SIGTERM/SIGINT (finishes the batch it is

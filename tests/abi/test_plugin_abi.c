@@ -16,7 +16,7 @@
 //  Constants
 _Static_assert(LOOM_PLUGIN_MAGIC == 0x4d4f4f4cu, "magic is \"LOOM\"");
 _Static_assert(LOOM_PLUGIN_ABI_MAJOR == 1, "ABI major");
-_Static_assert(LOOM_PLUGIN_ABI_MINOR == 0, "ABI minor: update this file when appending");
+_Static_assert(LOOM_PLUGIN_ABI_MINOR == 1, "ABI minor: update this file when appending");
 
 //  Error codes travel in messages: frozen too.
 _Static_assert(LOOM_OK == 0 && LOOM_EINVAL == -1 && LOOM_ENOMEM == -2 && LOOM_EPROTO == -3 &&
@@ -24,7 +24,7 @@ _Static_assert(LOOM_OK == 0 && LOOM_EINVAL == -1 && LOOM_ENOMEM == -2 && LOOM_EP
                    LOOM_ETASK == -7 && LOOM_ECRASHED == -8 && LOOM_ENOTSUP == -9 &&
                    LOOM_EIO == -10 && LOOM_ECANCELED == -11 && LOOM_EVERSION == -12 &&
                    LOOM_ECONNECT == -13 && LOOM_ETOOBIG == -14 && LOOM_EAGAIN == -15 &&
-                   LOOM_ESTATE == -16,
+                   LOOM_ESTATE == -16 && LOOM_EACCES == -17 && LOOM_EINIT == -18,
                "error codes are frozen");
 
 #if defined(__x86_64__) && defined(__LP64__)
@@ -72,6 +72,11 @@ S_AT(loom_host, shared_path, 88);
 S_AT(loom_host, file, 96);
 S_AT(loom_host, output_file, 104);
 _Static_assert(LOOM_HOST_SIZE_1_0 == 112, "1.0 host table size");
+
+//  loom_host 1.1: appended after the 1.0 table, which is unchanged
+S_AT(loom_host, cancelled, 112);
+S_AT(loom_host, worker_vfail, 120);
+_Static_assert(LOOM_HOST_SIZE_1_1 == 128, "1.1 host table size");
 
 //  What a plugin sees of a task and a worker: the host pointer, first.
 S_AT(struct loom_task, host, 0);
@@ -134,7 +139,7 @@ static void
 test_rejects_other_major(void **state)
 {
     (void)state;
-    assert_int_equal(s_load("wrong_major", NULL, "ABI 2.0, this worker speaks 1.0"), LOOM_EABI);
+    assert_int_equal(s_load("wrong_major", NULL, "ABI 2.0, this worker speaks 1.1"), LOOM_EABI);
 }
 
 static void
@@ -212,6 +217,56 @@ test_accepts_bigger_structs_and_uses_task_stride(void **state)
     loom_executor_destroy(&ex);
 }
 
+//  A plugin built for ABI 1.0 (minor 0, a 1.0 descriptor) loads and runs
+//  on this 1.1 worker.
+static void
+test_accepts_plugins_of_the_old_minor(void **state)
+{
+    (void)state;
+    assert_int_equal(s_load("mutant", "minor0", NULL), 0);
+    setenv("LOOM_MUTANT", "minor0", 1);
+    loom_executor *ex = loom_executor_new(NULL, 1);
+    char *reason = NULL;
+    assert_int_equal(loom_executor_open_map(ex, 1, "mutant", NULL, "echo", NULL, 0, false, &reason),
+                     0);
+    unsetenv("LOOM_MUTANT");
+    loom_exec_out out;
+    assert_int_equal(loom_executor_run(ex, 1, 0, "ab", 2, &out), 0);
+    assert_int_equal(out.len, 2);
+    loom_exec_out_clear(&out);
+    loom_executor_destroy(&ex);
+}
+
+//  A 1.1 plugin's wrappers on a 1.0 worker's host table (shorter): they
+//  never call past its end, and fall back.
+static int
+s_never(loom_task *t)
+{
+    (void)t;
+    fail_msg("a 1.1 function was called through a 1.0 host table");
+    return 0;
+}
+
+static void
+test_new_calls_fall_back_on_an_old_host(void **state)
+{
+    (void)state;
+    struct {
+        loom_host host;
+    } old;
+    memset(&old, 0, sizeof old);
+    old.host.struct_size = (uint32_t)LOOM_HOST_SIZE_1_0;
+    old.host.abi_minor = 0;
+    old.host.cancelled = s_never; //  beyond the 1.0 size: must not be read
+    struct loom_task t = {.host = &old.host};
+    struct loom_worker w = {.host = &old.host};
+    assert_int_equal(loom_task_cancelled(&t), 0);
+    assert_int_equal(loom_worker_fail(&w, "no %s", "reason"), LOOM_EINIT);
+    assert_false(LOOM_HOST_HAS(&old.host, worker_vfail));
+    old.host.struct_size = (uint32_t)LOOM_HOST_SIZE_1_1;
+    assert_true(LOOM_HOST_HAS(&old.host, worker_vfail));
+}
+
 int
 main(void)
 {
@@ -223,6 +278,8 @@ main(void)
         cmocka_unit_test(test_rejects_missing_entry),
         cmocka_unit_test(test_rejects_broken_descriptors),
         cmocka_unit_test(test_accepts_bigger_structs_and_uses_task_stride),
+        cmocka_unit_test(test_accepts_plugins_of_the_old_minor),
+        cmocka_unit_test(test_new_calls_fall_back_on_an_old_host),
     };
     return cmocka_run_group_tests_name("plugin_abi", tests, NULL, NULL);
 }

@@ -36,6 +36,18 @@
     why). The readers' case has a baseline too: the same sums on 2 threads
     of this process over one mapping of the file.
 
+    remote (LOOM_BENCH_CURVE=0: not run): the same file through a
+    plaintext and a CURVE cluster of processes over tcp://127.0.0.1 (a
+    `loom broker`, a `loom worker --procs 2` host, this process the client:
+    bench_remote.c), in rounds of their own: each uploads new bytes on the
+    blob channel (LOOM_BLOB_LOCAL=0) and runs one item of testkit "shared",
+    whose host fetches the blob on the channel (its cache is in /dev/shm,
+    another file system than the broker's store, so it cannot hard-link
+    the store's file; the brokers' blob_bytes_in/out show what crossed).
+    Beside them raw ZeroMQ over tcp://127.0.0.1 as above, without and with
+    CURVE keys: what libzmq's encryption alone costs. Ratios: CURVE /
+    plaintext throughput, the median of the rounds'.
+
     Two more bounds: SHA-256 over memory (each of upload and fetch hashes
     every byte once), and that plain write of a new file (each of upload
     and fetch writes or links a new file: the store's, the cache's). Peak
@@ -63,6 +75,7 @@
 #include <loom/loom.h>
 
 #include "../plugins/byte_sum.h"
+#include "bench_remote.h"
 
 #define S_CHUNK (256 * 1024)
 #define S_WINDOW 4
@@ -151,9 +164,17 @@ s_blob_bytes(uint64_t *in, uint64_t *out, uint64_t *adopted)
     return pclose(f) == 0 && found == 3 ? 0 : -1;
 }
 
+//  The raw baseline's transport: ipc://, or tcp://127.0.0.1 in plaintext
+//  or under CURVE (a key pair each, made per run: the sender, which binds,
+//  is the CURVE server; no ZAP handler, so libzmq lets any key in).
+typedef enum { S_IPC, S_TCP, S_TCP_CURVE } s_transport;
+
 typedef struct {
-    const char *ep;
+    char ep[128];
     uint64_t bytes;
+    bool curve;
+    char server_public[41];
+    char client_public[41], client_secret[41];
 } s_raw_args;
 
 static void *
@@ -162,12 +183,16 @@ s_raw_receiver(void *arg)
     s_raw_args *a = arg;
     void *ctx = zmq_ctx_new();
     void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    if (a->curve) {
+        zmq_setsockopt(router, ZMQ_CURVE_SERVERKEY, a->server_public, 41);
+        zmq_setsockopt(router, ZMQ_CURVE_PUBLICKEY, a->client_public, 41);
+        zmq_setsockopt(router, ZMQ_CURVE_SECRETKEY, a->client_secret, 41);
+    }
     zmq_connect(router, a->ep); //  the sender binds
     uint64_t got = 0;
     char rid[256];
     zmq_msg_t body;
     zmq_msg_init(&body);
-    //  Say hello so the sender's DEALER knows us.
     while (got < a->bytes) {
         int rl = zmq_recv(router, rid, sizeof rid, 0);
         if (rl < 0)
@@ -184,17 +209,33 @@ s_raw_receiver(void *arg)
     return NULL;
 }
 
-//  Raw ZeroMQ: seconds to move bytes in 256 KiB frames with a 1 MiB window.
+//  Raw ZeroMQ: seconds to move bytes in 256 KiB frames with a 1 MiB
+//  window, or -1.
 static double
-s_raw(uint64_t bytes)
+s_raw(uint64_t bytes, s_transport tr)
 {
-    char ep[128];
-    snprintf(ep, sizeof ep, "ipc:///tmp/loom-bench-raw-%d", (int)getpid());
+    s_raw_args a = {.bytes = bytes, .curve = tr == S_TCP_CURVE};
+    char server_secret[41];
+    if (a.curve && (zmq_curve_keypair(a.server_public, server_secret) != 0 ||
+                    zmq_curve_keypair(a.client_public, a.client_secret) != 0))
+        return -1;
+    if (tr == S_IPC)
+        snprintf(a.ep, sizeof a.ep, "ipc:///tmp/loom-bench-raw-%d", (int)getpid());
+    else
+        snprintf(a.ep, sizeof a.ep, "tcp://127.0.0.1:*");
     void *ctx = zmq_ctx_new();
     void *dealer = zmq_socket(ctx, ZMQ_DEALER);
-    if (zmq_bind(dealer, ep) != 0)
+    int on = 1;
+    if (a.curve) {
+        zmq_setsockopt(dealer, ZMQ_CURVE_SERVER, &on, sizeof on);
+        zmq_setsockopt(dealer, ZMQ_CURVE_SECRETKEY, server_secret, 41);
+    }
+    size_t eplen = sizeof a.ep;
+    if (zmq_bind(dealer, a.ep) != 0 || zmq_getsockopt(dealer, ZMQ_LAST_ENDPOINT, a.ep, &eplen)) {
+        zmq_close(dealer);
+        zmq_ctx_term(ctx);
         return -1;
-    s_raw_args a = {ep, bytes};
+    }
     pthread_t t;
     pthread_create(&t, NULL, s_raw_receiver, &a);
     char *buf = malloc(S_CHUNK);
@@ -224,7 +265,8 @@ out:
     free(buf);
     zmq_close(dealer);
     zmq_ctx_term(ctx);
-    unlink(ep + 6);
+    if (tr == S_IPC)
+        unlink(a.ep + 6);
     return secs;
 }
 
@@ -249,6 +291,43 @@ s_hash_secs(uint64_t bytes)
     free(buf);
     return secs;
 }
+
+#ifdef LOOM_BENCH_SODIUM
+#include <sodium.h>
+
+//  CURVE's cipher alone (libsodium's XSalsa20-Poly1305 with a precomputed
+//  key, as libzmq seals each message once the handshake is done) over
+//  bytes in memory, in 256 KiB messages: the bound of one side of a CURVE
+//  stream (the sender seals every byte, the receiver opens it). -1 if
+//  libsodium cannot start.
+static double
+s_box_secs(uint64_t bytes)
+{
+    unsigned char pk[crypto_box_PUBLICKEYBYTES], sk[crypto_box_SECRETKEYBYTES];
+    unsigned char key[crypto_box_BEFORENMBYTES], nonce[crypto_box_NONCEBYTES] = {0};
+    if (sodium_init() < 0 || crypto_box_keypair(pk, sk) != 0 ||
+        crypto_box_beforenm(key, pk, sk) != 0)
+        return -1;
+    unsigned char *in = malloc(S_CHUNK), *out = malloc(S_CHUNK + crypto_box_MACBYTES);
+    memset(in, 9, S_CHUNK);
+    double t0 = s_now();
+    for (uint64_t done = 0; done < bytes; done += S_CHUNK) {
+        sodium_increment(nonce, sizeof nonce);
+        crypto_box_easy_afternm(out, in, S_CHUNK, nonce, key);
+    }
+    double secs = s_now() - t0;
+    free(in);
+    free(out);
+    return secs;
+}
+#else
+static double
+s_box_secs(uint64_t bytes)
+{
+    (void)bytes;
+    return -1;
+}
+#endif
 
 //  Seconds to write bytes to a new file in $TMPDIR (else /tmp) in 256 KiB
 //  writes and close it: the page cache a store or cache file takes.
@@ -348,6 +427,175 @@ s_median(double *v, int n)
 
 #define S_ROUNDS_MAX 15
 
+//  ---------------------------------------------------------------------------
+//  Remote: the blob channel between processes over tcp://127.0.0.1, in
+//  plaintext and under CURVE ([0] and [1] below)
+
+typedef struct {
+    double raw[2][S_ROUNDS_MAX];   //  raw bulk over tcp, seconds
+    double up[2][S_ROUNDS_MAX];    //  the channel upload (LOOM_BLOB_LOCAL=0)
+    double fetch[2][S_ROUNDS_MAX]; //  the map of one item: the host's fetch
+    double r_raw[S_ROUNDS_MAX], r_up[S_ROUNDS_MAX], r_fetch[S_ROUNDS_MAX]; //  CURVE/plaintext
+    bool other_fs;          //  the host's cache on another file system than the store
+    bool counted;           //  in and out read from both brokers
+    uint64_t in[2], out[2]; //  blob bytes into and out of each broker
+} s_remote_run;
+
+//  Upload and fetch of one new version of the file at path through
+//  client: seconds into *up and *fetch. Returns 0, or -1 if either failed.
+static int
+s_remote_round(loom_client *client, const char *path, uint64_t bytes, uint64_t tag, double *up,
+               double *fetch)
+{
+    loom_pipeline *p = loom_pipeline_new(client, "bench");
+    bool ok = p && s_retag(path, tag) == 0;
+    //  As for the uploads in main: no dirty pages of the steps before,
+    //  and memory this VM has just had in use.
+    sync();
+    ok = ok && s_write_secs(bytes) >= 0;
+    double t0 = s_now();
+    ok = ok && loom_pipeline_share_file(p, "big", path) == 0;
+    *up = s_now() - t0;
+    sync();
+    ok = ok && s_write_secs(bytes) >= 0;
+    *fetch = ok ? s_map(p, "shared", "", 1) : -1;
+    loom_pipeline_destroy(&p);
+    return ok && *fetch >= 0 ? 0 : -1;
+}
+
+static int
+s_remote_bytes(bench_remote *rem, uint64_t *in, uint64_t *out)
+{
+    const char *names[] = {"blob_bytes_in", "blob_bytes_out"};
+    uint64_t v[2];
+    if (bench_remote_counters(rem, names, v, 2) != 0)
+        return -1;
+    *in = v[0];
+    *out = v[1];
+    return 0;
+}
+
+//  Rounds of: raw bulk over tcp in plaintext and under CURVE, then for
+//  each of a plaintext and a CURVE remote (which goes first alternates)
+//  an upload of new bytes on the blob channel and a worker host's fetch
+//  of them. The host's cache is in /dev/shm when that is another file
+//  system than the broker's store: it cannot hard-link the store's file
+//  and fetches on the channel, as a host on another machine does. Returns
+//  0, or -1 (said why) when a step failed.
+static int
+s_remote_shares(const char *path, uint64_t bytes, int rounds, s_remote_run *res)
+{
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    struct stat st_tmp, st_shm;
+    res->other_fs = stat(tmp, &st_tmp) == 0 && stat("/dev/shm", &st_shm) == 0 &&
+                    S_ISDIR(st_shm.st_mode) && st_tmp.st_dev != st_shm.st_dev &&
+                    access("/dev/shm", W_OK) == 0;
+    bench_remote *rem[2] = {NULL, NULL};
+    loom_client *cl[2] = {NULL, NULL};
+    int rc = -1;
+    char cache[2][64];
+    uint64_t in0[2], out0[2];
+    for (int m = 0; m < 2; m++) {
+        snprintf(cache[m], sizeof cache[m], "/dev/shm/loom-bench-cache-%d-%d", (int)getpid(), m);
+        bench_remote_opts o = {.curve = m == 1,
+                               .procs = 2,
+                               .cache_dir = res->other_fs ? cache[m] : NULL,
+                               .cache_size = bytes + bytes / 2};
+        rem[m] = bench_remote_new(&o);
+        cl[m] = rem[m] ? bench_remote_client(rem[m]) : NULL;
+        if (!cl[m])
+            goto done;
+    }
+    res->counted = s_remote_bytes(rem[0], &in0[0], &out0[0]) == 0 &&
+                   s_remote_bytes(rem[1], &in0[1], &out0[1]) == 0;
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
+    for (int r = 0; r < rounds; r++) {
+        res->raw[0][r] = s_raw(bytes, S_TCP);
+        res->raw[1][r] = s_raw(bytes, S_TCP_CURVE);
+        if (res->raw[0][r] < 0 || res->raw[1][r] < 0) {
+            fprintf(stderr, "bench_share: the raw bulk over tcp failed\n");
+            goto done;
+        }
+        for (int k = 0; k < 2; k++) {
+            int m = r % 2 ? 1 - k : k;
+            if (s_remote_round(cl[m], path, bytes, 1000 + (uint64_t)(2 * r + m), &res->up[m][r],
+                               &res->fetch[m][r]) != 0) {
+                fprintf(stderr, "bench_share: remote %s: the upload or the fetch failed\n",
+                        bench_remote_mode(rem[m]));
+                goto done;
+            }
+        }
+        res->r_raw[r] = res->raw[0][r] / res->raw[1][r];
+        res->r_up[r] = res->up[0][r] / res->up[1][r];
+        res->r_fetch[r] = res->fetch[0][r] / res->fetch[1][r];
+        printf("remote round %d: raw tcp %.3f s, CURVE %.3f s (%.2f); upload channel %.3f s, "
+               "CURVE %.3f s (%.2f); fetch %.3f s, CURVE %.3f s (%.2f)\n",
+               r + 1, res->raw[0][r], res->raw[1][r], res->r_raw[r], res->up[0][r], res->up[1][r],
+               res->r_up[r], res->fetch[0][r], res->fetch[1][r], res->r_fetch[r]);
+        fflush(stdout);
+    }
+    for (int m = 0; m < 2 && res->counted; m++) {
+        res->counted = s_remote_bytes(rem[m], &res->in[m], &res->out[m]) == 0;
+        res->in[m] -= in0[m];
+        res->out[m] -= out0[m];
+    }
+    rc = 0;
+done:
+    unsetenv("LOOM_BLOB_LOCAL");
+    for (int m = 0; m < 2; m++) {
+        loom_client_destroy(&cl[m]);
+        bench_remote_destroy(&rem[m]);
+    }
+    return rc;
+}
+
+//  Print the remote figures (medians; ratios CURVE/plaintext).
+static void
+s_remote_print(s_remote_run *res, long share_mb, int rounds, bool machine)
+{
+    double gb = (double)share_mb / 1024;
+    double raw0 = s_median(res->raw[0], rounds), raw1 = s_median(res->raw[1], rounds);
+    double up0 = s_median(res->up[0], rounds), up1 = s_median(res->up[1], rounds);
+    double f0 = s_median(res->fetch[0], rounds), f1 = s_median(res->fetch[1], rounds);
+    double r_raw = s_median(res->r_raw, rounds), r_up = s_median(res->r_up, rounds);
+    double r_fetch = s_median(res->r_fetch, rounds);
+    printf("remote, tcp://127.0.0.1: a loom broker process, a loom worker host of 2 processes "
+           "(its cache %s), this process the client with LOOM_BLOB_LOCAL=0; plaintext, then CURVE "
+           "(loom keygen keys); medians of %d rounds (ratio: the median of the rounds' "
+           "CURVE/plaintext)\n",
+           res->other_fs ? "in /dev/shm, another file system than the store: no hard link"
+                         : "beside the store: it may hard-link instead of fetching",
+           rounds);
+    printf("loom upload channel:        plaintext %7.3f s %6.2f GB/s  CURVE %7.3f s %6.2f GB/s  "
+           "ratio %.2f\n",
+           up0, gb / up0, up1, gb / up1, r_up);
+    printf("loom fetch (broker->host):  plaintext %7.3f s %6.2f GB/s  CURVE %7.3f s %6.2f GB/s  "
+           "ratio %.2f\n",
+           f0, gb / f0, f1, gb / f1, r_fetch);
+    printf("raw-zmq bulk over tcp:      plaintext %7.3f s %6.2f GB/s  CURVE %7.3f s %6.2f GB/s  "
+           "ratio %.2f\n",
+           raw0, gb / raw0, raw1, gb / raw1, r_raw);
+    double want = (double)rounds * (double)share_mb;
+    if (res->counted)
+        printf("  bytes moved: into / out of the plaintext broker %.0f / %.0f MiB, the CURVE "
+               "broker %.0f / %.0f MiB (%.0f each if every upload and fetch crossed the "
+               "channel)\n",
+               (double)res->in[0] / (1 << 20), (double)res->out[0] / (1 << 20),
+               (double)res->in[1] / (1 << 20), (double)res->out[1] / (1 << 20), want);
+    else
+        printf("  bytes moved: not known (loom status failed)\n");
+    if (!machine)
+        return;
+    printf("share_remote_upload_plain_gbs %.4f\nshare_remote_upload_curve_gbs %.4f\n", gb / up0,
+           gb / up1);
+    printf("share_remote_fetch_plain_gbs %.4f\nshare_remote_fetch_curve_gbs %.4f\n", gb / f0,
+           gb / f1);
+    printf("share_rawtcp_plain_gbs %.4f\nshare_rawtcp_curve_gbs %.4f\n", gb / raw0, gb / raw1);
+    printf("share_remote_upload_ratio %.4f\nshare_remote_fetch_ratio %.4f\n"
+           "share_rawtcp_ratio %.4f\n",
+           r_up, r_fetch, r_raw);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -394,7 +642,7 @@ main(int argc, char **argv)
     //  upload's store file reuses its pages, as on a machine whose page
     //  cache recycles memory; the write's figure shows what it was.
     for (int r = 0; r < rounds && !failed; r++) {
-        raw[r] = s_raw(bytes);
+        raw[r] = s_raw(bytes, S_IPC);
         loom_pipeline *p = loom_pipeline_new(c, "bench");
         //  Each upload starts with no dirty pages left by the steps
         //  before it (the test files just written or retagged, the other
@@ -457,8 +705,17 @@ main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &self_ru);
     getrusage(RUSAGE_CHILDREN, &children_ru);
 
+    //  The blob channel between processes, plaintext and CURVE
+    //  (LOOM_BENCH_CURVE=0: not run).
+    const char *curve_env = getenv("LOOM_BENCH_CURVE");
+    bool remote = !curve_env || strcmp(curve_env, "0") != 0;
+    s_remote_run rres;
+    memset(&rres, 0, sizeof rres);
+    bool remote_failed = !failed && remote && s_remote_shares(big, bytes, rounds, &rres) != 0;
+
     double read_local = s_read_local(small, readers);
     double hash = s_hash_secs(bytes);
+    double box = remote ? s_box_secs(bytes) : -1;
     double disk_m = s_median(disk, rounds);
     unlink(big);
     unlink(big2);
@@ -489,6 +746,10 @@ main(int argc, char **argv)
     printf("loom share again (known, held):         %7.3f s\n", again);
     printf("raw-zmq bulk (same bytes, 1 MiB win):   %7.3f s  %6.2f GB/s\n", raw_m, gb / raw_m);
     printf("SHA-256 alone (memory, one core):       %7.3f s  %6.2f GB/s\n", hash, gb / hash);
+    if (box > 0)
+        printf("CURVE's cipher alone (memory, one core): %6.3f s  %6.2f GB/s  (XSalsa20-Poly1305, "
+               "libsodium: what the sender's and the receiver's I/O thread each do per byte)\n",
+               box, gb / box);
     printf("new file write alone (same bytes):      %7.3f s  %6.2f GB/s  (just before each "
            "upload; its pages are reused by the upload)\n",
            disk_m, gb / disk_m);
@@ -509,6 +770,8 @@ main(int argc, char **argv)
         printf("  bytes moved: not known (loom status failed)\n");
     printf("peak RSS: client+broker %ld KiB, largest worker process %ld KiB\n", self_ru.ru_maxrss,
            children_ru.ru_maxrss);
+    if (remote && !remote_failed)
+        s_remote_print(&rres, share_mb, rounds, getenv("LOOM_BENCH_MACHINE") != NULL);
     if (getenv("LOOM_BENCH_MACHINE")) {
         //  For tests/bench/suite.sh: one "key value" per line.
         printf("share_mb %ld\nshare_read_mb %ld\nshare_readers %d\nshare_rounds %d\n", share_mb,
@@ -521,11 +784,15 @@ main(int argc, char **argv)
         printf("share_hash_gbs %.4f\nshare_read_wall_s %.4f\nshare_read_local_s %.4f\n", gb / hash,
                read_wall, read_local);
         printf("share_write_gbs %.4f\n", gb / disk_m);
+        if (box > 0)
+            printf("share_box_gbs %.4f\n", gb / box);
         if (counted == 0)
             printf("share_read_bytes_in %" PRIu64 "\nshare_read_bytes_out %" PRIu64 "\n", in1 - in0,
                    out1 - out0);
         printf("share_client_rss %ld\nshare_worker_rss %ld\n", self_ru.ru_maxrss,
                children_ru.ru_maxrss);
     }
-    return 0;
+    if (remote_failed)
+        fprintf(stderr, "bench_share: the remote (plaintext and CURVE) part failed\n");
+    return remote_failed ? 1 : 0;
 }

@@ -11,6 +11,7 @@
 #   LOOM_BENCH_MEM_ITEMS     items of the memory case (default 1000000; the
 #                            issue's full size is 10000000)
 #   LOOM_BENCH_SHARE_MB      size of the share of the shares case (default 1024)
+#   LOOM_BENCH_CURVE         0: leave out the remote plaintext-vs-CURVE runs
 #   LOOM_BENCH_REPEAT        runs of the throughput/latency bench (default 3;
 #                            the table shows the run with the median loom
 #                            unordered ratio, every run is printed above it)
@@ -18,10 +19,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 [[ -d $BUILD ]] || meson setup "$BUILD" >/dev/null
+BUILD=$(cd "$BUILD" && pwd) # relative to the tree, or absolute
 ninja -C "$BUILD" tools/loom tests/bench/bench_throughput tests/bench/bench_scaling \
     tests/bench/bench_share plugins/echo.so tests/plugins/testkit.so >/dev/null
-export LOOM_EXE="$PWD/$BUILD/tools/loom"
-export LOOM_PLUGIN_PATH="$PWD/$BUILD/plugins:$PWD/$BUILD/tests/plugins"
+export LOOM_EXE="$BUILD/tools/loom"
+export LOOM_PLUGIN_PATH="$BUILD/plugins:$BUILD/tests/plugins"
 export LOOM_BENCH_MACHINE=1
 ITEMS=${LOOM_BENCH_ITEMS:-200000}
 WORKERS=${LOOM_BENCH_WORKERS:-2}
@@ -90,6 +92,37 @@ awk -v items="$ITEMS" -v workers="$WORKERS" '
             sprintf("%d MiB read", v["share_readers"] * v["share_read_mb"]), "-")
         row("memory: client peak RSS, shares case", sprintf("%d KiB", v["share_client_rss"]), "-", "-")
         row("memory: worker peak RSS, shares case", sprintf("%d KiB", v["share_worker_rss"]), "-", "-")
+        if ("tp_remote_curve" in v) {
+            row(sprintf("CURVE: throughput unordered (remote, %d procs)", workers),
+                sprintf("%.0f items/s", v["tp_remote_curve"]), sprintf("%.0f items/s", v["tp_remote_plain"]),
+                sprintf("%.3f", v["tp_remote_curve"] / v["tp_remote_plain"]))
+            row("CURVE: latency p50 (remote)", sprintf("%.0f us", v["lat_remote_curve_p50"]),
+                sprintf("%.0f us", v["lat_remote_plain_p50"]),
+                sprintf("%.2f", v["lat_remote_curve_p50"] / v["lat_remote_plain_p50"]))
+            row("CURVE: latency p99 (remote)", sprintf("%.0f us", v["lat_remote_curve_p99"]),
+                sprintf("%.0f us", v["lat_remote_plain_p99"]),
+                sprintf("%.2f", v["lat_remote_curve_p99"] / v["lat_remote_plain_p99"]))
+            row("CURVE: raw relay throughput (tcp)",
+                sprintf("%.0f items/s", v["tp_rawtcp_curve"]), sprintf("%.0f items/s", v["tp_rawtcp_plain"]),
+                sprintf("%.3f", v["tp_rawtcp_curve"] / v["tp_rawtcp_plain"]))
+            row("CURVE: raw relay latency p50 (tcp)", sprintf("%.0f us", v["lat_rawtcp_curve_p50"]),
+                sprintf("%.0f us", v["lat_rawtcp_plain_p50"]),
+                sprintf("%.2f", v["lat_rawtcp_curve_p50"] / v["lat_rawtcp_plain_p50"]))
+        }
+        if ("share_remote_upload_curve_gbs" in v) {
+            row(sprintf("CURVE: upload %d MiB (blob channel, remote)", v["share_mb"]),
+                sprintf("%.2f GB/s", v["share_remote_upload_curve_gbs"]),
+                sprintf("%.2f GB/s", v["share_remote_upload_plain_gbs"]),
+                sprintf("%.3f", v["share_remote_upload_ratio"]))
+            row(sprintf("CURVE: fetch %d MiB (broker->remote host)", v["share_mb"]),
+                sprintf("%.2f GB/s", v["share_remote_fetch_curve_gbs"]),
+                sprintf("%.2f GB/s", v["share_remote_fetch_plain_gbs"]),
+                sprintf("%.3f", v["share_remote_fetch_ratio"]))
+            row(sprintf("CURVE: raw bulk %d MiB (tcp)", v["share_mb"]),
+                sprintf("%.2f GB/s", v["share_rawtcp_curve_gbs"]),
+                sprintf("%.2f GB/s", v["share_rawtcp_plain_gbs"]),
+                sprintf("%.3f", v["share_rawtcp_ratio"]))
+        }
     }' "$tmp/all"
 echo "baselines: raw libzmq relay (DEALER->ROUTER|ROUTER->DEALER, 100 items/msg, 10,000 in flight);"
 echo "latency: one item's round trip through the same relay, its echo workers threads of the bench process"
@@ -99,3 +132,10 @@ echo "alternating raw and loom, the median of the rounds' ratios; tasks reading:
 echo "process over one mapping of the file. SHA-256 here: $(awk '/^share_hash_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s a core; a plain write of a new"
 echo "file: $(awk '/^share_write_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s (share_write_gbs: into memory this VM had handed back to its host; each"
 echo "upload reuses the pages of such a write, see bench_share.c). The client's peak RSS includes the embedded broker."
+if grep -q '^tp_remote_curve ' "$tmp/all"; then
+    echo "CURVE rows: loom = under CURVE, baseline = the same in plaintext, measured alternately in the same run:"
+    echo "a loom broker process and a loom worker host on tcp://127.0.0.1, this process the client (keys by loom"
+    echo "keygen); shares: the client with LOOM_BLOB_LOCAL=0, the host's cache on another file system (no hard"
+    echo "link), so both cross the blob channel; raw: the same relay / bulk sender over tcp without and with CURVE keys."
+    echo "CURVE's cipher here (XSalsa20-Poly1305, libsodium, what each end's I/O thread does per byte): $(awk '/^share_box_gbs/{printf "%.2f", $2}' "$tmp/all") GB/s a core."
+fi

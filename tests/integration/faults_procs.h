@@ -2,7 +2,12 @@
     starting and stopping real loom processes, finding worker processes in
     /proc, a broker with worker hosts on a private ipc:// directory, the
     broker's counters, and exactly-once bookkeeping. Static functions: each
-    test program includes this once, after loom_test.h.  */
+    test program includes this once, after loom_test.h.
+
+    Every broker, worker host and raw socket here takes the test matrix's
+    CURVE arguments (loom_test_curve.h): nothing in plaintext, the keys
+    under LOOM_TEST_CURVE=1. A test's own clients and `loom map` processes
+    add theirs with loom_test_curve_client_opts / _peer_argv.  */
 
 #ifndef LOOM_FAULTS_PROCS_H
 #define LOOM_FAULTS_PROCS_H
@@ -23,7 +28,10 @@
 #include <loom/loom.h>
 
 #include "base.h"
+#include "curve.h"
 #include "wire.h"
+
+#include "loom_test_curve.h"
 
 #define S_MAX_PIDS 64
 
@@ -211,20 +219,38 @@ static s_cluster *s_live;
 static char *s_saved_tmpdir;
 static pid_t s_extra[4];
 
+//  `loom broker` on the cluster's endpoints, with extra arguments
+//  (NULL-terminated, up to 4) and, under CURVE, the broker's keys.
 static int
-s_broker_start(s_cluster *c)
+s_broker_start_args(s_cluster *c, const char *const extra[])
 {
-    const char *argv[] = {s_exe(), "broker", "--bind", c->task_ep, "--blob-bind", c->blob_ep,
-                          NULL};
+    const char *argv[16] = {s_exe(), "broker", "--bind", c->task_ep, "--blob-bind", c->blob_ep};
+    size_t n = 6;
+    for (size_t i = 0; extra && extra[i] && i < 4; i++)
+        argv[n++] = extra[i];
+    n = loom_test_curve_broker_argv(argv, n);
+    argv[n] = NULL;
     c->broker = s_spawn(argv);
     return c->broker > 0 ? 0 : -1;
 }
 
-static pid_t
+static int
+s_broker_start(s_cluster *c)
+{
+    return s_broker_start_args(c, NULL);
+}
+
+//  A `loom worker` host of procs worker processes (the default cache) and,
+//  under CURVE, the listed worker's key.
+static inline pid_t
 s_host_start(s_cluster *c, const char *procs)
 {
-    const char *argv[] = {s_exe(), "worker", "--connect", c->task_ep, "--procs", procs,
-                          getenv("LOOM_TEST_VERBOSE") ? NULL : "--quiet", NULL};
+    const char *argv[12] = {s_exe(), "worker", "--connect", c->task_ep, "--procs", procs};
+    size_t n = 6;
+    if (!getenv("LOOM_TEST_VERBOSE"))
+        argv[n++] = "--quiet";
+    n = loom_test_curve_peer_argv(argv, n, true);
+    argv[n] = NULL;
     pid_t pid = s_spawn(argv);
     if (pid > 0)
         c->hosts[c->nhosts++] = pid;
@@ -285,14 +311,28 @@ s_teardown(void **state)
     return 0;
 }
 
-//  The broker's counters (StatsRequest needs no session). True if it answered.
+//  A client's options for the cluster: the timeout, and the listed
+//  client's key under CURVE.
+static inline loom_client_opts
+s_client_opts(int timeout_ms)
+{
+    loom_client_opts o = {.timeout_ms = timeout_ms};
+    loom_test_curve_client_opts(&o);
+    return o;
+}
+
+//  The broker's counters (StatsRequest needs no session, but under CURVE
+//  a listed key). True if it answered.
 static bool
 s_stats(const s_cluster *c, loom_wire_stats *st)
 {
     zsock_t *zs = zsock_new(ZMQ_DEALER);
     zsock_set_linger(zs, 0);
     bool ok = false;
-    if (zsock_connect(zs, "%s", c->task_ep) == 0) {
+    loom_client_opts keys = {0};
+    loom_test_curve_client_opts(&keys);
+    if (loom_curve_client_setup(zsock_resolve(zs), keys.cert_path, keys.server_key, NULL) == 0 &&
+        zsock_connect(zs, "%s", c->task_ep) == 0) {
         loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
         if (loom_wire_send(zsock_resolve(zs), NULL, 0, &req, 0) == 0) {
             int64_t deadline = loom_now_ms() + 1000;

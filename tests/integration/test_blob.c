@@ -6,9 +6,19 @@
     The key figure: a 64 MiB share read by 200 items on 2 worker processes
     of one host moves about twice its size (client -> broker once, broker
     -> host once), not 200 times; on the broker's own host (embedded) the
-    host links the store's file instead, and only the upload moves bytes.  */
+    host links the store's file instead, and only the upload moves bytes.
+
+    Part of the test matrix: blob-curve (LOOM_TEST_CURVE=1) runs the same
+    tests with every broker this program starts (in-process, through
+    loom_broker_start_opts, with 1 s heartbeats) under CURVE and its
+    clients and `loom worker` hosts keyed (loom_test_curve.h). The embedded
+    cluster has no network and no keys in either mode; the tests that reach
+    the blob channel from outside (the quota, the cross-file-system host
+    and test_remote_host_gets_shares_and_files_over_the_channel) are the
+    ones CURVE changes.  */
 
 #include "loom_test.h"
+#include "loom_test_curve.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -25,6 +35,7 @@
 #include "cluster.h"
 #include "base.h"
 #include "blob_hash.h"
+#include "curve.h"
 #include "wire.h"
 
 #define S_BIG (64u << 20)
@@ -36,6 +47,8 @@ static int
 s_setup(void **state)
 {
     (void)state;
+    //  The embedded cluster (endpoint NULL): a private ipc:// directory, no
+    //  network and no keys, under CURVE too.
     loom_client_opts o = {.local_workers = 2};
     s_client = loom_client_new(NULL, &o);
     return s_client ? 0 : -1;
@@ -49,40 +62,113 @@ s_teardown(void **state)
     return 0;
 }
 
-//  The counters of the broker at ep.
-static loom_wire_stats
-s_stats_at(const char *ep)
+//  Options for a broker this program starts: under CURVE, the allow-list
+//  and the broker's certificate.
+static loom_broker_opts
+s_broker_opts(void)
 {
-    zsock_t *d = zsock_new_dealer(ep);
+    const loom_test_curve *k = loom_test_curve_get();
+    loom_broker_opts o = {0};
+    if (k->on) {
+        o.curve_dir = k->allow;
+        o.cert_path = k->broker;
+    }
+    return o;
+}
+
+//  Start a broker in this process (loom_broker_start_opts with opts) with
+//  heartbeats of 1 s, not the test environment's 100 ms: the tests here
+//  are about the blob channel, not liveness, and this broker shares the
+//  process (and its stalls under a sanitizer on a loaded machine) with its
+//  clients, which would take a 300 ms stall for a dead broker and
+//  reconnect. Its clients and hosts take the interval from its Welcome.
+static zactor_t *
+s_broker_start(const loom_broker_opts *opts, const char *task, const char *blob, char **bt,
+               char **bb, char **err)
+{
+    char *hb = getenv("LOOM_HEARTBEAT_MS") ? strdup(getenv("LOOM_HEARTBEAT_MS")) : NULL;
+    setenv("LOOM_HEARTBEAT_MS", "1000", 1);
+    zactor_t *broker = loom_broker_start_opts(opts, task, blob, bt, bb, err);
+    if (hb)
+        setenv("LOOM_HEARTBEAT_MS", hb, 1);
+    else
+        unsetenv("LOOM_HEARTBEAT_MS");
+    free(hb);
+    if (!broker)
+        fail_msg("broker: %s", *err);
+    return broker;
+}
+
+//  Options for a client of such a broker: under CURVE, the listed
+//  client's key.
+static loom_client_opts
+s_client_opts(void)
+{
+    loom_client_opts o = {.timeout_ms = 10000};
+    loom_test_curve_client_opts(&o);
+    return o;
+}
+
+//  Ask the broker at ep for its counters, with the listed client's key
+//  when keyed (a broker this program started, under CURVE), for up to
+//  timeout_ms. True with *st if it answered.
+static bool
+s_stats_try(const char *ep, bool keyed, int timeout_ms, loom_wire_stats *st)
+{
+    zsock_t *d = zsock_new(ZMQ_DEALER);
     assert_non_null(d);
+    zsock_set_linger(d, 0);
+    if (keyed) {
+        loom_client_opts keys = {0};
+        loom_test_curve_client_opts(&keys);
+        char *err = NULL;
+        if (loom_curve_client_setup(zsock_resolve(d), keys.cert_path, keys.server_key, &err))
+            fail_msg("stats socket: %s", err);
+    }
+    assert_int_equal(zsock_connect(d, "%s", ep), 0);
     loom_msg req = {.type = LOOM_MSG_STATS_REQUEST};
     assert_int_equal(loom_wire_send(zsock_resolve(d), NULL, 0, &req, 0), 0);
-    loom_wire_stats st;
-    memset(&st, 0, sizeof st);
+    bool ok = false;
     zpoller_t *p = zpoller_new(d, NULL);
-    for (int i = 0; i < 20; i++) {
-        if (!zpoller_wait(p, 500))
+    int64_t deadline = loom_now_ms() + timeout_ms;
+    for (int64_t left = timeout_ms; !ok && left > 0; left = deadline - loom_now_ms()) {
+        if (!zpoller_wait(p, (int)left))
             continue;
         loom_msg *m = NULL;
         if (loom_wire_recv(zsock_resolve(d), NULL, 0, NULL, &m, 0) == 0 &&
             m->type == LOOM_MSG_STATS) {
-            st = m->u.stats;
-            loom_msg_destroy(&m);
-            break;
+            *st = m->u.stats;
+            ok = st->epoch != 0;
         }
         loom_msg_destroy(&m);
     }
     zpoller_destroy(&p);
     zsock_destroy(&d);
-    assert_true(st.epoch != 0);
+    return ok;
+}
+
+//  The counters of the broker at ep (keyed: as s_stats_try).
+static loom_wire_stats
+s_stats_of(const char *ep, bool keyed)
+{
+    loom_wire_stats st;
+    memset(&st, 0, sizeof st);
+    assert_true(s_stats_try(ep, keyed, 10000, &st));
     return st;
 }
 
-//  The embedded broker's counters.
+//  The counters of a broker this program started on ep.
+static loom_wire_stats
+s_stats_at(const char *ep)
+{
+    return s_stats_of(ep, true);
+}
+
+//  The embedded broker's counters (no keys: it has none).
 static loom_wire_stats
 s_stats(void)
 {
-    return s_stats_at(loom__cluster_endpoint(loom__client_cluster(s_client)));
+    return s_stats_of(loom__cluster_endpoint(loom__client_cluster(s_client)), false);
 }
 
 //  DIR/ab/<hex> of blob hash under dir.
@@ -635,12 +721,17 @@ test_blob_quota_refuses_the_client_over_it_only(void **state)
     char task[128], blob[128];
     loom_test_ipc(task, sizeof task, "quota-task");
     loom_test_ipc(blob, sizeof blob, "quota-blob");
-    loom_broker_opts bo = {.blob_quota = 4000};
+    loom_broker_opts bo = s_broker_opts();
+    bo.blob_quota = 4000;
     char *bt = NULL, *bb = NULL, *err = NULL;
-    zactor_t *broker = loom_broker_start_opts(&bo, task, blob, &bt, &bb, &err);
-    assert_non_null(broker);
-    loom_client *a = loom_client_new(bt, NULL);
-    loom_client *b = loom_client_new(bt, NULL);
+    zactor_t *broker = s_broker_start(&bo, task, blob, &bt, &bb, &err);
+    loom_client_opts oa = s_client_opts(), ob = s_client_opts();
+    //  Under CURVE b has a key of its own (the worker's, also listed), so
+    //  that it is another client whether quotas go by connection or by key.
+    if (loom_test_curve_get()->on)
+        ob.cert_path = loom_test_curve_get()->worker;
+    loom_client *a = loom_client_new(bt, &oa);
+    loom_client *b = loom_client_new(bt, &ob);
     assert_non_null(a);
     assert_non_null(b);
     loom_pipeline *pa = loom_pipeline_new(a, "a");
@@ -723,17 +814,21 @@ test_corrupt_store_file_is_not_linked_and_items_fail_clearly(void **state)
     assert_int_not_equal(stat(cp, &cs), 0);
 }
 
-//  A worker process of `loom worker` (LOOM_EXE): --connect ep --cache dir.
+//  A `loom worker` host (LOOM_EXE) of 2 worker processes: --connect ep
+//  --cache dir, and the listed worker's key under CURVE; it ends with this
+//  process (--parent), should a failed assertion leave it behind.
 static pid_t
 s_spawn_host(const char *ep, const char *cache)
 {
     const char *exe = getenv("LOOM_EXE");
     assert_non_null(exe);
-    char *argv[] = {(char *)exe, "worker",  "--connect",   (char *)ep, "--procs",
-                    "2",         "--cache", (char *)cache, "--quiet",  NULL};
-    extern char **environ;
+    char parent[24];
+    snprintf(parent, sizeof parent, "%d", (int)getpid());
+    const char *argv[16] = {exe,       "worker", "--connect", ep,         "--procs", "2",
+                            "--cache", cache,    "--quiet",   "--parent", parent};
+    argv[loom_test_curve_peer_argv(argv, 11, true)] = NULL;
     pid_t pid;
-    assert_int_equal(posix_spawn(&pid, exe, NULL, NULL, argv, environ), 0);
+    assert_int_equal(posix_spawn(&pid, exe, NULL, NULL, (char *const *)argv, environ), 0);
     return pid;
 }
 
@@ -761,11 +856,12 @@ test_host_that_cannot_link_fetches_once(void **state)
     loom_test_ipc(task, sizeof task, "xdev-task");
     loom_test_ipc(blob, sizeof blob, "xdev-blob");
     char *bt = NULL, *bb = NULL, *err = NULL;
-    zactor_t *broker = loom_broker_start_opts(NULL, task, blob, &bt, &bb, &err);
-    assert_non_null(broker);
+    loom_broker_opts bo = s_broker_opts();
+    zactor_t *broker = s_broker_start(&bo, task, blob, &bt, &bb, &err);
     assert_int_equal(loom_broker_set_store(broker, store, 0, 0, true), 0);
     pid_t host = s_spawn_host(bt, cache);
-    loom_client *c = loom_client_new(bt, NULL);
+    loom_client_opts co = s_client_opts();
+    loom_client *c = loom_client_new(bt, &co);
     assert_non_null(c);
 
     const size_t n = (4u << 20) + 5;
@@ -809,6 +905,212 @@ test_host_that_cannot_link_fetches_once(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+//  Lower-case text of n bytes from seed (malloc'd) and its upper case.
+static char *
+s_text(size_t n, uint32_t seed, char **upper)
+{
+    char *t = malloc(n), *u = malloc(n);
+    assert_non_null(t);
+    assert_non_null(u);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned r = (seed >> 16) % 28;
+        t[i] = r == 27 ? '\n' : r == 26 ? ' ' : (char)('a' + r);
+        u[i] = r >= 26 ? t[i] : (char)('A' + r);
+    }
+    *upper = u;
+    return t;
+}
+
+//  What test_remote_host_gets_shares_and_files_over_the_channel started,
+//  for its teardown to stop and remove even when an assertion ended it.
+static struct {
+    char dir[64];   //  endpoints, the host's cache, the files (on /tmp)
+    char store[64]; //  the broker's store (on /dev/shm)
+    zactor_t *broker;
+    char *bt, *bb, *err;
+    pid_t host;
+    loom_client *client;
+} s_remote;
+
+static int
+s_remote_teardown(void **state)
+{
+    (void)state;
+    loom_client_destroy(&s_remote.client); //  and its pipelines
+    unsetenv("LOOM_BLOB_LOCAL");
+    if (s_remote.host > 0) {
+        kill(s_remote.host, SIGTERM);
+        waitpid(s_remote.host, NULL, 0);
+        s_remote.host = 0;
+    }
+    zactor_destroy(&s_remote.broker);
+    free(s_remote.bt);
+    free(s_remote.bb);
+    free(s_remote.err);
+    s_remote.bt = s_remote.bb = s_remote.err = NULL;
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", s_remote.dir, s_remote.store);
+    int rc = s_remote.dir[0] || s_remote.store[0] ? system(cmd) : 0;
+    s_remote.dir[0] = s_remote.store[0] = 0;
+    return rc;
+}
+
+//  A worker host on another machine, as far as the blob channel goes: a
+//  broker (in this process; under CURVE with its allow-list), a `loom
+//  worker` host whose cache cannot link the store's files (the store on
+//  another file system, as on another machine), and a client that uploads
+//  on the channel (LOOM_BLOB_LOCAL=0, as one on another machine does).
+//  Shares go client -> broker -> host, each fetched once for the host; a
+//  file attached to items goes the same way, and the output files the
+//  tasks write come back host -> broker -> client. Under CURVE every one
+//  of these sockets is secured: this is the test that says shares and
+//  files work on a secured cluster.
+static void
+test_remote_host_gets_shares_and_files_over_the_channel(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/loom-test-remote-XXXXXX", store[] = "/dev/shm/loom-test-rstore-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(s_remote.dir, sizeof s_remote.dir, "%s", dir);
+    if (!mkdtemp(store))
+        skip(); //  no /dev/shm here
+    snprintf(s_remote.store, sizeof s_remote.store, "%s", store);
+    struct stat ss, ds;
+    assert_int_equal(stat(store, &ss), 0);
+    assert_int_equal(stat(dir, &ds), 0);
+    if (ss.st_dev == ds.st_dev)
+        skip(); //  one file system: the host would link, not fetch
+    printf("# a remote host and client on the blob channel%s\n", loom_test_curve_mode());
+    char task[200], blob[200], cache[200];
+    snprintf(task, sizeof task, "ipc://%s/task", dir);
+    snprintf(blob, sizeof blob, "ipc://%s/blob", dir);
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    loom_broker_opts bo = s_broker_opts();
+    s_remote.broker = s_broker_start(&bo, task, blob, &s_remote.bt, &s_remote.bb, &s_remote.err);
+    const char *bt = s_remote.bt;
+    assert_int_equal(loom_broker_set_store(s_remote.broker, store, 0, 0, true), 0);
+    s_remote.host = s_spawn_host(bt, cache);
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
+    loom_client_opts co = s_client_opts();
+    loom_client *c = s_remote.client = loom_client_new(bt, &co);
+    assert_non_null(c);
+    //  The matrix is what it says: under CURVE a peer without keys gets
+    //  nothing from this broker, a keyed one its answer.
+    loom_wire_stats st;
+    assert_true(s_stats_try(bt, true, 10000, &st));
+    if (loom_test_curve_get()->on)
+        assert_false(s_stats_try(bt, false, 500, &st));
+
+    //  Shares: bytes and a file, uploaded once each, fetched once each.
+    const size_t n = (3u << 20) + 7, fn = (2u << 20) + 5;
+    unsigned sum, fsum;
+    uint8_t hash[LOOM_HASH_SIZE], fhash[LOOM_HASH_SIZE];
+    uint8_t *b = s_bytes(n, 99, &sum, hash);
+    uint8_t *fb = s_bytes(fn, 98, &fsum, fhash);
+    char fpath[300];
+    snprintf(fpath, sizeof fpath, "%s/share.bin", dir);
+    int fd = open(fpath, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, fb, fn), (ssize_t)fn);
+    close(fd);
+    free(fb);
+    loom_wire_stats before = s_stats_at(bt);
+    loom_pipeline *p = loom_pipeline_new(c, "remote");
+    assert_non_null(p);
+    assert_int_equal(loom_pipeline_share(p, "m", b, n), 0);
+    assert_int_equal(loom_pipeline_share_file(p, "f", fpath), 0);
+    free(b);
+    loom_wire_stats uploaded = s_stats_at(bt);
+    assert_int_equal(uploaded.blob_bytes_in - before.blob_bytes_in, n + fn);
+    assert_int_equal(uploaded.blob_bytes_adopted, before.blob_bytes_adopted);
+    assert_int_equal(uploaded.blobs_stored, before.blobs_stored + 2);
+    char want[64];
+    snprintf(want, sizeof want, "%zu %u", n, sum);
+    s_run(p, "shared_sum", "m", 40, want);
+    snprintf(want, sizeof want, "%zu %u", fn, fsum);
+    s_run(p, "shared_sum", "f", 40, want);
+    loom_wire_stats shared = s_stats_at(bt);
+    uint64_t out = shared.blob_bytes_out - uploaded.blob_bytes_out;
+    uint64_t win = shared.workers_blob_bytes_in - uploaded.workers_blob_bytes_in;
+    printf("# shares of %zu + %zu bytes, 80 items: broker->host %llu bytes, workers report %llu\n",
+           n, fn, (unsigned long long)out, (unsigned long long)win);
+    assert_true(out >= n + fn && out < (n + fn) + (n + fn) / 4); //  once for the host
+    assert_int_equal(win, out);
+    char cp[4200];
+    struct stat cs;
+    s_blob_path(cache, hash, cp, sizeof cp);
+    assert_int_equal(stat(cp, &cs), 0);
+    assert_int_equal(cs.st_nlink, 1); //  fetched, not linked
+    assert_int_equal((uint64_t)cs.st_size, n);
+    s_blob_path(cache, fhash, cp, sizeof cp);
+    assert_int_equal(stat(cp, &cs), 0);
+    assert_int_equal(cs.st_nlink, 1);
+
+    //  Files: one attached to each item (client -> broker -> host), an
+    //  output file from each (host -> broker -> client).
+    const size_t tn = (256u << 10) + 3;
+    const int items = 6;
+    char *upper;
+    char *text = s_text(tn, 7, &upper);
+    char tpath[300];
+    snprintf(tpath, sizeof tpath, "%s/in.txt", dir);
+    fd = open(tpath, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, tn), (ssize_t)tn);
+    close(fd);
+    free(text);
+    loom_map *m = loom_map_new(p, "testkit", "file_copy", NULL);
+    assert_non_null(m);
+    const char *names[] = {"in"};
+    const char *paths[] = {tpath};
+    for (int i = 0; i < items; i++)
+        assert_int_equal(loom_map_submit_files(m, "", 0, names, paths, 1), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int got = 0, rc;
+    char *back = malloc(tn + 1);
+    assert_non_null(back);
+    char size[32];
+    snprintf(size, sizeof size, "%zu", tn);
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        if (r.status)
+            fail_msg("item %llu: %s", (unsigned long long)r.index, r.error);
+        assert_int_equal(r.len, strlen(size));
+        assert_memory_equal(r.data, size, r.len);
+        assert_int_equal(r.nfiles, 1);
+        assert_string_equal(r.file_names[0], "out");
+        fd = open(r.file_paths[0], O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(read(fd, back, tn + 1), (ssize_t)tn);
+        close(fd);
+        assert_memory_equal(back, upper, tn);
+        got++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, items);
+    free(back);
+    free(upper);
+    loom_map_destroy(&m);
+    loom_wire_stats filed = s_stats_at(bt);
+    uint64_t fin = filed.blob_bytes_in - shared.blob_bytes_in;
+    uint64_t fout = filed.blob_bytes_out - shared.blob_bytes_out;
+    uint64_t hin = filed.workers_blob_bytes_in - shared.workers_blob_bytes_in;
+    uint64_t hout = filed.workers_blob_bytes_out - shared.workers_blob_bytes_out;
+    printf("# %d items with a %zu-byte file: client->broker %llu bytes, broker->host %llu, "
+           "host->broker %llu, broker->client %llu\n",
+           items, tn, (unsigned long long)(fin - hout), (unsigned long long)hin,
+           (unsigned long long)hout, (unsigned long long)(fout - hin));
+    assert_true(hin >= tn && hin < tn + tn / 4);     //  the input, once for the host
+    assert_true(hout >= tn);                         //  the outputs went up
+    assert_true(fin >= hout + tn);                   //  and the input before them
+    assert_true(fout >= hin + (uint64_t)items * tn); //  every output came down
+    assert_int_equal(filed.blob_bytes_adopted, before.blob_bytes_adopted);
+
+    loom_pipeline_destroy(&p);
+    //  The client, the host, the broker and the directories: the teardown.
+}
+
 int
 main(void)
 {
@@ -824,6 +1126,9 @@ main(void)
         cmocka_unit_test(test_blob_quota_refuses_the_client_over_it_only),
         cmocka_unit_test(test_corrupt_store_file_is_not_linked_and_items_fail_clearly),
         cmocka_unit_test(test_host_that_cannot_link_fetches_once),
+        cmocka_unit_test_teardown(test_remote_host_gets_shares_and_files_over_the_channel,
+                                  s_remote_teardown),
     };
+    printf("# blob%s\n", loom_test_curve_mode());
     return cmocka_run_group_tests_name("blob", tests, s_setup, s_teardown);
 }

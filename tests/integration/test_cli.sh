@@ -310,6 +310,119 @@ case_share_file() {
     grep -q "nope" "$TMP/err" || fail "error does not name the file: $(cat "$TMP/err")"
 }
 
+# --retry-failed N: a task that fails once succeeds on its second run; without
+# it the failure is final. The same in serial mode.
+case_retry_failed_runs_failed_items_again() {
+    local mode rc dir
+    for mode in --procs=2 --serial; do
+        dir="$TMP/flaky$mode"
+        mkdir -p "$dir"
+        rc=0
+        printf '1\n1\n1\n' | lm map testkit flaky --args "$dir" --retry-failed 1 --ordered "$mode" \
+            >"$TMP/out" 2>"$TMP/err" || rc=$?
+        expect_eq "exit status ($mode)" "$rc" "0"
+        expect_eq "two runs each ($mode)" "$(wc -l <"$TMP/out")" "6"
+        rm -f "$dir"/*
+        rc=0
+        printf '1\n1\n1\n' | lm map testkit flaky --args "$dir" "$mode" >"$TMP/out" 2>"$TMP/err" ||
+            rc=$?
+        expect_eq "exit status without --retry-failed ($mode)" "$rc" "1"
+        expect_eq "failures ($mode)" \
+            "$(grep -c '^loom map: item [0-2]: flaky: run 1 of item [0-2] fails$' "$TMP/err")" "3"
+    done
+}
+
+# --halt N: after N failures the rest is not run, and an endless input ends.
+case_halt_ends_an_endless_input() {
+    local mode rc
+    for mode in --procs=2 --serial; do
+        rc=0
+        yes x | lm map testkit fail --halt 2 "$mode" >"$TMP/out" 2>"$TMP/err" || rc=$?
+        expect_eq "exit status ($mode)" "$rc" "1"
+        grep -Eq '^loom map: halted after 2 failed items: [0-9]+ items? not run, the rest of the input not read$' \
+            "$TMP/err" || fail "no halt line ($mode): $(tail -n 3 "$TMP/err")"
+        grep -q "^loom map: item [0-9]*: testkit fail: input was 'x'$" "$TMP/err" ||
+            fail "the failures are not named ($mode): $(head -n 3 "$TMP/err")"
+    done
+}
+
+# Every input line is accounted for: printed, failed, or counted as not run.
+case_halt_accounts_for_every_item() {
+    local rc=0 ok not_run
+    mkdir -p "$TMP/halt"
+    { printf '99\n99\n'; yes '0 30' | head -n 200; } |
+        lm map testkit flaky --args "$TMP/halt" --halt now,fail=2 --procs 1 --chunk 1 \
+            >"$TMP/out" 2>"$TMP/err" || rc=$?
+    expect_eq "exit status" "$rc" "1"
+    expect_eq "failures" "$(grep -c '^loom map: item [01]: flaky: run 1 of item [01] fails$' "$TMP/err")" "2"
+    not_run=$(sed -n 's/^loom map: halted after 2 failed items: \([0-9]*\) items\{0,1\} not run$/\1/p' "$TMP/err")
+    [[ -n "$not_run" && "$not_run" -gt 0 ]] || fail "no items not run: $(cat "$TMP/err")"
+    ok=$(wc -l <"$TMP/out")
+    expect_eq "printed + failed + not run" "$((ok + 2 + not_run))" "202"
+}
+
+case_retry_and_halt_refuse_bad_values() {
+    local args rc
+    while IFS= read -r args; do
+        rc=0
+        # shellcheck disable=SC2086
+        lm $args </dev/null >/dev/null 2>"$TMP/err" || rc=$?
+        expect_eq "exit status of 'loom $args'" "$rc" "2"
+        grep -Eq -- "--(halt|retry-failed)" "$TMP/err" || fail "'loom $args' does not name the option"
+    done <<'EOF'
+map testkit fail --halt 0
+map testkit fail --halt soon,fail=2
+map testkit fail --halt now,fail=10%
+map testkit fail --halt x
+map testkit fail --retry-failed -1
+map testkit fail --retry-failed many
+EOF
+}
+
+# --max-rss MB: an item over the limit fails naming memory and how much it
+# held; the other items are printed.
+case_max_rss_names_out_of_memory() {
+    local rc=0
+    # 250 ms heartbeats: the error is the supervisor's word on how the process
+    # ended, which must come before the broker takes it for silent.
+    printf '300\n10\n' | LOOM_HEARTBEAT_MS=250 lm map testkit alloc --max-rss 100 --procs 2 \
+        >"$TMP/out" 2>"$TMP/err" || rc=$?
+    expect_eq "exit status" "$rc" "1"
+    expect_eq "stdout" "$(cat "$TMP/out")" "10"
+    grep -Eq '^loom map: item 0: worker process [0-9]+ ran out of memory: it held [0-9]+ MiB, over its limit of 100 MiB \(--max-rss\)$' \
+        "$TMP/err" || fail "no out-of-memory error: $(grep 'item 0' "$TMP/err")"
+}
+
+# --max-tasks N on the local worker processes: each runs at most N items.
+case_max_tasks_recycles_local_workers() {
+    local out
+    out=$(yes 0 | head -n 12 | lm map testkit leak --max-tasks 3 --procs 1 --chunk 1)
+    expect_eq "outputs" "$(wc -l <<<"$out")" "12"
+    [[ $(cut -d' ' -f1 <<<"$out" | sort -u | wc -l) -ge 4 ]] ||
+        fail "fewer than 4 processes: $(cut -d' ' -f1 <<<"$out" | sort | uniq -c)"
+    [[ $(cut -d' ' -f1 <<<"$out" | sort | uniq -c | awk '$1 > 3' | wc -l) == 0 ]] ||
+        fail "a process ran more than 3 items: $(cut -d' ' -f1 <<<"$out" | sort | uniq -c)"
+}
+
+case_memory_limits_refuse_bad_values() {
+    local args rc
+    while IFS= read -r args; do
+        rc=0
+        # shellcheck disable=SC2086
+        lm $args </dev/null >/dev/null 2>"$TMP/err" || rc=$?
+        expect_eq "exit status of 'loom $args'" "$rc" "2"
+        grep -Eq -- "--max-(rss|tasks)" "$TMP/err" || fail "'loom $args' does not name the option"
+    done <<'EOF'
+map testkit alloc --max-rss 0
+map testkit alloc --max-rss lots
+map testkit alloc --max-tasks 0
+map testkit alloc --max-rss 100 --connect tcp://127.0.0.1:1
+map testkit alloc --max-tasks 5 --serial
+worker --connect tcp://127.0.0.1:1 --max-rss 0
+worker --connect tcp://127.0.0.1:1 --max-rss 12x
+EOF
+}
+
 for c in $(declare -F | awk '{ print $3 }' | grep '^case_'); do
     run_case "$c"
 done

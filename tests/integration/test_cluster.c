@@ -7,12 +7,19 @@
       ipc:// paths unique to this process; clients connect to them, several
       at once from threads. Every process started is stopped by pid in the
       group teardown (and gets SIGTERM from the kernel if this test dies:
-      PR_SET_PDEATHSIG).
+      PR_SET_PDEATHSIG). A share and an item file go over the broker's
+      blob channel, not through the store's directory (LOOM_BLOB_LOCAL=0).
+
+    Under CURVE (LOOM_TEST_CURVE=1, the cluster-curve run), the remote
+    broker has an allow-list and the worker and every client the listed
+    keys (tests/loom_test_curve.h); embedded mode is the same in both runs.
 
     Plugins: testkit (tests/plugins) and squares (plugins/), found through
     $LOOM_PLUGIN_PATH, which the meson test environment sets.  */
 
 #include "loom_test.h"
+#include "loom_test_curve.h"
+#include "plugins/byte_sum.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -229,8 +236,7 @@ static int
 s_remote_start(s_remote *r, bool ipc)
 {
     memset(r, 0, sizeof *r);
-    char exe[4096];
-    snprintf(exe, sizeof exe, "%s", s_loom_exe());
+    const char *exe = s_loom_exe();
     //  A port found free may be taken before the broker binds it: if the
     //  broker exits at once, try another.
     for (int attempt = 0; attempt < 5; attempt++) {
@@ -248,8 +254,9 @@ s_remote_start(s_remote *r, bool ipc)
             snprintf(r->task_ep, sizeof r->task_ep, "tcp://127.0.0.1:%d", p1);
             snprintf(r->blob_ep, sizeof r->blob_ep, "tcp://127.0.0.1:%d", p2);
         }
-        char *bargv[] = {exe, "broker", "--bind", r->task_ep, "--blob-bind", r->blob_ep, NULL};
-        r->broker = s_spawn(bargv);
+        const char *bargv[12] = {exe, "broker", "--bind", r->task_ep, "--blob-bind", r->blob_ep};
+        bargv[loom_test_curve_broker_argv(bargv, 6)] = NULL;
+        r->broker = s_spawn((char *const *)bargv);
         if (r->broker < 0)
             return -1;
         //  Bound or failed: a broker that cannot bind exits within a moment.
@@ -260,8 +267,9 @@ s_remote_start(s_remote *r, bool ipc)
                 rmdir(r->ipc_dir);
             continue;
         }
-        char *wargv[] = {exe, "worker", "--connect", r->task_ep, "--procs", "2", NULL};
-        r->worker = s_spawn(wargv);
+        const char *wargv[12] = {exe, "worker", "--connect", r->task_ep, "--procs", "2"};
+        wargv[loom_test_curve_peer_argv(wargv, 6, true)] = NULL;
+        r->worker = s_spawn((char *const *)wargv);
         if (r->worker < 0) {
             s_stop(&r->broker);
             return -1;
@@ -288,7 +296,8 @@ s_remote_stop(s_remote *r)
 }
 
 //  ---------------------------------------------------------------------------
-//  Embedded mode: a fresh 2-worker cluster per test
+//  Embedded mode: a fresh 2-worker cluster per test (private ipc:// in a
+//  0700 directory, nothing on a network: no keys, also in the CURVE run)
 
 static int
 s_embedded_setup(void **state)
@@ -585,11 +594,19 @@ s_ipc_teardown(void **state)
     return 0;
 }
 
+//  A client of a remote broker; under CURVE with the listed client's key.
+static loom_client *
+s_remote_client(const char *endpoint)
+{
+    loom_client_opts o = {.timeout_ms = 10000};
+    loom_test_curve_client_opts(&o);
+    return loom_client_new(endpoint, &o);
+}
+
 static void
 s_remote_map(const s_remote *remote)
 {
-    loom_client_opts o = {.timeout_ms = 10000};
-    loom_client *c = loom_client_new(remote->task_ep, &o);
+    loom_client *c = s_remote_client(remote->task_ep);
     assert_non_null(c);
     s_tally t;
     int rc = s_run_echo(c, S_ITEMS, false, &t);
@@ -612,8 +629,7 @@ static void *
 s_client_thread(void *arg)
 {
     s_job *job = arg;
-    loom_client_opts o = {.timeout_ms = 10000};
-    loom_client *c = loom_client_new(job->endpoint, &o);
+    loom_client *c = s_remote_client(job->endpoint);
     if (!c) {
         job->rc = LOOM_ECONNECT;
         return NULL;
@@ -668,11 +684,94 @@ static void
 test_tcp_reduce_sum_of_squares(void **state)
 {
     (void)state;
-    loom_client *c = loom_client_new(s_tcp.task_ep, NULL);
+    loom_client *c = s_remote_client(s_tcp.task_ep);
     assert_non_null(c);
     long long total = s_reduce_total(c, "squares", "square_text", 1000);
     loom_client_destroy(&c);
     assert_int_equal(total, 333833500);
+}
+
+//  A share and an item file over the blob channel (LOOM_BLOB_LOCAL=0: a
+//  client on the broker's host would otherwise write them into the store
+//  itself): the worker host fetches the share, the item's file and sends
+//  the output file back, all on the channel.
+static void
+test_tcp_share_and_files_cross_the_blob_channel(void **state)
+{
+    (void)state;
+    enum { SHARE = 300 * 1024, ITEMS = 8 };
+    unsigned char *data = malloc(SHARE);
+    assert_non_null(data);
+    for (size_t i = 0; i < SHARE; i++)
+        data[i] = (unsigned char)(i * 31 + 7);
+    char want[64];
+    snprintf(want, sizeof want, "%d %u", SHARE, loom_test_byte_sum(data, SHARE));
+    char path[] = "/tmp/loom-test-cluster-in-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "hello file\n", 11), 11);
+    close(fd);
+
+    setenv("LOOM_BLOB_LOCAL", "0", 1);
+    loom_client *c = s_remote_client(s_tcp.task_ep);
+    assert_non_null(c);
+    loom_pipeline *p = loom_pipeline_new(c, "blobs");
+    assert_non_null(p);
+    int rc = loom_pipeline_share(p, "data", data, SHARE);
+    if (rc)
+        fail_msg("share%s: %s", loom_test_curve_mode(), loom_strerror(rc));
+    free(data);
+
+    loom_map *m = loom_map_new(p, "testkit", "shared_sum", NULL);
+    assert_non_null(m);
+    for (int i = 0; i < ITEMS; i++)
+        assert_int_equal(loom_map_submit(m, "data", 4), 0);
+    assert_int_equal(loom_map_close(m), 0);
+    loom_result r;
+    int got = 0;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        if (r.status)
+            fail_msg("shared_sum item %llu%s: %s", (unsigned long long)r.index,
+                     loom_test_curve_mode(), r.error ? r.error : "?");
+        assert_int_equal(r.len, strlen(want));
+        assert_memory_equal(r.data, want, r.len);
+        got++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, ITEMS);
+    loom_map_destroy(&m);
+
+    m = loom_map_new(p, "testkit", "file_copy", NULL);
+    assert_non_null(m);
+    const char *names[] = {"in"};
+    const char *paths[] = {path};
+    rc = loom_map_submit_files(m, "", 0, names, paths, 1);
+    if (rc)
+        fail_msg("file%s: %s", loom_test_curve_mode(), loom_strerror(rc));
+    assert_int_equal(loom_map_close(m), 0);
+    got = 0;
+    while ((rc = loom_map_next(m, &r, 30000)) == 1) {
+        if (r.status)
+            fail_msg("file_copy%s: %s", loom_test_curve_mode(), r.error ? r.error : "?");
+        assert_int_equal(r.len, 2);
+        assert_memory_equal(r.data, "11", 2);
+        assert_int_equal(r.nfiles, 1);
+        assert_string_equal(r.file_names[0], "out");
+        FILE *f = fopen(r.file_paths[0], "r");
+        assert_non_null(f);
+        char line[64] = "";
+        assert_non_null(fgets(line, sizeof line, f));
+        fclose(f);
+        assert_string_equal(line, "HELLO FILE\n");
+        got++;
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(got, 1);
+    loom_map_destroy(&m);
+    loom_pipeline_destroy(&p);
+    loom_client_destroy(&c);
+    unsetenv("LOOM_BLOB_LOCAL");
+    unlink(path);
 }
 
 static void
@@ -719,6 +818,7 @@ main(void)
         cmocka_unit_test(test_tcp_map_completes),
         cmocka_unit_test(test_tcp_concurrent_clients_complete_exactly_once),
         cmocka_unit_test(test_tcp_reduce_sum_of_squares),
+        cmocka_unit_test(test_tcp_share_and_files_cross_the_blob_channel),
     };
     const struct CMUnitTest ipc[] = {
         cmocka_unit_test(test_ipc_map_completes),

@@ -6,7 +6,11 @@
     (so a restarted broker binds the same endpoints), its worker hosts, and
     stops every process it started by pid. Heartbeats are 100 ms x 3
     (LOOM_HEARTBEAT_MS from the meson test environment). Worker processes
-    are found by scanning /proc for the children of their supervisor.  */
+    are found by scanning /proc for the children of their supervisor.
+
+    Part of the test matrix: faults-curve (LOOM_TEST_CURVE=1) runs the
+    same tests with the broker under CURVE and every host, client and
+    `loom map --connect` keyed (faults_procs.h, loom_test_curve.h).  */
 
 #include "loom_test.h"
 
@@ -63,7 +67,7 @@ s_run(loom_client *cl, const char *task, const char *input, uint64_t n,
 static loom_client *
 s_client(const s_cluster *c)
 {
-    loom_client_opts o = {.timeout_ms = 10000};
+    loom_client_opts o = s_client_opts(10000);
     loom_client *cl = loom_client_new(c->task_ep, &o);
     assert_non_null(cl);
     return cl;
@@ -298,7 +302,8 @@ test_killed_client_is_cancelled_and_others_continue(void **state)
     assert_true(s_wait_workers(&c, 2, 10000));
     int fds[2];
     assert_int_equal(pipe(fds), 0);
-    const char *argv[] = {s_exe(), "map", "testkit", "sleep", "--connect", c.task_ep, NULL};
+    const char *argv[16] = {s_exe(), "map", "testkit", "sleep", "--connect", c.task_ep};
+    argv[loom_test_curve_peer_argv(argv, 6, false)] = NULL;
     pid_t client = s_spawn_io(argv, fds[0]);
     s_extra[0] = client;
     close(fds[0]);
@@ -453,6 +458,7 @@ test_ctrl_c_on_embedded_map_exits_at_once_leaving_nothing(void **state)
     (void)state;
     int fds[2];
     assert_int_equal(pipe(fds), 0);
+    //  The embedded cluster: no network, no keys, in either mode.
     const char *argv[] = {s_exe(), "map", "testkit", "sleep", "--procs", "2", NULL};
     pid_t map = s_spawn_io(argv, fds[0]);
     s_extra[0] = map;
@@ -585,7 +591,7 @@ test_broker_gone_for_good_is_lost_after_the_timeout(void **state)
     s_cluster_init(&c);
     s_host_start(&c, "1");
     assert_true(s_wait_workers(&c, 1, 10000));
-    loom_client_opts co = {.timeout_ms = 1000};
+    loom_client_opts co = s_client_opts(1000);
     loom_client *cl = loom_client_new(c.task_ep, &co);
     assert_non_null(cl);
     loom_pipeline *p = loom_pipeline_new(cl, "gone");
@@ -723,8 +729,9 @@ test_client_not_reading_stalls_without_growing_the_broker(void **state)
     int in[2], out[2];
     assert_int_equal(pipe(in), 0);
     assert_int_equal(pipe(out), 0);
-    const char *argv[] = {s_exe(), "map", "testkit", "echo", "--connect", c.task_ep,
-                          "--window", "2000", NULL};
+    const char *argv[16] = {s_exe(),     "map",     "testkit",  "echo",
+                            "--connect", c.task_ep, "--window", "2000"};
+    argv[loom_test_curve_peer_argv(argv, 8, false)] = NULL;
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -781,7 +788,13 @@ test_client_not_reading_stalls_without_growing_the_broker(void **state)
             (unsigned long long)st.items_done, (unsigned long long)st.items_queued,
             (unsigned long long)st.items_in_flight, rss_first, rss_last);
     assert_true(st.items_done < total);
+#if defined(__SANITIZE_ADDRESS__)
+    //  AddressSanitizer keeps freed memory in quarantine (more of it under
+    //  CURVE, which allocates for every message): RSS says nothing here.
+    fprintf(stderr, "test_faults: broker RSS not checked under AddressSanitizer\n");
+#else
     assert_true(rss_last - rss_first < 1024);
+#endif
     //  Read again: everything comes out.
     fcntl(in[1], F_SETFL, 0);
     fcntl(out[0], F_SETFL, 0);
@@ -931,6 +944,7 @@ main(void)
 {
     zsys_init();
     zsys_handler_set(NULL);
+    printf("# faults%s\n", loom_test_curve_mode());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_sigkilled_worker_processes_lose_nothing, s_teardown),
         cmocka_unit_test_teardown(test_poison_item_fails_alone_naming_the_signal, s_teardown),
@@ -951,7 +965,9 @@ main(void)
     if (getenv("LOOM_TEST_FILTER")) //  run only the tests matching this pattern
         cmocka_set_test_filter(getenv("LOOM_TEST_FILTER"));
     int rc = cmocka_run_group_tests_name("faults", tests, NULL, NULL);
-    //  A failed test may leave a client behind: do not wait for it at exit.
+    //  A failed test may leave a client behind: do not wait for it at exit
+    //  (so remove the CURVE keys here: _exit runs no atexit handler).
+    s_ltc_cleanup();
     fflush(NULL);
     _exit(rc);
 }

@@ -56,7 +56,7 @@ builds_the_template() {
     run lm plugin build "$TEMPLATE" -o "$TMP/myplugin.so"
     [[ $RC == 0 ]] || fail "build exited $RC: $ERR"
     expect_has "build output" "$OUT" "built myplugin 1.0.0"
-    expect_has "build output" "$OUT" "2 tasks, loom plugin ABI 1.0"
+    expect_has "build output" "$OUT" "2 tasks, loom plugin ABI 1.1"
     [[ -f "$TMP/myplugin.so" ]] || fail "no myplugin.so"
 }
 
@@ -66,7 +66,7 @@ inspects_by_file() {
     [[ $RC == 0 ]] || fail "inspect exited $RC: $ERR"
     expect_has inspect "$OUT" "name     myplugin"
     expect_has inspect "$OUT" "version  1.0.0"
-    expect_has inspect "$OUT" "abi      1.0"
+    expect_has inspect "$OUT" "abi      1.1"
     expect_has inspect "$OUT" "file     $TMP/myplugin.so"
     expect_has inspect "$OUT" "init     yes"
     [[ $(grep -c '^task ' <<<"$OUT") == 2 ]] || fail "want 2 task lines: $OUT"
@@ -162,7 +162,7 @@ inspect_refuses_other_abi() {
     [[ -n "$file" ]] || fail "wrong_major.so not in LOOM_PLUGIN_PATH"
     run lm plugin inspect "$file"
     [[ $RC == 1 ]] || fail "exited $RC"
-    expect_has stderr "$ERR" "built for loom plugin ABI 2.0, this worker speaks 1.0"
+    expect_has stderr "$ERR" "built for loom plugin ABI 2.0, this worker speaks 1.1"
 }
 
 usage_errors() {

@@ -12,6 +12,8 @@
 #include "broker.h"
 #include "wire.h"
 
+#include <loom/plugin.h>
+
 #include <czmq.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1039,27 +1041,124 @@ test_cancel_skips_the_rest_of_the_map(void **state)
     memset(&m, 0, sizeof m);
     m.type = LOOM_MSG_CANCEL;
     m.u.cancel_map = 13;
+    int64_t t0 = loom_now_ms();
     s_send(fb, p, &m);
-    //  Nothing of map 13 comes back (at most the item already running would
-    //  take 300 ms; the whole batch would take 1.2 s).
+    //  Every item of map 13 is answered at once, as cancelled (the one
+    //  running when the Cancel came, a 300 ms sleep that ignores it, is
+    //  answered when it returns: at most one finished first); the whole
+    //  batch would take 1.2 s.
     s_res res[64];
     memset(res, 0, sizeof res);
-    int64_t t0 = loom_now_ms();
-    int got = 0;
-    while (loom_now_ms() - t0 < 1500) {
-        s_peer *q;
-        loom_msg *r = s_recv(fb, 100, &q);
-        if (r && r->type == LOOM_MSG_RESULT_BATCH && r->u.result_batch.map == 13)
-            got += (int)r->u.result_batch.nresults;
-        loom_msg_destroy(&r);
+    assert_int_equal(s_collect(fb, 13, res, 4, NULL), 4);
+    assert_true(loom_now_ms() - t0 < 900);
+    int finished = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(res[i].times, 1);
+        if (res[i].status == 0)
+            finished++;
+        else
+            assert_int_equal(res[i].status, LOOM_ECANCELED);
     }
-    assert_true(got <= 1);
+    assert_true(finished <= 1);
     //  The process goes on with other maps.
     s_map_open(fb, p, 14, "testkit", "echo", 0, false);
     const char *more[] = {"still here"};
     s_batch(fb, p, 14, 0, more, 1, false);
     assert_int_equal(s_collect(fb, 14, res, 1, NULL), 1);
     assert_string_equal(res[0].data, "still here");
+}
+
+//  A task that checks loom_task_cancelled stops at once: its item is
+//  answered as cancelled (what it output then is dropped), and the same
+//  process goes on.
+static void
+test_cancel_stops_a_cooperative_task(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("coop", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 21, "testkit", "sleep_coop", 0, false);
+    const char *in[] = {"30000"};
+    s_batch(fb, p, 21, 0, in, 1, false);
+    int64_t until = loom_now_ms() + 200; //  the item surely runs
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 20, &q);
+        loom_msg_destroy(&m);
+    }
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_CANCEL;
+    m.u.cancel_map = 21;
+    int64_t t0 = loom_now_ms();
+    s_send(fb, p, &m);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 21, res, 1, NULL), 1);
+    assert_true(loom_now_ms() - t0 < 500);
+    assert_int_equal(res[0].status, LOOM_ECANCELED);
+    assert_true(strstr(res[0].error, "cancelled while the item ran") != NULL);
+    s_map_open(fb, p, 22, "testkit", "pid", 0, false);
+    const char *more[] = {"x"};
+    s_batch(fb, p, 22, 0, more, 1, false);
+    assert_int_equal(s_collect(fb, 22, res, 1, NULL), 1);
+    char want[16];
+    snprintf(want, sizeof want, "%u", pid);
+    assert_string_equal(res[0].data, want); //  the same process
+}
+
+//  A task that ignores the cancel: LOOM_CANCEL_GRACE_MS after the Cancel
+//  its process ends (status 122, a clean exit) and the supervisor starts
+//  another, which takes new work.
+static void
+test_cancel_ends_a_task_that_runs_on(void **state)
+{
+    (void)state;
+    s_fb *fb = s_start("grace", 1, NULL, NULL);
+    s_peer *p = s_worker(fb, 0);
+    uint32_t pid = p->pid;
+    s_map_open(fb, p, 23, "testkit", "sleep", 0, false);
+    const char *in[] = {"30000"};
+    s_batch(fb, p, 23, 0, in, 1, false);
+    int64_t until = loom_now_ms() + 200;
+    while (loom_now_ms() < until) {
+        s_peer *q;
+        loom_msg *m = s_recv(fb, 20, &q);
+        loom_msg_destroy(&m);
+    }
+    loom_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = LOOM_MSG_CANCEL;
+    m.u.cancel_map = 23;
+    int64_t t0 = loom_now_ms();
+    s_send(fb, p, &m);
+    s_peer *from;
+    loom_msg *x = s_expect(fb, LOOM_MSG_WORKER_EXIT, S_WAIT_MS, &from);
+    assert_non_null(x);
+    int64_t took = loom_now_ms() - t0;
+    fprintf(stderr, "cancel to exit: %lld ms\n", (long long)took);
+    assert_true(took >= LOOM_CANCEL_GRACE_MS - 50 && took < LOOM_CANCEL_GRACE_MS + 1500);
+    assert_int_equal(x->u.worker_exit.pid, pid);
+    assert_int_equal(x->u.worker_exit.signal, 0);
+    assert_int_equal(x->u.worker_exit.status, 122);
+    loom_msg_destroy(&x);
+    //  Its successor takes work.
+    s_peer *q = NULL;
+    int64_t deadline = loom_now_ms() + S_WAIT_MS;
+    while (!(q = s_worker(fb, 0)) || q->pid == pid) {
+        assert_true(loom_now_ms() < deadline);
+        s_peer *r;
+        loom_msg *n = s_recv(fb, 50, &r);
+        loom_msg_destroy(&n);
+    }
+    s_map_open(fb, q, 24, "testkit", "echo", 0, false);
+    const char *more[] = {"after"};
+    s_batch(fb, q, 24, 0, more, 1, false);
+    s_res res[64];
+    memset(res, 0, sizeof res);
+    assert_int_equal(s_collect(fb, 24, res, 1, NULL), 1);
+    assert_string_equal(res[0].data, "after");
 }
 
 static void
@@ -1651,6 +1750,8 @@ main(void)
         cmocka_unit_test_teardown(test_sigterm_to_worker_finishes_its_batch, s_teardown),
         cmocka_unit_test_teardown(test_sigterm_during_a_long_item_hands_it_back, s_teardown),
         cmocka_unit_test_teardown(test_cancel_skips_the_rest_of_the_map, s_teardown),
+        cmocka_unit_test_teardown(test_cancel_stops_a_cooperative_task, s_teardown),
+        cmocka_unit_test_teardown(test_cancel_ends_a_task_that_runs_on, s_teardown),
         cmocka_unit_test_teardown(test_large_results_are_flushed_early, s_teardown),
         cmocka_unit_test_teardown(test_batches_sent_during_a_long_item_are_all_run_in_order,
                                   s_teardown),

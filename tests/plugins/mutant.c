@@ -98,7 +98,11 @@ LOOM_PLUGIN_ENTRY(void)
         def.tasks = s_none;
     else if (!strcmp(how, "dup_task"))
         def.tasks = s_dup;
-    else if (!strcmp(how, "wide")) {
+    else if (!strcmp(how, "minor0")) {
+        //  Built for ABI 1.0: a 1.1 worker still loads it.
+        def.abi_minor = 0;
+        def.struct_size = (uint32_t)LOOM_PLUGIN_SIZE_1_0;
+    } else if (!strcmp(how, "wide")) {
         wide.base = def;
         wide.base.struct_size = sizeof wide;
         wide.base.task_size = sizeof(s_wide_task);

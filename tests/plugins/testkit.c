@@ -9,6 +9,7 @@
 #include <loom/plugin.h>
 
 #include "byte_sum.h"
+#include "testkit_faults.h"
 
 #include <signal.h>
 #include <stdbool.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 LOOM_PLUGIN_EXPORT int testkit_init_calls;
 LOOM_PLUGIN_EXPORT int testkit_fini_calls;
@@ -85,6 +87,45 @@ s_sleep(loom_task *t)
     while (nanosleep(&ts, &ts) != 0)
         ;
     return loom_task_output(t, "slept", 5);
+}
+
+//  As sleep, in 5 ms steps, returning early once the map is cancelled
+//  (output "stopped" then, which the worker must drop).
+static int
+s_sleep_coop(loom_task *t)
+{
+    long long ms;
+    if (!s_number(t, &ms))
+        return loom_task_fail(t, "sleep_coop: want milliseconds as text");
+    for (long long left = ms; left > 0; left -= 5) {
+        if (loom_task_cancelled(t))
+            return loom_task_output(t, "stopped", 7);
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 5000000L};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    }
+    return loom_task_output(t, "slept", 5);
+}
+
+//  The wall clock when it ran, in ms since the epoch (CLOCK_REALTIME).
+static int
+s_clock(loom_task *t)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%lld",
+                     (long long)ts.tv_sec * 1000 + (long long)(ts.tv_nsec / 1000000));
+    return loom_task_output(t, buf, (size_t)n);
+}
+
+//  The worker process's pid.
+static int
+s_pid(loom_task *t)
+{
+    char buf[16];
+    int n = snprintf(buf, sizeof buf, "%d", (int)getpid());
+    return loom_task_output(t, buf, (size_t)n);
 }
 
 static int
@@ -256,6 +297,33 @@ s_sum(loom_task *t)
     return loom_task_output(t, buf, (size_t)n);
 }
 
+//  As sum, and writes its input to output file "out"; an attached file
+//  "in", if any, must hold the same text.
+static int
+s_sum_file(loom_task *t)
+{
+    size_t n;
+    const char *in = loom_task_input(t, &n);
+    const char *src = loom_task_file(t, "in");
+    if (src) {
+        char buf[64];
+        FILE *f = fopen(src, "rb");
+        size_t k = f ? fread(buf, 1, sizeof buf, f) : 0;
+        if (f)
+            fclose(f);
+        if (k != n || memcmp(buf, in, n) != 0)
+            return loom_task_fail(t, "sum_file: file 'in' does not hold the input");
+    }
+    const char *dst = loom_task_output_file(t, "out");
+    FILE *g = dst ? fopen(dst, "wb") : NULL;
+    if (!g)
+        return loom_task_fail(t, "sum_file: no output file");
+    fwrite(in, 1, n, g);
+    if (fclose(g) != 0)
+        return loom_task_fail(t, "sum_file: cannot write %s", dst);
+    return s_sum(t);
+}
+
 static int
 s_sum_reduce(loom_task *t, const void *a, size_t an, const void *b, size_t bn)
 {
@@ -302,6 +370,9 @@ static const loom_task_def s_tasks[] = {
     {.name = "fail", .run = s_fail, .reduce = s_fail_reduce, .doc = "fails, naming the input"},
     {.name = "crash", .run = s_crash, .doc = "SIGSEGV on input 'crash', else echo"},
     {.name = "sleep", .run = s_sleep, .doc = "sleeps the input's milliseconds"},
+    {.name = "sleep_coop", .run = s_sleep_coop, .doc = "as sleep, stops when cancelled"},
+    {.name = "clock", .run = s_clock, .doc = "output = the wall clock in ms (CLOCK_REALTIME)"},
+    {.name = "pid", .run = s_pid, .doc = "output = the worker process's pid"},
     {.name = "args", .run = s_args, .doc = "output = the map's args"},
     {.name = "workerid", .run = s_workerid, .doc = "output = the worker id as text"},
     {.name = "state", .run = s_state, .doc = "output = the init call count init stored"},
@@ -311,8 +382,13 @@ static const loom_task_def s_tasks[] = {
     {.name = "log", .run = s_log, .doc = "logs the input, then echoes it"},
     {.name = "shared", .run = s_shared, .doc = "reports what the share/file calls give"},
     {.name = "sum", .run = s_sum, .reduce = s_sum_reduce, .doc = "decimal text; reduce: sum"},
+    {.name = "sum_file",
+     .run = s_sum_file,
+     .reduce = s_sum_reduce,
+     .doc = "as sum, and the input in output file 'out'"},
     {.name = "file_copy", .run = s_file_copy, .doc = "attached 'in' upper-cased to output 'out'"},
     {.name = "shared_sum", .run = s_shared_sum, .doc = "'LEN SUM' of the share named by the input"},
+    TESTKIT_FAULT_TASKS,
     {0},
 };
 

@@ -853,6 +853,9 @@ typedef struct {
     size_t cancels;
     uint64_t map; //  last MapOpen's broker map id
     bool reduce;
+    uint64_t held[64]; //  W_HOLD: indices of the items it holds (the first 64)
+    uint64_t held_map; //  and their map
+    size_t nheld;
 } fake_worker;
 
 typedef struct {
@@ -894,6 +897,10 @@ s_worker_handle(fake_worker *w, loom_msg *m)
         w->combines++;
     else
         w->items += tb->nitems;
+    for (size_t i = 0; w->mode == W_HOLD && !tb->combine && i < tb->nitems && w->nheld < 64; i++) {
+        w->held_map = tb->map;
+        w->held[w->nheld++] = tb->items[i].index;
+    }
     if (w->mode == W_SILENT || w->mode == W_HOLD)
         return;
     loom_wire_result res[LOOM_SCHED_MAX_BATCH];
@@ -1416,6 +1423,65 @@ test_worker_exit_requeues_at_once(void **state)
     zsock_destroy(&sup);
 }
 
+static int64_t s_pump_until_ms; //  for s_until_time
+
+static bool
+s_until_time(fake_client *c, fake_worker *ws, size_t nw)
+{
+    (void)c;
+    (void)ws;
+    (void)nw;
+    return loom_now_ms() >= s_pump_until_ms;
+}
+
+//  A worker process whose connection is gone (a send to it fails) waits
+//  for its supervisor to say why (WorkerExit: out of memory here), rather
+//  than failing its items as "peer disconnected"; without that word it is
+//  ended so after the expiry.
+static void
+test_gone_worker_waits_for_its_supervisor(void **state)
+{
+    fixture *f = *state;
+    zsock_t *sup = s_peer(f);
+    s_hello(sup, LOOM_ROLE_SUPERVISOR, "host-m", 100, 0);
+    zsock_t *client = s_peer(f);
+    s_hello(client, LOOM_ROLE_CLIENT, "", 1, 0);
+    for (int round = 0; round < 2; round++) {
+        fake_worker w;
+        s_worker_init(f, &w, W_HOLD, "host-m", 4250 + round, 0);
+        fake_client c;
+        s_client_init(&c, 1);
+        s_map_open(client, 1 + round, "squares", false, -1);
+        s_submit(client, 1 + round, 0, 1);
+        s_map_end(client, 1 + round, 1);
+        assert_true(s_pump(client, &c, &w, 1, sup, s_until_held));
+        zsock_destroy(&w.sock);
+        //  Past a heartbeat (its send fails), within the expiry.
+        s_pump_until_ms = loom_now_ms() + 200;
+        assert_true(s_pump(client, &c, NULL, 0, sup, s_until_time));
+        assert_false(c.ended);
+        if (round == 0) {
+            loom_msg m = {.type = LOOM_MSG_WORKER_EXIT};
+            m.u.worker_exit = (loom_wire_worker_exit){
+                .pid = 4250, .status = 125, .max_rss = 300u << 20, .rss_limit = 100u << 20};
+            s_send(sup, &m);
+        }
+        assert_true(s_pump(client, &c, NULL, 0, sup, s_until_ended));
+        assert_int_equal(c.failed, 1);
+        if (round == 0) {
+            assert_int_equal(c.last_status, LOOM_ENOMEM);
+            assert_string_equal(c.last_error, "worker process 4250 ran out of memory: it held "
+                                              "300 MiB, over its limit of 100 MiB (--max-rss)");
+        } else {
+            assert_int_equal(c.last_status, LOOM_ECRASHED);
+            assert_string_equal(c.last_error, "peer disconnected");
+        }
+        free(c.seen);
+    }
+    zsock_destroy(&client);
+    zsock_destroy(&sup);
+}
+
 static bool
 s_until_some_results(fake_client *c, fake_worker *ws, size_t nw)
 {
@@ -1536,7 +1602,9 @@ test_client_expiry_cancels_map(void **state)
     assert_int_equal(st.clients, 0);
     assert_int_equal(st.maps, 0);
     assert_int_equal(st.items_queued, 0);
-    assert_int_equal(st.items_in_flight, 0);
+    //  What the worker holds still runs there (it never answers): counted.
+    assert_int_equal(st.items_in_flight, w.items);
+    assert_int_equal(st.items_cancelling, w.items);
     assert_int_equal(st.workers, 1);
     free(c.seen);
     zsock_destroy(&w.sock);
@@ -1563,7 +1631,72 @@ test_client_cancel(void **state)
     loom_wire_stats st = s_stats(f->broker);
     assert_int_equal(st.clients, 1);
     assert_int_equal(st.maps, 0);
-    assert_int_equal(st.items_queued + st.items_in_flight, 0);
+    assert_int_equal(st.items_queued, 0);
+    assert_int_equal(st.items_in_flight, w.items); //  the worker still runs them
+    assert_int_equal(st.items_cancelling, w.items);
+    free(c.seen);
+    zsock_destroy(&w.sock);
+    zsock_destroy(&client);
+}
+
+static bool
+s_until_items_2(fake_client *c, fake_worker *ws, size_t nw)
+{
+    (void)c;
+    (void)nw;
+    return ws[0].items >= 2;
+}
+
+static int64_t s_quiet_until;
+
+static bool
+s_until_items_2_or_quiet(fake_client *c, fake_worker *ws, size_t nw)
+{
+    return s_until_items_2(c, ws, nw) || loom_now_ms() >= s_quiet_until;
+}
+
+//  Items of a cancelled map hold their worker until it answers them: it
+//  gets no new work meanwhile (it may still be running one), and gets the
+//  next map's items at once after.
+static void
+test_cancelled_items_hold_their_worker_until_answered(void **state)
+{
+    fixture *f = *state;
+    zsock_t *client = s_peer(f);
+    s_hello(client, LOOM_ROLE_CLIENT, "", 1, 0);
+    fake_worker w;
+    s_worker_init(f, &w, W_HOLD, "h", 10, 0);
+    fake_client c;
+    s_client_init(&c, 100);
+    s_map_open(client, 1, "squares", false, 0);
+    s_submit(client, 1, 0, 1);
+    assert_true(s_pump(client, &c, &w, 1, NULL, s_until_held));
+    assert_int_equal(w.nheld, 1);
+    loom_msg m = {.type = LOOM_MSG_CANCEL};
+    m.u.cancel_map = 1;
+    s_send(client, &m);
+    assert_true(s_pump(client, &c, &w, 1, NULL, s_until_cancelled));
+    //  A second map: its item waits, the worker still runs the first.
+    s_map_open(client, 2, "squares", false, 0);
+    s_submit(client, 2, 0, 1);
+    s_quiet_until = loom_now_ms() + 400;
+    s_pump(client, &c, &w, 1, NULL, s_until_items_2_or_quiet); //  it stays queued
+    assert_int_equal(w.items, 1);
+    loom_wire_stats st = s_stats(f->broker);
+    assert_int_equal(st.items_queued, 1);
+    assert_int_equal(st.items_in_flight, 1);
+    assert_int_equal(st.items_cancelling, 1);
+    //  The worker stops it and says so: the next item goes out at once.
+    loom_wire_result r = {.index = w.held[0], .status = LOOM_ECANCELED};
+    loom_msg rb = {.type = LOOM_MSG_RESULT_BATCH};
+    rb.u.result_batch = (loom_wire_result_batch){.map = w.held_map, .results = &r, .nresults = 1};
+    s_send(w.sock, &rb);
+    assert_true(s_pump(client, &c, &w, 1, NULL, s_until_items_2));
+    st = s_stats(f->broker);
+    assert_int_equal(st.items_cancelling, 0);
+    assert_int_equal(st.items_cancelled, 1);
+    assert_int_equal(st.items_in_flight, 1);
+    assert_int_equal(c.results, 0); //  nothing of the cancelled map reached the client
     free(c.seen);
     zsock_destroy(&w.sock);
     zsock_destroy(&client);
@@ -1808,11 +1941,13 @@ main(void)
         PT(test_partly_dropped_batch_reencoded),
         PT(test_local_endpoint),
         PT(test_worker_exit_requeues_at_once),
+        PT(test_gone_worker_waits_for_its_supervisor),
         PT(test_map_error_fails_all_items),
         PT(test_bad_names_refused),
         PT(test_reduce_folds_partials),
         PT(test_client_expiry_cancels_map),
         PT(test_client_cancel),
+        PT(test_cancelled_items_hold_their_worker_until_answered),
         cmocka_unit_test(test_bind_errors),
         cmocka_unit_test(test_welcome_tells_local_workers_the_store),
         cmocka_unit_test(test_session_bound_to_its_curve_key),

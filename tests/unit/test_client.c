@@ -717,6 +717,37 @@ test_next_returns_zero_after_map_end(void **state)
     s_env_stop(&env);
 }
 
+//  A reduce map whose items succeeded but which ended with no combined
+//  result (the map failed before the fold): the client says so in the
+//  combined result's place rather than dropping the successes in silence.
+static void
+test_reduce_without_fold_still_ends_with_a_result(void **state)
+{
+    (void)state;
+    s_env env;
+    s_env_start(&env, 1000, 1 << 20);
+    uint64_t id;
+    loom_map *m = s_open_map(&env, &(loom_map_opts){.reduce = true}, &id);
+    s_submit_n(m, 3);
+    assert_int_equal(loom_map_close(m), 0);
+    s_fake_result1(env.fake, id, 0, 0);
+    s_fake_result1(env.fake, id, 1, LOOM_EINIT);
+    s_fake_result1(env.fake, id, 2, 0);
+    s_fake_map_end(env.fake, id, 3);
+    loom_result r;
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
+    assert_int_equal(r.index, 1);
+    assert_int_equal(r.status, LOOM_EINIT);
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 1);
+    assert_true(r.index == LOOM_REDUCED_INDEX);
+    assert_int_equal(r.status, LOOM_EINIT);
+    assert_non_null(strstr(r.error, "2 successful items were not combined"));
+    assert_non_null(strstr(r.error, "boom"));
+    assert_int_equal(loom_map_next(m, &r, S_WAIT_MS), 0);
+    loom_map_destroy(&m);
+    s_env_stop(&env);
+}
+
 static void
 test_next_times_out_with_eagain(void **state)
 {
@@ -1143,6 +1174,7 @@ main(void)
         cmocka_unit_test(test_on_result_gets_every_result),
         cmocka_unit_test(test_duplicate_result_is_dropped),
         cmocka_unit_test(test_next_returns_zero_after_map_end),
+        cmocka_unit_test(test_reduce_without_fold_still_ends_with_a_result),
         cmocka_unit_test(test_next_times_out_with_eagain),
         cmocka_unit_test(test_invalid_names_are_refused),
         cmocka_unit_test(test_stats_count_items),

@@ -8,6 +8,7 @@
 #include "plugin_loader.h"
 
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <limits.h>
 
 //  Open map 1 of executor ex on plugin/task, asserting success.
@@ -676,6 +677,63 @@ test_echo_plugin(void **state)
     loom_executor_destroy(&ex);
 }
 
+//  loom_task_cancelled answers what the flag the worker gives says; a task
+//  that checks it returns early.
+static void
+test_cancelled_flag_reaches_the_task(void **state)
+{
+    (void)state;
+    loom_executor *ex = loom_executor_new(NULL, 1);
+    s_open(ex, 1, "testkit", "sleep_coop", false);
+    char *out = s_run(ex, 1, "1", 0); //  no flag: never cancelled
+    assert_string_equal(out, "slept");
+    free(out);
+    atomic_int flag;
+    atomic_init(&flag, 0);
+    loom_executor_set_cancel_flag(ex, &flag);
+    out = s_run(ex, 1, "1", 0);
+    assert_string_equal(out, "slept");
+    free(out);
+    atomic_store(&flag, 1);
+    out = s_run(ex, 1, "60000", 0); //  would sleep a minute
+    assert_string_equal(out, "stopped");
+    free(out);
+    loom_executor_destroy(&ex);
+}
+
+//  An init that calls loom_worker_fail: the open fails with LOOM_EINIT and
+//  its reason; init_pending says when an open runs plugin code first.
+static void
+test_init_failure_gives_the_plugins_reason(void **state)
+{
+    (void)state;
+    setenv("LOOM_TEST_INIT", "fail", 1);
+    loom_executor *ex = loom_executor_new(NULL, 0);
+    assert_true(loom_executor_init_pending(ex, "init_modes"));
+    char *reason = NULL;
+    assert_int_equal(
+        loom_executor_open_map(ex, 1, "init_modes", NULL, "echo", NULL, 0, false, &reason),
+        LOOM_EINIT);
+    assert_non_null(strstr(reason, "plugin 'init_modes' init failed in worker process"));
+    assert_non_null(
+        strstr(reason, "cannot open model /nonexistent/model.bin: No such file or directory"));
+    free(reason);
+    assert_false(loom_executor_init_pending(ex, "init_modes")); //  it ran (and failed)
+    //  The same reason again, without running init again.
+    assert_int_equal(
+        loom_executor_open_map(ex, 2, "init_modes", NULL, "pid", NULL, 0, false, &reason),
+        LOOM_EINIT);
+    assert_non_null(strstr(reason, "cannot open model"));
+    free(reason);
+    loom_executor_destroy(&ex);
+    unsetenv("LOOM_TEST_INIT");
+
+    ex = loom_executor_new(NULL, 0);
+    s_open(ex, 1, "init_modes", "echo", false);
+    assert_false(loom_executor_init_pending(ex, "init_modes"));
+    loom_executor_destroy(&ex);
+}
+
 int
 main(void)
 {
@@ -699,6 +757,8 @@ main(void)
         cmocka_unit_test(test_wordcount_count_and_merge),
         cmocka_unit_test(test_wordcount_merges_small_into_big),
         cmocka_unit_test(test_echo_plugin),
+        cmocka_unit_test(test_cancelled_flag_reaches_the_task),
+        cmocka_unit_test(test_init_failure_gives_the_plugins_reason),
     };
     return cmocka_run_group_tests_name("executor", tests, NULL, NULL);
 }

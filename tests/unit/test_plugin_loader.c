@@ -257,7 +257,7 @@ test_wrong_major_names_both_versions(void **state)
 {
     (void)state;
     s_expect_refused("wrong_major", LOOM_EABI,
-                     "was built for loom plugin ABI 2.0, this worker speaks 1.0");
+                     "was built for loom plugin ABI 2.0, this worker speaks 1.1");
     s_expect_refused("wrong_major", LOOM_EABI, "plugin 'wrong_major' (/");
 }
 
@@ -266,7 +266,7 @@ test_rejects_newer_minor(void **state)
 {
     (void)state;
     s_expect_refused("newer_minor", LOOM_EABI, "needs a newer worker");
-    s_expect_refused("newer_minor", LOOM_EABI, "ABI 1.99, this worker speaks 1.0");
+    s_expect_refused("newer_minor", LOOM_EABI, "ABI 1.99, this worker speaks 1.1");
 }
 
 static void
@@ -344,7 +344,7 @@ test_init_failure_fails_open_map(void **state)
     char *reason = NULL;
     assert_int_equal(
         loom_executor_open_map(ex, 1, "init_fails", NULL, "echo", NULL, 0, false, &reason),
-        LOOM_ETASK);
+        LOOM_EINIT);
     assert_non_null(strstr(reason, "plugin 'init_fails' init failed"));
     assert_non_null(strstr(reason, "-1"));
     free(reason);
@@ -360,7 +360,7 @@ test_init_failure_fails_open_map(void **state)
     assert_int_equal(*calls, 1);
     assert_int_equal(
         loom_executor_open_map(ex, 2, "init_fails", NULL, "echo", NULL, 0, false, &reason),
-        LOOM_ETASK);
+        LOOM_EINIT);
     assert_non_null(strstr(reason, "init failed"));
     free(reason);
     assert_int_equal(*calls, 1);

@@ -91,6 +91,10 @@ s_sample(int type, loom_msg *m)
             .timeout_ms = 30000,
             .nshares = 2,
             .shares = s_files,
+            .retry_failed = 3,
+            .halt_after_failures = 0x80000001u,
+            .failures_seen = 7,
+            .init_timeout_ms = 0xfffffffeu,
         };
         break;
     case LOOM_MSG_TASK_BATCH:
@@ -127,7 +131,8 @@ s_sample(int type, loom_msg *m)
             &s->epoch,          &s->uptime_ms,    &s->items_queued,     &s->items_in_flight,
             &s->items_done,     &s->items_failed, &s->items_retried,    &s->results_dropped,
             &s->msgs_in,        &s->msgs_out,     &s->msgs_rejected,    &s->blob_bytes_in,
-            &s->blob_bytes_out, &s->blobs_stored, &s->blob_store_bytes, &s->blob_bytes_adopted};
+            &s->blob_bytes_out, &s->blobs_stored, &s->blob_store_bytes, &s->blob_bytes_adopted,
+            &s->items_cancelling, &s->items_cancelled};
         uint32_t *u32[] = {&s->clients, &s->workers, &s->supervisors, &s->maps, &s->pipelines};
         for (size_t i = 0; i < sizeof u64 / sizeof u64[0]; i++)
             *u64[i] = BIG64 + i * UINT64_C(0x100000001);
@@ -136,7 +141,8 @@ s_sample(int type, loom_msg *m)
         break;
     }
     case LOOM_MSG_WORKER_EXIT:
-        m->u.worker_exit = (loom_wire_worker_exit){123456, 9, -2};
+        m->u.worker_exit = (loom_wire_worker_exit){123456, 9, -2, BIG64, 100u << 20, true, BIG64 + 1,
+                                                   "plugin 'x' init crashed worker process 1"};
         break;
     case LOOM_MSG_BLOB_HAVE:
         m->u.blob_have =
@@ -237,6 +243,10 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         assert_int_equal(x->chunk, y->chunk);
         assert_int_equal(x->retries, y->retries);
         assert_int_equal(x->timeout_ms, y->timeout_ms);
+        assert_int_equal(x->retry_failed, y->retry_failed);
+        assert_int_equal(x->halt_after_failures, y->halt_after_failures);
+        assert_int_equal(x->failures_seen, y->failures_seen);
+        assert_int_equal(x->init_timeout_ms, y->init_timeout_ms);
         assert_int_equal(x->nshares, y->nshares);
         for (size_t i = 0; i < x->nshares; i++) {
             s_assert_str(x->shares[i].name, y->shares[i].name);
@@ -303,6 +313,11 @@ s_assert_msg_equal(const loom_msg *a, const loom_msg *b)
         assert_int_equal(a->u.worker_exit.pid, b->u.worker_exit.pid);
         assert_int_equal(a->u.worker_exit.signal, b->u.worker_exit.signal);
         assert_int_equal(a->u.worker_exit.status, b->u.worker_exit.status);
+        assert_true(a->u.worker_exit.max_rss == b->u.worker_exit.max_rss);
+        assert_true(a->u.worker_exit.rss_limit == b->u.worker_exit.rss_limit);
+        assert_int_equal(a->u.worker_exit.oom_kill, b->u.worker_exit.oom_kill);
+        assert_true(a->u.worker_exit.init_map == b->u.worker_exit.init_map);
+        s_assert_str(a->u.worker_exit.init_error, b->u.worker_exit.init_error);
         break;
     case LOOM_MSG_BLOB_HAVE:
         s_assert_span(a->u.blob_have.hash, b->u.blob_have.hash);

@@ -56,7 +56,15 @@ typedef struct loom_result {
     const char *error;      //  message naming the cause, or NULL
     size_t nfiles;          //  output files (loom_task_output_file), as local read-only
     const char *const *file_names; //  paths; the files, names and paths stay valid
-    const char *const *file_paths; //  until loom_map_destroy, which removes the files
+    const char *const *file_paths; //  until loom_map_destroy, which removes the files.
+    //  A reduce map's combined result (LOOM_REDUCED_INDEX) carries the output
+    //  files of every successful item, in index order, each named
+    //  "INDEX/NAME" (item INDEX asked loom_task_output_file for NAME), so
+    //  names are unique across items. If one could not be fetched, that
+    //  result has status LOOM_EIO and an error naming the item and the file
+    //  (its data, the fold, is still there). A reduce map whose items
+    //  succeeded but whose map failed before they were combined still ends
+    //  with a combined result: its status and error say why, with the files.
 } loom_result;
 
 typedef struct loom_map_opts {
@@ -74,6 +82,32 @@ typedef struct loom_map_opts {
     //  client (they return LOOM_ESTATE).
     void (*on_result)(const loom_result *r, void *user);
     void *user;
+    //  Runs more for an item whose task failed (LOOM_ETASK) or ran past
+    //  timeout_ms (LOOM_ETIMEDOUT), as GNU parallel's --retries: it runs
+    //  again after 0.1 s, doubling each retry up to 30 s, on another worker
+    //  process than the one it failed on while there is another. Only its
+    //  last run's result is delivered; the failures before are dropped.
+    //  These runs do not count in `retries` (crashes). 0: none.
+    int retry_failed;
+    //  Fail fast, as GNU parallel's --halt now,fail=N: once this many items
+    //  have failed (after their retries), the map is cancelled: its workers
+    //  drop its batches (items running are stopped as a cancel stops them),
+    //  every index submitted and not done yet still yields exactly one
+    //  result, status LOOM_ECANCELED and error "not run: map halted after N
+    //  failures" (a reduce's combined result too), and loom_map_submit
+    //  returns LOOM_ECANCELED from then on. 0: never.
+    int halt_after_failures;
+    //  How long a plugin's init (and the loading of its library) may take in
+    //  a worker process, in ms; 0: default (60000); -1: no limit. An init
+    //  that fails (non-zero, or loom_worker_fail) fails the item that met it
+    //  with LOOM_EINIT and an error naming the plugin, init and the cause;
+    //  that process is sent no more of the plugin's maps, and what else it
+    //  had been sent runs on the other workers. An init past
+    //  this timeout, or one that kills its process, ends that process (the
+    //  map's items there run again elsewhere, uncharged); once processes
+    //  died in the map's init more than `retries` times, or no worker can
+    //  run it, the rest of the map fails the same way at once.
+    int init_timeout_ms;
 } loom_map_opts;
 
 typedef struct loom_client_opts {
@@ -84,6 +118,22 @@ typedef struct loom_client_opts {
                              //  client reconnects and resubmits); 0: 30000
     const char *cert_path;   //  CURVE: this peer's certificate (loom keygen NAME: NAME or NAME_secret)
     const char *server_key;  //  CURVE: the broker's public key, Z85 text or its certificate file
+    //  Embedded mode, as `loom worker --max-tasks`: a worker process runs
+    //  this many items (whole batches), then a new one takes its place
+    //  (plugins that leak or creep). 0: never.
+    int max_tasks;
+    //  Embedded mode, as `loom worker --max-rss`: a worker process holding
+    //  more than this many MiB after a batch is replaced by a new one; one
+    //  going over it while an item runs is ended at once, and its batch
+    //  runs again, each item alone on a fresh process (counted in
+    //  `retries`); an item still going over it fails with LOOM_ENOMEM and
+    //  "worker process PID ran out of memory: it held N MiB, over its
+    //  limit of M MiB (--max-rss)". Without a limit, an item whose process
+    //  the kernel's OOM killer killed fails the same way ("killed by the
+    //  kernel's OOM killer (SIGKILL) holding N MiB") when the supervisor
+    //  saw the kill counted (cgroup or /proc/vmstat), else as a crash
+    //  ("killed by signal 9 (SIGKILL) holding N MiB"). 0: no limit.
+    int max_rss_mb;
 } loom_client_opts;
 
 typedef struct loom_stats {
@@ -172,6 +222,12 @@ LOOM_EXPORT int loom_map_next(loom_map *m, loom_result *r, int timeout_ms);
 LOOM_EXPORT void loom_map_stats(loom_map *m, loom_stats *s);
 
 //  Cancel the map if it is still running and free it. Sets *self_p to NULL.
+//  Its items running on workers stop: a task that checks
+//  loom_task_cancelled returns at once; one still running
+//  LOOM_CANCEL_GRACE_MS (1 s, plugin.h) after the cancel reached its
+//  worker has that worker process ended and restarted, so the workers
+//  take other maps' work within about a second. The same happens when a
+//  client dies (once the broker notices) or `loom map` gets Ctrl-C.
 LOOM_EXPORT void loom_map_destroy(loom_map **self_p);
 
 //  A static string naming a LOOM_E* code.

@@ -48,7 +48,7 @@ extern "C" {
 
 #define LOOM_PLUGIN_MAGIC 0x4d4f4f4cu /* "LOOM" read as a little-endian uint32 */
 #define LOOM_PLUGIN_ABI_MAJOR 1
-#define LOOM_PLUGIN_ABI_MINOR 0
+#define LOOM_PLUGIN_ABI_MINOR 1 /* 1.1: loom_task_cancelled, loom_worker_fail */
 #define LOOM_PLUGIN_ENTRY loom_plugin_entry
 #define LOOM_PLUGIN_ENTRY_NAME "loom_plugin_entry"
 
@@ -91,6 +91,9 @@ struct loom_host {
     const char *(*shared_path)(loom_task *t, const char *name);
     const char *(*file)(loom_task *t, const char *name);
     const char *(*output_file)(loom_task *t, const char *name);
+    //  1.1
+    int (*cancelled)(loom_task *t);
+    int (*worker_vfail)(loom_worker *w, const char *fmt, va_list ap);
 };
 
 //  A task: `run` is called once per item. Returns 0, or a negative LOOM_E*
@@ -109,8 +112,17 @@ typedef struct loom_task_def {
 } loom_task_def;
 
 //  Runs once per worker process, when the plugin is first used; whatever it
-//  stores in *state is returned by loom_task_state(). Non-zero fails every
-//  item sent to that process with the plugin's message.
+//  stores in *state is returned by loom_task_state(). Non-zero (or a call
+//  of loom_worker_fail) fails the item that met it with LOOM_EINIT and a
+//  message naming the plugin, init and the cause (the reason given to
+//  loom_worker_fail, else the return code); that process is sent no more
+//  of the plugin's maps (a restarted process runs init again), and the
+//  other items go to the other worker processes; when none can run them,
+//  they all fail that way. init runs
+//  under a timeout (loom_map_opts.init_timeout_ms, default 60 s): past it,
+//  or if it crashes, the process is ended and restarted and its items run
+//  elsewhere; after more such deaths than the map's retries the map's items
+//  fail the same way, naming the timeout or the signal.
 typedef int (*loom_init_fn)(loom_worker *w, void **state);
 typedef void (*loom_fini_fn)(void *state);
 
@@ -134,6 +146,13 @@ typedef struct loom_plugin_def {
 //  Size of the 1.0 descriptor: a worker accepts no smaller one.
 #define LOOM_PLUGIN_SIZE_1_0 (offsetof(loom_plugin_def, fini) + sizeof(loom_fini_fn))
 #define LOOM_HOST_SIZE_1_0 (offsetof(loom_host, output_file) + sizeof(void *))
+#define LOOM_HOST_SIZE_1_1 (offsetof(loom_host, worker_vfail) + sizeof(void *))
+
+//  True if host table h (of h->struct_size bytes) has the function: a
+//  plugin built for this minor may run on an older worker, whose table is
+//  shorter (the wrappers below fall back then).
+#define LOOM_HOST_HAS(h, field)                                                                    \
+    ((h)->struct_size >= offsetof(loom_host, field) + sizeof((h)->field))
 
 //  True if descriptor p (of struct_size bytes) has the field.
 #define LOOM_PLUGIN_HAS(p, field)                                                                  \
@@ -254,6 +273,37 @@ static inline const char *
 loom_task_output_file(loom_task *t, const char *name)
 {
     return t->host->output_file(t, name);
+}
+
+//  1 once the item's map was cancelled (loom_map_destroy, Ctrl-C in `loom
+//  map`, its client gone, a fail-fast halt), else 0. A long task may check
+//  it now and then and return early: whatever it returns once cancelled is
+//  dropped (the item is reported cancelled, never as a success). A task
+//  still running LOOM_CANCEL_GRACE_MS after the cancel reached its worker
+//  process has that process ended and restarted, so checking is optional.
+//  Always 0 on a worker older than ABI 1.1.
+#define LOOM_CANCEL_GRACE_MS 1000
+
+static inline int
+loom_task_cancelled(loom_task *t)
+{
+    return LOOM_HOST_HAS(t->host, cancelled) ? t->host->cancelled(t) : 0;
+}
+
+//  From init only: fail init with a printf-style reason, which the map's
+//  items then report ("plugin 'x' init failed: REASON"). Returns LOOM_EINIT,
+//  so init may `return loom_worker_fail(w, ...)`. Init fails once this is
+//  called, whatever it returns after. On a worker older than ABI 1.1 the
+//  reason is lost (init still fails if it returns non-zero).
+static inline LOOM_PLUGIN_PRINTF(2, 3) int loom_worker_fail(loom_worker *w, const char *fmt, ...)
+{
+    if (!LOOM_HOST_HAS(w->host, worker_vfail))
+        return LOOM_EINIT;
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = w->host->worker_vfail(w, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 #ifdef __cplusplus
