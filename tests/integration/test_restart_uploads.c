@@ -135,9 +135,9 @@ s_share_run(void *arg)
     return NULL;
 }
 
-//  A map of shared_sum over the share: every index once, every one right.
-static void
-s_map_all(loom_pipeline *p, const char *want)
+//  A map of shared_sum over the share, all its items submitted and closed.
+static loom_map *
+s_map_open(loom_pipeline *p)
 {
     loom_map_opts o = {.chunk = 1};
     loom_map *m = loom_map_new(p, "testkit", "shared_sum", &o);
@@ -145,12 +145,19 @@ s_map_all(loom_pipeline *p, const char *want)
     for (int i = 0; i < S_ITEMS; i++)
         assert_int_equal(loom_map_submit(m, "big", 3), 0);
     assert_int_equal(loom_map_close(m), 0);
+    return m;
+}
+
+//  Its results: every index once, every one right; then destroyed.
+static void
+s_map_check(loom_map **m_p, const char *want)
+{
     s_tally t;
     s_tally_init(&t, S_ITEMS);
     uint64_t wrong = 0;
     loom_result r;
     int rc;
-    while ((rc = loom_map_next(m, &r, 60000)) == 1) {
+    while ((rc = loom_map_next(*m_p, &r, 60000)) == 1) {
         s_tally_add(&t, &r);
         if (r.status != 0)
             fprintf(stderr, "item %" PRIu64 ": %s\n", r.index, r.error ? r.error : "");
@@ -160,7 +167,7 @@ s_map_all(loom_pipeline *p, const char *want)
     s_assert_exactly_once(&t);
     assert_int_equal(wrong, 0);
     free(t.seen);
-    loom_map_destroy(&m);
+    loom_map_destroy(m_p);
 }
 
 typedef enum { S_DURING_UPLOAD, S_BETWEEN, S_DURING_FETCH } s_moment;
@@ -207,36 +214,18 @@ s_run(s_moment when)
     if (when == S_DURING_FETCH) {
         //  The items wait for the share on the host; the broker dies once
         //  the host has fetched a tenth of it.
-        loom_map_opts o = {.chunk = 1};
-        loom_map *m = loom_map_new(p, "testkit", "shared_sum", &o);
-        assert_non_null(m);
-        for (int i = 0; i < S_ITEMS; i++)
-            assert_int_equal(loom_map_submit(m, "big", 3), 0);
-        assert_int_equal(loom_map_close(m), 0);
+        loom_map *m = s_map_open(p);
         bool midway = s_wait_counter(&c, s_bytes_out, S_SHARE_SIZE / 10, 20000);
         loom_wire_stats st;
         assert_true(s_stats(&c, &st));
         s_restart_broker(&c);
         assert_true(midway);
         assert_true(st.items_done == 0); //  killed before the share was whole on the host
-        s_tally t;
-        s_tally_init(&t, S_ITEMS);
-        uint64_t wrong = 0;
-        loom_result r;
-        int rc;
-        while ((rc = loom_map_next(m, &r, 60000)) == 1) {
-            s_tally_add(&t, &r);
-            if (r.status != 0)
-                fprintf(stderr, "item %" PRIu64 ": %s\n", r.index, r.error ? r.error : "");
-            wrong += r.status == 0 && (r.len != strlen(want) || memcmp(r.data, want, r.len) != 0);
-        }
-        assert_int_equal(rc, 0);
-        s_assert_exactly_once(&t);
-        assert_int_equal(wrong, 0);
-        free(t.seen);
-        loom_map_destroy(&m);
-    } else
-        s_map_all(p, want);
+        s_map_check(&m, want);
+    } else {
+        loom_map *m = s_map_open(p);
+        s_map_check(&m, want);
+    }
 
     printf("# broker restarted %s%s: %d items, every one once and right, %d reconnect(s)\n",
            when == S_DURING_UPLOAD ? "during the upload"
